@@ -1,0 +1,189 @@
+"""The data contract: canonical tables, their columns and their pandera schemas.
+
+Every table that crosses a boundary of the package is one of three canonical tables.
+Inside the package they always carry these column names and dtypes:
+
+``orders`` (required)
+    ``customer_id`` (str), ``order_id`` (str; synthesised one per row when the source has none),
+    ``timestamp`` (datetime64[us, UTC]), ``amount`` (float64; negative only for refunds),
+    optional ``quantity`` (Int64), ``category`` (str), ``channel`` (str).
+``interactions`` (optional)
+    ``customer_id`` (str), ``timestamp`` (datetime64[us, UTC]), ``channel`` (str), ``kind`` (str),
+    optional ``responded_at`` (datetime64[us, UTC]; missing means the brand never answered),
+    optional ``rating`` (float64; 1-5 stars, or a sentiment score in [-1, 1]).
+``customers`` (optional)
+    ``customer_id`` (str), optional ``signup_at`` (datetime64[us, UTC]), optional ``updated_at``
+    (datetime64[us, UTC]; when present the table is a history, one row per change, and
+    attributes are taken as of each cutoff), and any number of attribute columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pandera.pandas as pa
+
+TABLE_NAMES: tuple[str, ...] = ("orders", "interactions", "customers")
+
+#: Canonical columns per table: (required, optional).
+COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "orders": (
+        ("customer_id", "timestamp", "amount"),
+        ("order_id", "quantity", "category", "channel"),
+    ),
+    "interactions": (
+        ("customer_id", "timestamp", "channel", "kind"),
+        ("responded_at", "rating"),
+    ),
+    "customers": (("customer_id",), ("signup_at", "updated_at")),
+}
+
+#: Columns holding instants, per table.
+TIMESTAMP_COLUMNS: dict[str, tuple[str, ...]] = {
+    "orders": ("timestamp",),
+    "interactions": ("timestamp", "responded_at"),
+    "customers": ("signup_at", "updated_at"),
+}
+
+#: Columns holding numbers, per table.
+NUMERIC_COLUMNS: dict[str, tuple[str, ...]] = {
+    "orders": ("amount", "quantity"),
+    "interactions": ("rating",),
+    "customers": (),
+}
+
+#: The column whose instant decides whether a row is already known at a cutoff.
+EVENT_TIME: dict[str, str] = {
+    "orders": "timestamp",
+    "interactions": "timestamp",
+    "customers": "signup_at",
+}
+
+TIMESTAMP_DTYPE = "datetime64[us, UTC]"
+RATING_RANGE: tuple[float, float] = (-1.0, 5.0)
+
+
+class OrdersSchema(pa.DataFrameModel):
+    """An order (or an order line) a customer placed; refunds have a negative amount."""
+
+    customer_id: pa.typing.Series[str] = pa.Field(nullable=False, str_length={"min_value": 1})
+    order_id: pa.typing.Series[str] | None = pa.Field(nullable=False)
+    timestamp: pa.typing.Series[pd.DatetimeTZDtype] = pa.Field(
+        nullable=False, dtype_kwargs={"unit": "us", "tz": "UTC"}
+    )
+    amount: pa.typing.Series[float] = pa.Field(nullable=False)
+    quantity: pa.typing.Series[pd.Int64Dtype] | None = pa.Field(nullable=True)
+    category: pa.typing.Series[str] | None = pa.Field(nullable=True)
+    channel: pa.typing.Series[str] | None = pa.Field(nullable=True)
+
+    class Config:
+        strict = False
+        coerce = False
+
+
+class InteractionsSchema(pa.DataFrameModel):
+    """A contact between customer and brand on any channel: a visit, an email, a message."""
+
+    customer_id: pa.typing.Series[str] = pa.Field(nullable=False, str_length={"min_value": 1})
+    timestamp: pa.typing.Series[pd.DatetimeTZDtype] = pa.Field(
+        nullable=False, dtype_kwargs={"unit": "us", "tz": "UTC"}
+    )
+    channel: pa.typing.Series[str] = pa.Field(nullable=False)
+    kind: pa.typing.Series[str] = pa.Field(nullable=False)
+    responded_at: pa.typing.Series[pd.DatetimeTZDtype] | None = pa.Field(
+        nullable=True, dtype_kwargs={"unit": "us", "tz": "UTC"}
+    )
+    rating: pa.typing.Series[float] | None = pa.Field(
+        nullable=True, in_range={"min_value": RATING_RANGE[0], "max_value": RATING_RANGE[1]}
+    )
+
+    class Config:
+        strict = False
+        coerce = False
+
+
+class CustomersSchema(pa.DataFrameModel):
+    """A customer and their attributes; a history when ``updated_at`` is present."""
+
+    customer_id: pa.typing.Series[str] = pa.Field(nullable=False, str_length={"min_value": 1})
+    signup_at: pa.typing.Series[pd.DatetimeTZDtype] | None = pa.Field(
+        nullable=True, dtype_kwargs={"unit": "us", "tz": "UTC"}
+    )
+    updated_at: pa.typing.Series[pd.DatetimeTZDtype] | None = pa.Field(
+        nullable=True, dtype_kwargs={"unit": "us", "tz": "UTC"}
+    )
+
+    class Config:
+        strict = False
+        coerce = False
+
+
+SCHEMAS: dict[str, type[pa.DataFrameModel]] = {
+    "orders": OrdersSchema,
+    "interactions": InteractionsSchema,
+    "customers": CustomersSchema,
+}
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The validated canonical tables of one project.
+
+    Parameters
+    ----------
+    orders
+        Canonical orders; always present.
+    interactions
+        Canonical interactions, or ``None`` when the project has none.
+    customers
+        Canonical customers, or ``None`` when the project has none.
+    """
+
+    orders: pd.DataFrame
+    interactions: pd.DataFrame | None = None
+    customers: pd.DataFrame | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def get(self, name: str) -> pd.DataFrame | None:
+        """Return the table called ``name`` (``orders``, ``interactions`` or ``customers``)."""
+        if name not in TABLE_NAMES:
+            raise KeyError(f"unknown table {name!r}; the tables are {', '.join(TABLE_NAMES)}")
+        return getattr(self, name)
+
+    def has_column(self, table: str, column: str) -> bool:
+        """Whether ``table`` is present and has ``column`` with at least one non-missing value."""
+        frame = self.get(table)
+        return frame is not None and column in frame.columns and bool(frame[column].notna().any())
+
+    def before(self, instant: pd.Timestamp) -> Tables:
+        """The tables as known strictly before ``instant``: rows with event time ``< instant``.
+
+        ``responded_at`` values at or after ``instant`` are blanked (the answer was not yet
+        given); customers who signed up at or after ``instant`` are removed, as are attribute
+        rows whose ``updated_at`` is at or after it.
+        """
+        instant = to_utc(instant)
+        orders = self.orders[self.orders["timestamp"] < instant]
+        interactions = self.interactions
+        if interactions is not None:
+            interactions = interactions[interactions["timestamp"] < instant].copy()
+            if "responded_at" in interactions.columns:
+                late = interactions["responded_at"] >= instant
+                interactions.loc[late, "responded_at"] = pd.NaT
+        customers = self.customers
+        if customers is not None:
+            keep = pd.Series(True, index=customers.index)
+            for column in ("signup_at", "updated_at"):
+                if column in customers.columns:
+                    keep &= ~(customers[column] >= instant)
+            customers = customers[keep]
+        return Tables(orders, interactions, customers, dict(self.extra))
+
+
+def to_utc(value: object) -> pd.Timestamp:
+    """Return ``value`` as a UTC ``Timestamp``; a naive value is taken to be UTC already."""
+    stamp = pd.Timestamp(value)
+    if stamp is pd.NaT:
+        raise ValueError(f"{value!r} is not a date or instant")
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
