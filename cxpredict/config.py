@@ -1,0 +1,331 @@
+"""The project config: one YAML file, read into typed, frozen objects.
+
+This is the only module that knows the file format. Everything else receives the objects
+defined here, passed explicitly. Unknown keys are errors that suggest the closest valid
+key; relative paths resolve against the folder of the config file.
+
+A minimal config::
+
+    project: demo
+    data:
+      orders:
+        path: orders.csv
+        columns: {customer_id: CustomerID, timestamp: InvoiceDate, amount: Revenue}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cxpredict.errors import ConfigError, did_you_mean
+from cxpredict.schemas import COLUMNS
+
+DEFAULT_WINDOWS: tuple[int, ...] = (7, 30, 90, 180, 365)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TableConfig(_Frozen):
+    """Where one table lives and how its columns map to the canonical names.
+
+    ``columns`` maps canonical names to the file's own names; unmapped canonical columns are
+    looked up under their canonical name. ``timezone`` is the zone of naive timestamps (UTC
+    when omitted). ``timestamp_format`` is a ``strftime`` pattern for unusual date formats
+    (``"%Y%m%d"``); ``sep`` is the CSV delimiter, or ``"whitespace"``.
+    """
+
+    path: Path
+    columns: dict[str, str] = Field(default_factory=dict)
+    timezone: str = "UTC"
+    timestamp_format: str | None = None
+    sep: str = ","
+    format: Literal["csv", "parquet"] | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"unknown timezone {value!r}; use an IANA name such as 'UTC' or 'Europe/Paris'"
+            ) from exc
+        return value
+
+    @property
+    def file_format(self) -> Literal["csv", "parquet"]:
+        """The format given, or the one the path's extension implies (a folder is Parquet)."""
+        if self.format is not None:
+            return self.format
+        suffixes = "".join(self.path.suffixes).lower()
+        if ".parquet" in suffixes or ".pq" in suffixes or self.path.is_dir():
+            return "parquet"
+        return "csv"
+
+
+class DataConfig(_Frozen):
+    """The project's tables: ``orders`` is required, the other two are optional."""
+
+    orders: TableConfig
+    interactions: TableConfig | None = None
+    customers: TableConfig | None = None
+
+    @model_validator(mode="after")
+    def _canonical_keys(self) -> DataConfig:
+        for name in ("orders", "interactions", "customers"):
+            table = getattr(self, name)
+            if table is None:
+                continue
+            required, optional = COLUMNS[name]
+            known = required + optional
+            for key in table.columns:
+                if key not in known and name != "customers":
+                    raise ValueError(
+                        f"data.{name}.columns: {key!r} is not a canonical column of {name}"
+                        f"{did_you_mean(key, known)} (canonical: {', '.join(known)})"
+                    )
+        return self
+
+    def tables(self) -> dict[str, TableConfig]:
+        """The configured tables by canonical name."""
+        return {
+            name: table
+            for name in ("orders", "interactions", "customers")
+            if (table := getattr(self, name)) is not None
+        }
+
+
+class ValidationConfig(_Frozen):
+    """How strict validation is: a run stops when a table's rejected share exceeds this."""
+
+    max_reject_fraction: float = Field(0.01, ge=0.0, le=1.0)
+
+
+class SqlFeatureConfig(_Frozen):
+    """A feature written as a SQL aggregate over one event table's rows before the cutoff."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    table: Literal["orders", "interactions"]
+    expression: str
+    description: str
+    where: str | None = None
+    window_days: int | None = Field(None, gt=0)
+
+
+class PythonFeatureConfig(_Frozen):
+    """A feature family written in pandas: ``module:function`` taking ``(tables, cutoff)``."""
+
+    function: str = Field(pattern=r"^[\w.]+:\w+$")
+    description: str = ""
+
+
+class FeaturesConfig(_Frozen):
+    """Feature windows and user-defined features."""
+
+    windows: tuple[int, ...] = DEFAULT_WINDOWS
+    sql: tuple[SqlFeatureConfig, ...] = ()
+    python: tuple[PythonFeatureConfig, ...] = ()
+    duckdb_memory_limit: str | None = None
+    duckdb_threads: int | None = Field(None, gt=0)
+
+    @field_validator("windows")
+    @classmethod
+    def _positive_sorted(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(w <= 0 for w in value):
+            raise ValueError("windows must be a non-empty list of positive day counts")
+        return tuple(sorted(set(value)))
+
+
+class _TaskBase(_Frozen):
+    horizon_days: int = Field(gt=0)
+    description: str = ""
+
+
+class ChurnTask(_TaskBase):
+    """No order in ``[cutoff, cutoff + horizon)`` among customers active in ``active_days``."""
+
+    kind: Literal["churn"]
+    active_days: int = Field(180, gt=0)
+
+
+class RepurchaseTask(_TaskBase):
+    """At least one order in ``[cutoff, cutoff + horizon)`` among customers who ordered before."""
+
+    kind: Literal["repurchase"]
+
+
+class PreferenceTask(_TaskBase):
+    """Which values of an attribute the customer buys (or uses) in the window; ranked top-k."""
+
+    kind: Literal["preference"]
+    attribute: str = "category"
+    table: Literal["orders", "interactions"] = "orders"
+    top_k: int = Field(3, ge=1)
+
+
+class ValueTask(_TaskBase):
+    """Spend, and separately the number of orders, in ``[cutoff, cutoff + horizon)``."""
+
+    kind: Literal["value"]
+
+
+TaskConfig = Annotated[
+    ChurnTask | RepurchaseTask | PreferenceTask | ValueTask, Field(discriminator="kind")
+]
+
+
+class TrainingConfig(_Frozen):
+    """How training sets and backtests are laid out in time, and model defaults."""
+
+    n_cutoffs: int = Field(12, ge=3)
+    step_days: int = Field(30, gt=0)
+    n_backtest_cutoffs: int = Field(3, ge=1)
+    min_positives: int = Field(30, ge=1)
+    min_negatives: int = Field(30, ge=1)
+    seed: int = 0
+    lightgbm: dict[str, Any] = Field(default_factory=dict)
+    promotion_metric: str | None = None
+
+
+class MlflowConfig(_Frozen):
+    """Where runs and models are tracked; ``MLFLOW_TRACKING_URI`` overrides ``tracking_uri``."""
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+class ScoringConfig(_Frozen):
+    """Cut points and limits for batch scoring."""
+
+    tier_cuts: tuple[float, float] = (0.8, 0.5)
+    drift_warn_psi: float = Field(0.1, gt=0)
+    drift_fail_psi: float = Field(0.25, gt=0)
+    reasons_for: Literal["all", "top"] = "all"
+    reasons_top_fraction: float = Field(0.2, gt=0, le=1)
+
+
+class ProjectConfig(_Frozen):
+    """A whole project: its data, features, tasks, tracking and scoring settings."""
+
+    project: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    data: DataConfig
+    validation: ValidationConfig = ValidationConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    tasks: dict[str, TaskConfig] = Field(default_factory=dict)
+    training: TrainingConfig = TrainingConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    root: Path = Path(".")
+
+    def task(self, name: str) -> ChurnTask | RepurchaseTask | PreferenceTask | ValueTask:
+        """The task called ``name``, or a ``ConfigError`` naming the configured ones."""
+        if name not in self.tasks:
+            known = ", ".join(self.tasks) or "none"
+            raise ConfigError(
+                f"task {name!r} is not configured{did_you_mean(name, self.tasks)}; "
+                f"configured tasks: {known}. Add it under 'tasks:' in the config."
+            )
+        return self.tasks[name]
+
+
+def _model_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names valid at ``loc`` inside ``model`` (best effort, for suggestions)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = _first_model(annotation)
+    return list(getattr(current, "model_fields", {}) or [])
+
+
+def _first_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+_TASK_KINDS: dict[str, type[BaseModel]] = {
+    "churn": ChurnTask,
+    "repurchase": RepurchaseTask,
+    "preference": PreferenceTask,
+    "value": ValueTask,
+}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    task_model = None
+    if len(loc) >= 3 and loc[0] == "tasks" and loc[2] in _TASK_KINDS:
+        task_model = _TASK_KINDS[str(loc[2])]
+        loc = loc[:2] + loc[3:]  # drop the union tag pydantic inserts
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        if task_model is not None:
+            valid = list(task_model.model_fields)
+        else:
+            valid = [f for f in _model_fields(ProjectConfig, loc[:-1]) if f != "root"]
+        hint = did_you_mean(key, valid)
+        listing = f" (valid keys here: {', '.join(valid)})" if valid else ""
+        return f"{where}: unknown key {key!r}{hint}{listing}"
+    if error["type"] == "missing":
+        return f"{where}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message} (got {error.get('input')!r})"
+
+
+def parse_config(raw: dict[str, Any], *, root: Path, source: str = "config") -> ProjectConfig:
+    """Validate a config mapping; relative table paths resolve against ``root``.
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem, each with its key path and fix.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {raw!r}")
+    try:
+        config = ProjectConfig.model_validate({**raw, "root": root})
+    except ValidationError as exc:
+        problems = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{source} is not a valid cxpredict config:\n  {problems}") from None
+    resolved = {
+        name: table.model_copy(update={"path": (root / table.path).resolve()})
+        for name, table in config.data.tables().items()
+    }
+    return config.model_copy(update={"data": config.data.model_copy(update=resolved)})
+
+
+def load_config(path: str | Path) -> ProjectConfig:
+    """Read and validate the YAML config at ``path``.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, is not YAML, or is not a valid config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found; pass --config with its path")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}); fix the syntax at that line") from None
+    if "root" in (raw or {}):
+        raise ConfigError(f"{path}: 'root' is set from the config file's folder; remove the key")
+    return parse_config(raw or {}, root=path.resolve().parent, source=str(path))
