@@ -1,0 +1,598 @@
+"""Reading and writing tables: column mapping, validation on read, rejects, atomic writes.
+
+Reading a table goes through four steps, and every row read ends in exactly one place:
+
+1. the file is read with every column as text, so that nothing is lost before it is judged
+   ("00001" stays "00001");
+2. the user's columns are renamed to the canonical ones (a missing required column is a
+   :class:`~cxpredict.errors.DataError` naming the table, the column, the file's columns and
+   the closest match);
+3. each value is coerced to its canonical type; a value that cannot be coerced is remembered
+   with its reason instead of failing the run;
+4. the coerced table is validated lazily with its pandera schema, plus checks no schema can
+   state alone (timestamps after the run's moment, exact duplicates, answers before messages).
+
+Rows whose event time is at or after the ``as_of`` instant are not bad rows: they are simply
+not read (counted as ``rows_after_as_of``). Of the rows read, each is accepted or rejected,
+and ``rows_read == rows_accepted + rows_rejected`` always holds. Rejected rows are kept with
+their original text, their line number and a ``reason``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+import pyarrow as pa_arrow
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from cxpredict.config import ProjectConfig, TableConfig
+from cxpredict.errors import DataError, ValidationFailed, closest
+from cxpredict.schemas import (
+    COLUMNS,
+    EVENT_TIME,
+    NUMERIC_COLUMNS,
+    SCHEMAS,
+    TIMESTAMP_COLUMNS,
+    TIMESTAMP_DTYPE,
+    Tables,
+    to_utc,
+)
+
+LINE_COLUMN = "line"
+REASON_COLUMN = "reason"
+_AWARE = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
+
+
+@dataclass(frozen=True)
+class TableReport:
+    """How the rows of one table were accounted for.
+
+    ``rows_in_source == rows_after_as_of + rows_read`` and
+    ``rows_read == rows_accepted + rows_rejected``.
+    """
+
+    table: str
+    source: str
+    rows_in_source: int
+    rows_after_as_of: int
+    rows_read: int
+    rows_accepted: int
+    rows_rejected: int
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def reject_fraction(self) -> float:
+        """Rejected rows as a share of the rows read (0 for an empty table)."""
+        return self.rows_rejected / self.rows_read if self.rows_read else 0.0
+
+    def reconciles(self) -> bool:
+        """Whether every row is accounted for exactly once."""
+        return (
+            self.rows_in_source == self.rows_after_as_of + self.rows_read
+            and self.rows_read == self.rows_accepted + self.rows_rejected
+        )
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """Validated tables with the account of every row and the rejected rows themselves."""
+
+    tables: Tables
+    reports: dict[str, TableReport]
+    rejects: dict[str, pd.DataFrame]
+
+    def summary(self) -> pd.DataFrame:
+        """One row per table: rows in source, after as-of, read, accepted, rejected."""
+        rows = [
+            {k: v for k, v in asdict(r).items() if k not in ("reasons", "source")}
+            for r in self.reports.values()
+        ]
+        return pd.DataFrame(rows).set_index("table")
+
+
+# --------------------------------------------------------------------------- reading raw text
+
+
+def read_raw(table: str, config: TableConfig) -> pd.DataFrame:
+    """Read a table's file (or folder of Parquet files) with every column as text.
+
+    Missing values are ``None``; everything else is the text as found in the file. The
+    returned frame has a ``line`` column: the 1-based line in a CSV file (the header is
+    line 1), or the 1-based row number across the Parquet files.
+
+    Raises
+    ------
+    DataError
+        If the path does not exist or cannot be parsed.
+    """
+    path = config.path
+    if not path.exists():
+        raise DataError(
+            f"{table}: file {str(path)!r} not found; fix data.{table}.path in the config "
+            "(relative paths resolve against the config file's folder)",
+            table=table,
+        )
+    try:
+        if config.file_format == "parquet":
+            frame = _read_parquet_as_text(path)
+            frame.insert(0, LINE_COLUMN, np.arange(1, len(frame) + 1, dtype="int64"))
+        else:
+            frame = _read_csv_as_text(path, config.sep)
+            frame.insert(0, LINE_COLUMN, np.arange(2, len(frame) + 2, dtype="int64"))
+    except DataError:
+        raise
+    except Exception as exc:  # the parsers raise many kinds; all mean "unreadable"
+        raise DataError(
+            f"{table}: cannot read {str(path)!r} as {config.file_format} ({exc}); check the "
+            f"file, or set data.{table}.format / data.{table}.sep in the config",
+            table=table,
+        ) from None
+    return frame
+
+
+def _read_csv_as_text(path: Path, sep: str) -> pd.DataFrame:
+    if sep == "whitespace":
+        frame = pd.read_csv(path, sep=r"\s+", dtype=str, keep_default_na=False)
+        return frame.astype(object).where(frame != "", None)
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        header = next(csv.reader(handle, delimiter=sep), None)
+    if not header:
+        raise DataError(f"the file {str(path)!r} is empty: it has no header line")
+    table = pa_csv.read_csv(
+        path,
+        parse_options=pa_csv.ParseOptions(delimiter=sep),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={c: pa_arrow.string() for c in header},
+            strings_can_be_null=True,
+            null_values=[""],
+            quoted_strings_can_be_null=True,
+        ),
+    )
+    return table.to_pandas().astype(object).where(lambda f: f.notna(), None)
+
+
+def _read_parquet_as_text(path: Path) -> pd.DataFrame:
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"the folder {str(path)!r} holds no .parquet files")
+    frames = [pq.read_table(f).to_pandas() for f in files]
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return frame.apply(_as_text)
+
+
+def _as_text(column: pd.Series) -> pd.Series:
+    """A column as text, keeping missing values missing (timestamps keep their offset)."""
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        text = column.dt.strftime("%Y-%m-%dT%H:%M:%S.%f%z")
+    elif pd.api.types.is_datetime64_dtype(column.dtype):
+        text = column.dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    else:
+        text = column.astype(str)
+    return text.astype(object).where(column.notna(), None)
+
+
+# --------------------------------------------------------------------------- column mapping
+
+
+def map_columns(raw: pd.DataFrame, table: str, config: TableConfig) -> pd.DataFrame:
+    """Rename the file's columns to the canonical names given the config's mapping.
+
+    Raises
+    ------
+    DataError
+        When a required column (or a mapped optional one) is not in the file; the message
+        names the file's columns, the closest match and where to map it.
+    """
+    required, optional = COLUMNS[table]
+    found = [c for c in raw.columns if c != LINE_COLUMN]
+    folded = {_fold(c): c for c in found}
+    rename: dict[str, str] = {}
+    for canonical in required + optional:
+        source = config.columns.get(canonical, canonical)
+        if canonical not in config.columns and source not in found:
+            source = folded.get(_fold(canonical), source)  # "Customer ID" for customer_id
+        if source in found:
+            rename[source] = canonical
+        elif canonical in required or canonical in config.columns:
+            suggestion = closest(source, found)
+            hint = f"; the closest is {suggestion!r}" if suggestion else ""
+            mapped = f" (mapped from {source!r})" if source != canonical else ""
+            raise DataError(
+                f"{table}: column {canonical!r}{mapped} not found in {config.path.name}; the "
+                f"file has {', '.join(found)}{hint}. Map it under data.{table}.columns, e.g. "
+                f"{{{canonical}: {suggestion or 'YourColumn'}}}",
+                table=table,
+                column=canonical,
+            )
+    for canonical, source in config.columns.items():
+        if table == "customers" and canonical not in required + optional and source in found:
+            rename[source] = canonical
+    clashes = [c for c in found if c not in rename and c in rename.values()]
+    if clashes:
+        raise DataError(
+            f"{table}: column {clashes[0]!r} is in the file and is also the canonical name "
+            f"another column is mapped to; remove one of them or map {clashes[0]!r} explicitly",
+            table=table,
+            column=clashes[0],
+        )
+    frame = raw.rename(columns=rename)
+    if table != "customers":  # customers keep their attribute columns; the others only theirs
+        frame = frame[[LINE_COLUMN, *[c for c in required + optional if c in frame.columns]]]
+    return frame
+
+
+def _fold(name: str) -> str:
+    """A column name without case, spaces, dashes or underscores, for unambiguous matches."""
+    return re.sub(r"[\s_-]+", "", name).lower()
+
+
+# --------------------------------------------------------------------------- coercion
+
+
+class _Reasons:
+    """Collects rejection reasons per row position, in a stable order."""
+
+    def __init__(self, n: int) -> None:
+        self._by_row: list[list[str]] = [[] for _ in range(n)]
+
+    def add(self, mask: np.ndarray | pd.Series, reason: str | pd.Series) -> None:
+        positions = np.flatnonzero(np.asarray(mask, dtype=bool))
+        if isinstance(reason, pd.Series):
+            texts = reason.to_numpy()
+            for p in positions:
+                self._mark(p, str(texts[p]))
+        else:
+            for p in positions:
+                self._mark(p, reason)
+
+    def _mark(self, position: int, reason: str) -> None:
+        if reason not in self._by_row[position]:
+            self._by_row[position].append(reason)
+
+    def mask(self) -> np.ndarray:
+        return np.fromiter((bool(r) for r in self._by_row), dtype=bool, count=len(self._by_row))
+
+    def text(self) -> list[str]:
+        return ["; ".join(r) for r in self._by_row]
+
+
+def parse_timestamps(
+    text: pd.Series, *, timezone: str = "UTC", fmt: str | None = None
+) -> pd.Series:
+    """Parse text to UTC instants; unparseable text becomes ``NaT``.
+
+    Text with an offset (``Z``, ``+02:00``) is converted to UTC; naive text is taken to be in
+    ``timezone`` (UTC by default). ``fmt`` is an optional ``strftime`` pattern.
+    """
+    out = pd.Series(pd.NaT, index=text.index, dtype=TIMESTAMP_DTYPE)
+    present = text.notna()
+    if not present.any():
+        return out
+    values = text[present].astype(str).str.strip()
+    aware = values.str.contains(_AWARE)
+    if aware.any():
+        parsed = pd.to_datetime(values[aware], errors="coerce", utc=True, format=fmt or "ISO8601")
+        out.loc[parsed.index] = parsed.astype(TIMESTAMP_DTYPE)
+    naive = values[~aware]
+    if len(naive):
+        parsed = pd.to_datetime(naive, errors="coerce", format=fmt or "ISO8601")
+        if isinstance(parsed.dtype, pd.DatetimeTZDtype):  # a %z pattern made them aware
+            parsed = parsed.dt.tz_convert("UTC")
+        else:
+            parsed = parsed.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+        out.loc[parsed.index] = parsed.dt.tz_convert("UTC").astype(TIMESTAMP_DTYPE)
+    return out
+
+
+def _coerce(
+    frame: pd.DataFrame, table: str, config: TableConfig, reasons: _Reasons
+) -> pd.DataFrame:
+    """Canonical dtypes for every canonical column, recording values that cannot be coerced."""
+    out = pd.DataFrame(index=frame.index)
+    for column in frame.columns:
+        text = frame[column]
+        if column == LINE_COLUMN:
+            out[column] = text
+        elif column in TIMESTAMP_COLUMNS[table]:
+            parsed = parse_timestamps(text, timezone=config.timezone, fmt=config.timestamp_format)
+            bad = text.notna() & parsed.isna()
+            reasons.add(bad, f"{column} " + _quoted(text) + " is not a date/time")
+            out[column] = parsed
+        elif column in NUMERIC_COLUMNS[table]:
+            numbers = pd.to_numeric(text.str.strip() if len(text) else text, errors="coerce")
+            numbers = numbers.astype("float64")
+            bad = text.notna() & numbers.isna()
+            reasons.add(bad, f"{column} " + _quoted(text) + " is not a number")
+            infinite = np.isinf(numbers.to_numpy(na_value=np.nan))
+            reasons.add(infinite, f"{column} is infinite")
+            numbers = numbers.mask(infinite)
+            if column == "quantity":
+                fractional = numbers.notna() & (numbers % 1 != 0)
+                reasons.add(fractional, "quantity " + _quoted(text) + " is not a whole number")
+                out[column] = numbers.mask(fractional).round().astype("Int64")
+            else:
+                out[column] = numbers
+        else:
+            stripped = text.astype("str").str.strip() if len(text) else text.astype("str")
+            out[column] = stripped.where(stripped != "", None).astype("str")
+            out.loc[text.isna(), column] = None
+    return out
+
+
+def _quoted(text: pd.Series) -> pd.Series:
+    return "'" + text.astype(str).str.slice(0, 40) + "'"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _schema_failures(frame: pd.DataFrame, raw: pd.DataFrame, table: str, reasons: _Reasons) -> None:
+    """Run the pandera schema lazily on the coerced rows; record every failure.
+
+    A value that was present but could not be coerced already has its reason; the schema's
+    "missing" failure is recorded only for values that were missing in the file itself.
+    """
+    schema = SCHEMAS[table].to_schema()
+    candidates = frame.drop(columns=[LINE_COLUMN])
+    try:
+        schema.validate(candidates, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+        cases = cases[cases["index"].notna()]
+        position = pd.Series(np.arange(len(frame)), index=frame.index)
+        for (column, check), group in cases.groupby(["column", "check"], sort=False):
+            rows = position.reindex(group["index"].to_numpy()).dropna().astype(int).to_numpy()
+            mask = np.zeros(len(frame), dtype=bool)
+            mask[rows] = True
+            if str(check).startswith("not_nullable") and column in raw.columns:
+                mask &= raw[column].isna().to_numpy()
+            reasons.add(mask, _describe_check(str(column), str(check)))
+
+
+def _describe_check(column: str, check: str) -> str:
+    if check.startswith("not_nullable"):
+        return f"{column} is missing"
+    if check.startswith("str_length"):
+        return f"{column} is empty"
+    if check.startswith("in_range"):
+        return f"{column} is outside the allowed range"
+    return f"{column} fails {check}"
+
+
+def _row_checks(
+    frame: pd.DataFrame, table: str, reasons: _Reasons, *, run_at: pd.Timestamp
+) -> None:
+    """Checks a column schema cannot state: the future, answer order, duplicates."""
+    for column in TIMESTAMP_COLUMNS[table]:
+        if column in frame.columns:
+            reasons.add(
+                frame[column] > run_at,
+                f"{column} is later than the moment of this run ({run_at.isoformat()})",
+            )
+    if table == "interactions" and "responded_at" in frame.columns:
+        reasons.add(
+            frame["responded_at"] < frame["timestamp"], "responded_at is before the timestamp"
+        )
+    if table == "orders" and "quantity" in frame.columns:
+        reasons.add(frame["quantity"].fillna(0) < 0, "quantity is negative")
+
+
+def _duplicates(raw: pd.DataFrame, table: str, reasons: _Reasons) -> None:
+    """Exact duplicate rows (every column's text equal) after the first are rejected."""
+    content = raw.drop(columns=[LINE_COLUMN])
+    if content.empty:
+        return
+    duplicated = content.duplicated(keep="first").to_numpy()
+    if duplicated.any():
+        first_line = raw.groupby(list(content.columns), dropna=False, sort=False)[
+            LINE_COLUMN
+        ].transform("min")
+        reasons.add(duplicated, "exact duplicate (of line " + first_line.astype(str) + ")")
+    if table == "customers" and "updated_at" not in content.columns:
+        repeated = content["customer_id"].notna() & content["customer_id"].duplicated(keep="first")
+        reasons.add(
+            repeated & ~duplicated,
+            "customer_id appears on an earlier line with other attributes; keep one row per "
+            "customer, or add an updated_at column to make the table a history",
+        )
+
+
+def validate_table(
+    raw: pd.DataFrame,
+    table: str,
+    config: TableConfig,
+    *,
+    run_at: pd.Timestamp,
+    as_of: pd.Timestamp | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, TableReport]:
+    """Coerce and validate one table's raw text frame (already mapped to canonical names).
+
+    Parameters
+    ----------
+    raw
+        Text frame from :func:`read_raw` after :func:`map_columns`.
+    table
+        Canonical table name.
+    config
+        The table's config (timezone, timestamp format).
+    run_at
+        The moment of the run: a timestamp later than this is a bad row.
+    as_of
+        Rows whose event time is at or after this instant are not read; ``None`` reads all.
+
+    Returns
+    -------
+    accepted, rejects, report
+        The canonical accepted rows, the rejected rows (original text, ``line``, ``reason``)
+        and the account of every row.
+    """
+    run_at = to_utc(run_at)
+    reasons = _Reasons(len(raw))
+    coerced = _coerce(raw, table, config, reasons)
+    _schema_failures(coerced, raw, table, reasons)
+    _row_checks(coerced, table, reasons, run_at=run_at)
+    _duplicates(raw, table, reasons)
+
+    bad = reasons.mask()
+    after = np.zeros(len(raw), dtype=bool)
+    event_time = EVENT_TIME[table]
+    if as_of is not None and event_time in coerced.columns:
+        as_of = to_utc(as_of)
+        after = (coerced[event_time] >= as_of).to_numpy(na_value=False) & ~bad
+        if table == "customers" and "updated_at" in coerced.columns:
+            after |= (coerced["updated_at"] >= as_of).to_numpy(na_value=False) & ~bad
+    read = ~after
+    accepted_mask = read & ~bad
+
+    rejects = raw[bad].copy()
+    rejects[REASON_COLUMN] = np.asarray(reasons.text(), dtype=object)[bad]
+    accepted = coerced[accepted_mask].drop(columns=[LINE_COLUMN])
+    if table == "orders" and "order_id" not in accepted.columns:
+        accepted.insert(1, "order_id", ("line-" + coerced[LINE_COLUMN].astype(str))[accepted_mask])
+    if as_of is not None and table == "interactions" and "responded_at" in accepted.columns:
+        accepted["responded_at"] = accepted["responded_at"].mask(accepted["responded_at"] >= as_of)
+    accepted = accepted.reset_index(drop=True)
+    counts = pd.Series([r for text in rejects[REASON_COLUMN] for r in _reason_kinds(text)])
+    report = TableReport(
+        table=table,
+        source=config.path.name,
+        rows_in_source=len(raw),
+        rows_after_as_of=int(after.sum()),
+        rows_read=int(read.sum()),
+        rows_accepted=int(accepted_mask.sum()),
+        rows_rejected=int(bad.sum()),
+        reasons={str(k): int(v) for k, v in counts.value_counts().sort_index().items()},
+    )
+    return accepted, rejects.reset_index(drop=True), report
+
+
+def _reason_kinds(text: str) -> Iterator[str]:
+    """Reasons without the offending values, for counting ("amount is not a number")."""
+    for part in text.split("; "):
+        yield re.sub(r" '[^']*'", "", re.sub(r" line \d+", "", part)).split(" (")[0]
+
+
+def load_tables(
+    config: ProjectConfig,
+    *,
+    run_at: pd.Timestamp,
+    as_of: pd.Timestamp | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LoadResult:
+    """Read, map and validate every configured table.
+
+    Nothing at or after ``as_of`` is read. Raises :class:`DataError` for a structural
+    problem; bad rows never raise. The reject threshold is checked by :func:`check_rejects`
+    so that callers can write the report and rejects first.
+    """
+    tables: dict[str, pd.DataFrame] = {}
+    reports: dict[str, TableReport] = {}
+    rejects: dict[str, pd.DataFrame] = {}
+    for name, table_config in config.data.tables().items():
+        if progress is not None:
+            progress(name)
+        raw = map_columns(read_raw(name, table_config), name, table_config)
+        accepted, rejected, report = validate_table(
+            raw, name, table_config, run_at=run_at, as_of=as_of
+        )
+        tables[name], rejects[name], reports[name] = accepted, rejected, report
+    return LoadResult(
+        Tables(tables["orders"], tables.get("interactions"), tables.get("customers")),
+        reports,
+        rejects,
+    )
+
+
+def check_rejects(result: LoadResult, *, max_reject_fraction: float) -> None:
+    """Raise :class:`ValidationFailed` for the first table whose rejected share is too high."""
+    for report in result.reports.values():
+        if report.reject_fraction > max_reject_fraction:
+            top = ", ".join(f"{k} ({v})" for k, v in list(report.reasons.items())[:5])
+            raise ValidationFailed(
+                f"{report.table}: {report.rows_rejected} of {report.rows_read} rows rejected "
+                f"({report.reject_fraction:.1%}, above validation.max_reject_fraction = "
+                f"{max_reject_fraction:g}); reasons: {top}. Fix the source data, correct the "
+                "column mapping, or raise validation.max_reject_fraction in the config",
+                table=report.table,
+                rejected=report.rows_rejected,
+                read=report.rows_read,
+            )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
+
+    A crash or kill before the end leaves the previous file at ``path`` intact.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        yield temporary
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_table(frame: pd.DataFrame, path: str | Path, *, index: bool = False) -> Path:
+    """Write ``frame`` atomically as CSV or Parquet, chosen by the path's extension."""
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise DataError(f"cannot write {target.name!r}: use a .csv or .parquet file name")
+    with atomic_path(target) as temporary:
+        if suffix == ".csv":
+            frame.to_csv(temporary, index=index, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
+        else:
+            frame.to_parquet(temporary, index=index)
+    return target
+
+
+def write_text(text: str, path: str | Path) -> Path:
+    """Write ``text`` atomically (UTF-8)."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(data: Any, path: str | Path) -> Path:
+    """Write ``data`` as indented, key-sorted JSON, atomically."""
+    return write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", path)
+
+
+def write_validation(result: LoadResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``validation_report.json`` and one ``rejects_<table>.csv`` per table to ``out_dir``.
+
+    A rejects file is written for every table, with a header even when it is empty, so that
+    a previous run's rejects never linger.
+    """
+    out = Path(out_dir)
+    paths: dict[str, Path] = {}
+    for name, rejected in result.rejects.items():
+        paths[f"rejects_{name}"] = write_table(rejected, out / f"rejects_{name}.csv")
+    report = {
+        name: {**asdict(r), "reconciles": r.reconciles()} for name, r in result.reports.items()
+    }
+    paths["report"] = write_json(report, out / "validation_report.json")
+    return paths
