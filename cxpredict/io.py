@@ -93,6 +93,8 @@ class LoadResult:
     tables: Tables
     reports: dict[str, TableReport]
     rejects: dict[str, pd.DataFrame]
+    run_at: pd.Timestamp | None = None
+    as_of: pd.Timestamp | None = None
 
     def summary(self) -> pd.DataFrame:
         """One row per table: rows in source, after as-of, read, accepted, rejected."""
@@ -322,7 +324,12 @@ def _coerce(
             if column == "quantity":
                 fractional = numbers.notna() & (numbers % 1 != 0)
                 reasons.add(fractional, "quantity " + _quoted(text) + " is not a whole number")
-                out[column] = numbers.mask(fractional).round().astype("Int64")
+                huge = numbers.abs() >= 1e9
+                reasons.add(huge, "quantity is implausibly large")
+                whole = numbers.notna() & ~fractional & ~huge
+                quantity = pd.Series(pd.NA, index=numbers.index, dtype="Int64")
+                quantity[whole] = numbers[whole].astype("int64")
+                out[column] = quantity
             else:
                 out[column] = numbers
         else:
@@ -380,7 +387,7 @@ def _row_checks(
         if column in frame.columns:
             reasons.add(
                 frame[column] > run_at,
-                f"{column} is later than the moment of this run ({run_at.isoformat()})",
+                f"{column} is in the future (later than the moment of this run)",
             )
     if table == "interactions" and "responded_at" in frame.columns:
         reasons.add(
@@ -513,6 +520,8 @@ def load_tables(
         Tables(tables["orders"], tables.get("interactions"), tables.get("customers")),
         reports,
         rejects,
+        run_at=to_utc(run_at),
+        as_of=None if as_of is None else to_utc(as_of),
     )
 
 
@@ -591,8 +600,9 @@ def write_validation(result: LoadResult, out_dir: str | Path) -> dict[str, Path]
     paths: dict[str, Path] = {}
     for name, rejected in result.rejects.items():
         paths[f"rejects_{name}"] = write_table(rejected, out / f"rejects_{name}.csv")
-    report = {
+    report: dict[str, Any] = {
         name: {**asdict(r), "reconciles": r.reconciles()} for name, r in result.reports.items()
     }
+    report["run"] = {"run_at": str(result.run_at), "as_of": str(result.as_of)}
     paths["report"] = write_json(report, out / "validation_report.json")
     return paths

@@ -1,0 +1,226 @@
+"""The ``cxpredict`` command line: thin commands over the public API.
+
+Every command reads the clock here, at the edge, and nowhere else: the moment of the run
+decides which timestamps are in the future. Failures the package reports on purpose exit with
+their own code (see :mod:`cxpredict.errors`); the message says what was wrong and the fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cxpredict.config import ProjectConfig, load_config
+from cxpredict.errors import CxpredictError
+from cxpredict.io import LoadResult, check_rejects, load_tables, write_table, write_validation
+from cxpredict.schemas import to_utc
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+app = typer.Typer(
+    name="cxpredict",
+    help="Customer behaviour prediction from order and interaction logs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="The project's YAML config file.", show_default=False)
+]
+AsOfOption = Annotated[
+    str,
+    typer.Option(
+        "--as-of",
+        help="Behave as if today were this date (UTC): nothing at or after it is read.",
+        show_default=False,
+    ),
+]
+
+
+def reported(command: F) -> F:
+    """Turn the package's own failures into a message and their exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except CxpredictError as exc:
+            console.print(
+                f"[bold red]error[/] ({type(exc).__name__}): {exc}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def run_moment() -> pd.Timestamp:
+    """The moment of this run, in UTC: the only clock read in the package."""
+    return pd.Timestamp.now(tz="UTC")
+
+
+def parse_as_of(text: str, *, now: pd.Timestamp) -> pd.Timestamp:
+    """An ``--as-of`` value as a UTC instant; a date means its midnight, UTC."""
+    try:
+        as_of = to_utc(text)
+    except (ValueError, TypeError):
+        raise typer.BadParameter(
+            f"{text!r} is not a date; use YYYY-MM-DD", param_hint="--as-of"
+        ) from None
+    if as_of > now:
+        raise typer.BadParameter(
+            f"{as_of.date()} is in the future; --as-of must be today or earlier",
+            param_hint="--as-of",
+        )
+    return as_of
+
+
+@contextmanager
+def progress_bar() -> Iterator[Progress]:
+    """A rich progress display on stderr (quiet when stderr is not a terminal)."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as progress:
+        yield progress
+
+
+def read_validated(
+    config: ProjectConfig,
+    *,
+    now: pd.Timestamp,
+    as_of: pd.Timestamp | None,
+    validation_dir: Path,
+) -> LoadResult:
+    """Read and validate every table, write the report and rejects, enforce the threshold."""
+    with progress_bar() as progress:
+        step = progress.add_task("reading tables", total=len(config.data.tables()))
+
+        def advance(name: str) -> None:
+            progress.update(step, description=f"reading {name}")
+            progress.advance(step)
+
+        result = load_tables(config, run_at=now, as_of=as_of, progress=advance)
+    write_validation(result, validation_dir)
+    print_reconciliation(result)
+    console.print(f"validation report and rejects: {validation_dir}", highlight=False)
+    check_rejects(result, max_reject_fraction=config.validation.max_reject_fraction)
+    return result
+
+
+def print_reconciliation(result: LoadResult) -> None:
+    """Print rows in source = after as-of + read, and read = accepted + rejected, per table."""
+    table = Table(title="rows per table", title_justify="left")
+    for column in ("table", "in source", "after as-of", "read", "accepted", "rejected", "ok"):
+        table.add_column(column, justify="left" if column == "table" else "right")
+    for name, r in result.reports.items():
+        table.add_row(
+            name,
+            f"{r.rows_in_source:,}",
+            f"{r.rows_after_as_of:,}",
+            f"{r.rows_read:,}",
+            f"{r.rows_accepted:,}",
+            f"{r.rows_rejected:,} ({r.reject_fraction:.2%})",
+            "yes" if r.reconciles() else "NO",
+        )
+    console.print(table)
+
+
+@app.command()
+@reported
+def sample(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the tables to.")],
+    customers: Annotated[int, typer.Option("--customers", min=1)] = 2000,
+    seed: Annotated[int, typer.Option("--seed")] = 42,
+    start: Annotated[str, typer.Option("--start", help="First day of the history.")] = (
+        "2024-01-01"
+    ),
+    days: Annotated[int, typer.Option("--days", min=30, help="Length of the history.")] = 730,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+) -> None:
+    """Generate a synthetic omnichannel retailer's orders, interactions and customers."""
+    from cxpredict.sample import generate_sample, write_sample
+
+    if fmt not in ("csv", "parquet"):
+        raise typer.BadParameter("use csv or parquet", param_hint="--format")
+    with progress_bar() as progress:
+        progress.add_task(f"generating {customers:,} customers", total=None)
+        tables = generate_sample(customers, seed=seed, start=start, days=days)
+        paths = write_sample(tables, out_dir, fmt=fmt)
+    for name, path in paths.items():
+        frame = tables.get(name)
+        rows = 0 if frame is None else len(frame)
+        out.print(f"{name:<13} {rows:>10,} rows  {path}", highlight=False)
+
+
+@app.command()
+@reported
+def validate(
+    config_path: ConfigOption,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the report and rejects.")],
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Only read what was known before this date (UTC)."),
+    ] = None,
+) -> None:
+    """Validate every table: write validation_report.json and rejects_<table>.csv."""
+    now = run_moment()
+    config = load_config(config_path)
+    cutoff = parse_as_of(as_of, now=now) if as_of else None
+    read_validated(config, now=now, as_of=cutoff, validation_dir=out_dir)
+    out.print(f"validated: {out_dir / 'validation_report.json'}", highlight=False)
+
+
+@app.command()
+@reported
+def features(
+    config_path: ConfigOption,
+    as_of: AsOfOption,
+    out_file: Annotated[
+        Path, typer.Option("--out", help="Output file: .parquet or .csv.", show_default=False)
+    ],
+) -> None:
+    """Build every customer's features as of a date and write them to a file."""
+    from cxpredict.features import build_features
+
+    if out_file.suffix.lower() not in (".csv", ".parquet"):
+        raise typer.BadParameter("use a .csv or .parquet file name", param_hint="--out")
+    now = run_moment()
+    config = load_config(config_path)
+    cutoff = parse_as_of(as_of, now=now)
+    result = read_validated(
+        config, now=now, as_of=cutoff, validation_dir=out_file.parent / "validation"
+    )
+    with progress_bar() as progress:
+        progress.add_task("building features", total=None)
+        frame = build_features(result.tables, cutoff, settings=config.features)
+    write_table(frame, out_file, index=True)
+    out.print(
+        f"features: {len(frame):,} customers x {frame.shape[1]} features -> {out_file}",
+        highlight=False,
+    )
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    """Run the command line."""
+    app()

@@ -1,0 +1,315 @@
+"""Reading tables: mapping, coercion, rejects with reasons, reconciliation, atomic writes."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cxpredict.config import TableConfig, parse_config
+from cxpredict.errors import DataError, ValidationFailed
+from cxpredict.io import (
+    atomic_path,
+    check_rejects,
+    load_tables,
+    map_columns,
+    read_raw,
+    validate_table,
+    write_table,
+    write_validation,
+)
+
+RUN_AT = pd.Timestamp("2026-01-01", tz="UTC")
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text.strip() + "\n", encoding="utf-8")
+    return path
+
+
+def project(tmp_path: Path, **tables: dict) -> object:
+    return parse_config({"project": "t", "data": tables}, root=tmp_path)
+
+
+def test_bad_order_rows_are_rejected_with_exact_reasons(tmp_path: Path) -> None:
+    write(
+        tmp_path / "orders.csv",
+        """
+CustomerID,InvoiceDate,Revenue,Qty
+00001,2024-01-05 10:00:00,12.5,1
+00002,2024-13-01,3.0,1
+,2024-02-01,4.0,1
+00003,2024-02-01T00:00:00+02:00,abc,1
+00001,2024-01-05 10:00:00,12.5,1
+00004,2030-01-01,5.0,1
+00005,2024-03-01,5.0,1.5
+00006,,7.0,2
+""",
+    )
+    config = project(
+        tmp_path,
+        orders={
+            "path": "orders.csv",
+            "columns": {
+                "customer_id": "CustomerID",
+                "timestamp": "InvoiceDate",
+                "amount": "Revenue",
+                "quantity": "Qty",
+            },
+        },
+    )
+    result = load_tables(config, run_at=RUN_AT)
+    rejects = result.rejects["orders"]
+    assert rejects[["line", "reason"]].to_dict("records") == [
+        {"line": 3, "reason": "timestamp '2024-13-01' is not a date/time"},
+        {"line": 4, "reason": "customer_id is missing"},
+        {"line": 5, "reason": "amount 'abc' is not a number"},
+        {"line": 6, "reason": "exact duplicate (of line 2)"},
+        {"line": 7, "reason": "timestamp is in the future (later than the moment of this run)"},
+        {"line": 8, "reason": "quantity '1.5' is not a whole number"},
+        {"line": 9, "reason": "timestamp is missing"},
+    ]
+    assert rejects.loc[0, "customer_id"] == "00002"  # the original text is kept
+    assert list(result.tables.orders["customer_id"]) == ["00001"]
+
+
+def test_bad_interaction_rows_are_rejected_with_exact_reasons(tmp_path: Path) -> None:
+    write(
+        tmp_path / "interactions.csv",
+        """
+customer_id,timestamp,channel,kind,responded_at,rating
+1,2024-01-05,chat,message,2024-01-04,
+2,2024-01-05,web,review,,9
+3,2024-01-05,,visit,,
+4,2024-01-05,chat,message,soon,
+5,2024-01-05,chat,message,2024-01-06,
+""",
+    )
+    config = project(
+        tmp_path,
+        orders={"path": "orders.csv"},
+        interactions={"path": "interactions.csv"},
+    )
+    write(tmp_path / "orders.csv", "customer_id,timestamp,amount\n5,2024-01-01,3")
+    result = load_tables(config, run_at=RUN_AT)
+    assert result.rejects["interactions"][["line", "reason"]].to_dict("records") == [
+        {"line": 2, "reason": "responded_at is before the timestamp"},
+        {"line": 3, "reason": "rating is outside the allowed range"},
+        {"line": 4, "reason": "channel is missing"},
+        {"line": 5, "reason": "responded_at 'soon' is not a date/time"},
+    ]
+    accepted = result.tables.interactions
+    assert accepted["responded_at"].iloc[0] == pd.Timestamp("2024-01-06", tz="UTC")
+
+
+def test_a_row_with_several_problems_lists_every_reason(tmp_path: Path) -> None:
+    write(tmp_path / "orders.csv", "customer_id,timestamp,amount\n,yesterday,lots")
+    result = load_tables(project(tmp_path, orders={"path": "orders.csv"}), run_at=RUN_AT)
+    assert result.rejects["orders"]["reason"].tolist() == [
+        "timestamp 'yesterday' is not a date/time; amount 'lots' is not a number; "
+        "customer_id is missing"
+    ]
+
+
+def test_ids_with_leading_zeros_survive_a_round_trip(tmp_path: Path) -> None:
+    write(
+        tmp_path / "orders.csv",
+        "customer_id,timestamp,amount\n00001,2024-01-01,1\n0042,2024-01-02,2",
+    )
+    config = project(tmp_path, orders={"path": "orders.csv"})
+    first = load_tables(config, run_at=RUN_AT).tables.orders
+    assert first["customer_id"].tolist() == ["00001", "0042"]
+    for name in ("again.csv", "again.parquet"):
+        write_table(first, tmp_path / name)
+        again = load_tables(project(tmp_path, orders={"path": name}), run_at=RUN_AT)
+        assert again.tables.orders["customer_id"].tolist() == ["00001", "0042"]
+        pd.testing.assert_series_equal(
+            again.tables.orders["timestamp"], first["timestamp"], check_names=False
+        )
+
+
+def test_naive_timestamps_are_taken_in_the_configured_timezone(tmp_path: Path) -> None:
+    write(
+        tmp_path / "orders.csv",
+        "customer_id,timestamp,amount\na,2024-07-01 12:00:00,1\nb,2024-07-01T12:00:00Z,1",
+    )
+    config = project(tmp_path, orders={"path": "orders.csv", "timezone": "Europe/Paris"})
+    stamps = load_tables(config, run_at=RUN_AT).tables.orders["timestamp"].tolist()
+    assert stamps == [
+        pd.Timestamp("2024-07-01 10:00:00", tz="UTC"),
+        pd.Timestamp("2024-07-01 12:00:00", tz="UTC"),
+    ]
+
+
+def test_a_missing_required_column_names_the_table_the_column_and_the_closest_match(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path / "orders.csv", "CustomerID,InvoiceDate,Amount\n1,2024-01-01,1")
+    config = project(
+        tmp_path, orders={"path": "orders.csv", "columns": {"customer_id": "CustomerID"}}
+    )
+    with pytest.raises(DataError, match=r"orders: column 'timestamp' not found") as info:
+        load_tables(config, run_at=RUN_AT)
+    message = str(info.value)
+    assert "the file has CustomerID, InvoiceDate, Amount" in message
+    assert "data.orders.columns" in message
+    assert info.value.table == "orders" and info.value.column == "timestamp"
+
+
+def test_a_misspelt_mapping_suggests_the_files_column(tmp_path: Path) -> None:
+    write(tmp_path / "orders.csv", "CustomerID,InvoiceDate,Amount\n1,2024-01-01,1")
+    config = project(
+        tmp_path,
+        orders={
+            "path": "orders.csv",
+            "columns": {"customer_id": "CustomerID", "timestamp": "InvoiceDat"},
+        },
+    )
+    with pytest.raises(DataError, match=r"the closest is 'InvoiceDate'"):
+        load_tables(config, run_at=RUN_AT)
+
+
+def test_a_missing_file_is_a_data_error_naming_the_config_key(tmp_path: Path) -> None:
+    config = project(tmp_path, orders={"path": "nowhere.csv"})
+    with pytest.raises(DataError, match=r"orders: file .*nowhere.csv' not found; fix data.orders"):
+        load_tables(config, run_at=RUN_AT)
+
+
+def test_rows_at_or_after_as_of_are_not_read_and_not_rejected(tmp_path: Path) -> None:
+    write(
+        tmp_path / "orders.csv",
+        "customer_id,timestamp,amount\n"
+        "a,2024-01-31T23:59:59.999999Z,1\nb,2024-02-01T00:00:00Z,1\nc,2024-03-01,1",
+    )
+    result = load_tables(
+        project(tmp_path, orders={"path": "orders.csv"}),
+        run_at=RUN_AT,
+        as_of=pd.Timestamp("2024-02-01", tz="UTC"),
+    )
+    report = result.reports["orders"]
+    assert (report.rows_in_source, report.rows_after_as_of, report.rows_read) == (3, 2, 1)
+    assert (report.rows_accepted, report.rows_rejected) == (1, 0)
+    assert result.tables.orders["customer_id"].tolist() == ["a"]
+
+
+def test_answers_given_at_or_after_as_of_are_not_yet_known(tmp_path: Path) -> None:
+    write(tmp_path / "orders.csv", "customer_id,timestamp,amount\na,2024-01-01,1")
+    write(
+        tmp_path / "interactions.csv",
+        "customer_id,timestamp,channel,kind,responded_at\n"
+        "a,2024-01-10,chat,message,2024-01-20\na,2024-01-10,chat,message,2024-01-12",
+    )
+    result = load_tables(
+        project(tmp_path, orders={"path": "orders.csv"}, interactions={"path": "interactions.csv"}),
+        run_at=RUN_AT,
+        as_of=pd.Timestamp("2024-01-15", tz="UTC"),
+    )
+    answered = result.tables.interactions["responded_at"]
+    assert answered.isna().tolist() == [True, False]
+
+
+def test_missing_order_ids_make_each_row_one_order(tmp_path: Path) -> None:
+    write(tmp_path / "orders.csv", "customer_id,timestamp,amount\na,2024-01-01,1\na,2024-01-01,2")
+    orders = load_tables(project(tmp_path, orders={"path": "orders.csv"}), run_at=RUN_AT)
+    assert orders.tables.orders["order_id"].tolist() == ["line-2", "line-3"]
+
+
+def test_whitespace_separated_files_with_compact_dates_are_read(tmp_path: Path) -> None:
+    write(
+        tmp_path / "cdnow.txt", "id date cds dollars\n00001 19970101 1 11.77\n00002 19970112 2 20.5"
+    )
+    config = project(
+        tmp_path,
+        orders={
+            "path": "cdnow.txt",
+            "sep": "whitespace",
+            "timestamp_format": "%Y%m%d",
+            "columns": {"customer_id": "id", "timestamp": "date", "amount": "dollars"},
+        },
+    )
+    orders = load_tables(config, run_at=RUN_AT).tables.orders
+    assert orders["customer_id"].tolist() == ["00001", "00002"]
+    assert orders["timestamp"].iloc[1] == pd.Timestamp("1997-01-12", tz="UTC")
+
+
+def test_a_folder_of_parquet_files_is_one_table(tmp_path: Path) -> None:
+    folder = tmp_path / "orders"
+    folder.mkdir()
+    for part in range(2):
+        frame = pd.DataFrame(
+            {
+                "customer_id": [f"0{part}"],
+                "timestamp": pd.to_datetime(["2024-01-01"], utc=True),
+                "amount": [1.0],
+            }
+        )
+        frame.to_parquet(folder / f"part-{part}.parquet")
+    orders = load_tables(project(tmp_path, orders={"path": "orders"}), run_at=RUN_AT)
+    assert orders.tables.orders["customer_id"].tolist() == ["00", "01"]
+
+
+def test_too_many_rejects_stop_the_run_after_the_rejects_are_written(tmp_path: Path) -> None:
+    write(tmp_path / "orders.csv", "customer_id,timestamp,amount\na,2024-01-01,x\nb,2024-01-01,1")
+    result = load_tables(project(tmp_path, orders={"path": "orders.csv"}), run_at=RUN_AT)
+    paths = write_validation(result, tmp_path / "out")
+    assert pd.read_csv(paths["rejects_orders"])["reason"].tolist() == ["amount 'x' is not a number"]
+    with pytest.raises(ValidationFailed, match=r"orders: 1 of 2 rows rejected \(50.0%"):
+        check_rejects(result, max_reject_fraction=0.01)
+    check_rejects(result, max_reject_fraction=0.5)
+
+
+def test_an_interrupted_write_leaves_the_previous_file_intact(tmp_path: Path) -> None:
+    target = tmp_path / "list.csv"
+    target.write_text("previous\n")
+    with pytest.raises(RuntimeError), atomic_path(target) as temporary:
+        temporary.write_text("half a fi")
+        raise RuntimeError("killed")
+    assert target.read_text() == "previous\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["list.csv"]
+
+
+CELL = st.one_of(
+    st.none(),
+    st.text(alphabet=string.printable, max_size=12),
+    st.sampled_from(["2024-01-01", "2024-02-30", "1e400", "-3", "NaN", "0001", "5.5", " "]),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(st.lists(CELL, min_size=6, max_size=6), max_size=12),
+    table=st.sampled_from(["orders", "interactions"]),
+)
+def test_garbage_tables_give_valid_tables_or_clear_rejects_and_always_reconcile(
+    rows: list[list[str | None]], table: str
+) -> None:
+    columns = {
+        "orders": ["customer_id", "timestamp", "amount", "quantity", "category", "channel"],
+        "interactions": ["customer_id", "timestamp", "channel", "kind", "responded_at", "rating"],
+    }[table]
+    raw = pd.DataFrame(rows, columns=columns, dtype=object)
+    raw.insert(0, "line", np.arange(2, len(raw) + 2))
+    config = TableConfig(path=Path(f"{table}.csv"))
+    mapped = map_columns(raw, table, config)
+    accepted, rejects, report = validate_table(
+        mapped, table, config, run_at=RUN_AT, as_of=pd.Timestamp("2025-01-01", tz="UTC")
+    )
+    assert report.reconciles()
+    assert len(accepted) == report.rows_accepted and len(rejects) == report.rows_rejected
+    assert rejects["reason"].str.len().gt(0).all()
+    assert accepted["customer_id"].str.len().gt(0).all()
+    assert accepted["timestamp"].dt.tz is not None
+
+
+def test_unreadable_files_raise_a_data_error(tmp_path: Path) -> None:
+    (tmp_path / "orders.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=r"orders: cannot read .*orders.parquet' as parquet"):
+        read_raw("orders", TableConfig(path=tmp_path / "orders.parquet"))
