@@ -201,13 +201,13 @@ def features(
     ],
 ) -> None:
     """Build every customer's features as of a date and write them to a file."""
-    from cxpredict.features import build_features
-
     if out_file.suffix.lower() not in (".csv", ".parquet"):
         raise typer.BadParameter("use a .csv or .parquet file name", param_hint="--out")
     now = run_moment()
-    config = load_config(config_path)
     cutoff = parse_as_of(as_of, now=now)
+    config = load_config(config_path)
+    from cxpredict.features import build_features
+
     result = read_validated(
         config, now=now, as_of=cutoff, validation_dir=out_file.parent / "validation"
     )

@@ -1,0 +1,101 @@
+"""The project config: typed, frozen, strict about unknown keys, paths relative to the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from cxpredict.config import ChurnTask, PreferenceTask, load_config, parse_config
+from cxpredict.errors import ConfigError
+
+MINIMAL = "project: demo\ndata:\n  orders: {path: data/orders.csv}\n"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cxpredict.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_relative_paths_resolve_against_the_config_files_folder(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.data.orders.path == (tmp_path / "data" / "orders.csv").resolve()
+    assert config.root == tmp_path.resolve()
+
+
+def test_an_unknown_key_suggests_the_closest_valid_key(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"traning: unknown key 'traning'; did you mean 'training'"
+    ):
+        load_config(write(tmp_path, MINIMAL + "traning: {}\n"))
+
+
+def test_an_unknown_task_key_suggests_the_key_of_that_task_kind(tmp_path: Path) -> None:
+    text = MINIMAL + "tasks:\n  churn: {kind: churn, horizon_days: 90, active_dayz: 10}\n"
+    with pytest.raises(
+        ConfigError, match=r"tasks.churn.active_dayz: unknown key .*did you mean 'active_days'"
+    ):
+        load_config(write(tmp_path, text))
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = (
+        "project: demo\ndata:\n  orders: {path: a.csv}\n  interactons: {path: b.csv}\nscorng: {}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert "did you mean 'interactions'" in str(info.value)
+    assert "did you mean 'scoring'" in str(info.value)
+
+
+def test_a_column_mapping_must_name_a_canonical_column(tmp_path: Path) -> None:
+    text = "project: d\ndata:\n  orders: {path: a.csv, columns: {timestmp: Date}}\n"
+    with pytest.raises(ConfigError, match=r"'timestmp' is not a canonical column.*'timestamp'"):
+        load_config(write(tmp_path, text))
+
+
+def test_tasks_are_typed_by_their_kind(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "tasks:\n"
+        "  churn: {kind: churn, horizon_days: 90}\n"
+        "  best_channel: {kind: preference, attribute: channel, table: interactions,"
+        " horizon_days: 60}\n"
+    )
+    config = load_config(write(tmp_path, text))
+    assert isinstance(config.task("churn"), ChurnTask)
+    assert config.task("churn").active_days == 180
+    assert isinstance(config.task("best_channel"), PreferenceTask)
+
+
+def test_asking_for_an_unconfigured_task_lists_the_configured_ones(tmp_path: Path) -> None:
+    text = MINIMAL + "tasks:\n  churn: {kind: churn, horizon_days: 90}\n"
+    config = load_config(write(tmp_path, text))
+    with pytest.raises(ConfigError, match=r"task 'chrun' is not configured; did you mean 'churn'"):
+        config.task("chrun")
+
+
+def test_a_missing_file_and_broken_yaml_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found; pass --config"):
+        load_config(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "project: [unclosed\n"))
+
+
+def test_an_unknown_timezone_is_refused(tmp_path: Path) -> None:
+    text = "project: d\ndata:\n  orders: {path: a.csv, timezone: Mars/Olympus}\n"
+    with pytest.raises(ConfigError, match="unknown timezone 'Mars/Olympus'"):
+        load_config(write(tmp_path, text))
+
+
+def test_the_config_is_frozen(tmp_path: Path) -> None:
+    config = parse_config({"project": "d", "data": {"orders": {"path": "a.csv"}}}, root=tmp_path)
+    with pytest.raises(pydantic.ValidationError):
+        config.project = "other"  # type: ignore[misc]
+
+
+def test_the_bundled_sample_config_is_valid() -> None:
+    config = load_config(Path(__file__).resolve().parents[1] / "data/sample/cxpredict.yaml")
+    assert config.data.orders.path.is_file()
+    assert {t.kind for t in config.tasks.values()} == {"churn", "repurchase", "preference", "value"}
