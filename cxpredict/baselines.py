@@ -107,6 +107,13 @@ def btyd_summary(
         one order before the cutoff, columns ``frequency`` (distinct purchase days - 1,
         int64), ``recency`` (last purchase day - first purchase day) and ``T``
         (cutoff - first purchase day), both in time units.
+
+    Notes
+    -----
+    Fader, Hardie & Lee measure T to the last whole day before the cutoff, one day less
+    than here; their published CDNOW estimates are reproduced with that convention
+    (``T - 1`` with ``time_unit_days=1``, then converted), and this one moves BG/NBD's
+    ``a`` and ``b`` by about 0.02 and 0.05 on the 2,357-customer sample.
     """
     missing = [c for c in ("customer_id", "timestamp") if c not in orders.columns]
     if missing:
@@ -431,7 +438,10 @@ class _BuyTillYouDie(BaseEstimator):
         if x.size == 0:
             raise BaselineInputError(f"{where}: no customers given; pass at least one row")
         w = _check_weights(weights, x.size, where)
-        penalizer = float(self.penalizer)
+        try:
+            penalizer = float(self.penalizer)
+        except (TypeError, ValueError):
+            penalizer = np.nan
         if not (np.isfinite(penalizer) and penalizer >= 0):
             raise BaselineInputError(
                 f"{where}: penalizer must be a number >= 0, got {self.penalizer!r}",
@@ -482,6 +492,22 @@ class _BuyTillYouDie(BaseEstimator):
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         check_is_fitted(self, "params_")
         return _check_summary(frequency, recency, T, f"{type(self).__name__}.{where}")
+
+    def _prepare_horizon(
+        self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike, where: str
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Checked (x, t_x, T, t), broadcast against each other."""
+        x, t_x, age = self._prepare(frequency, recency, T, where)
+        horizon = _check_horizon(t, f"{type(self).__name__}.{where}")
+        try:
+            x, t_x, age, horizon = np.broadcast_arrays(x, t_x, age, horizon)
+        except ValueError as exc:
+            raise BaselineInputError(
+                f"{type(self).__name__}.{where}: t has {horizon.size} values for {x.size} "
+                "customers; pass one horizon, or one per customer",
+                column="t",
+            ) from exc
+        return x, t_x, age, horizon
 
     # -- scores --------------------------------------------------------------------------
 
@@ -537,7 +563,9 @@ class BetaGeometricNBD(_BuyTillYouDie):
     Parameters
     ----------
     penalizer
-        Weight of the L2 penalty ``penalizer * sum(params**2)`` on the mean log-likelihood.
+        Weight of the L2 penalty ``penalizer * sum(params**2)`` on the mean log-likelihood;
+        the rate parameters enter it in a time unit where the oldest customer is 10 units
+        old, so the penalty does not depend on the caller's time unit.
 
     Attributes
     ----------
@@ -589,10 +617,8 @@ class BetaGeometricNBD(_BuyTillYouDie):
         ``P(alive) (a+b+x-1)/(a-1) [1 - ((alpha+T)/(alpha+T+t))^(r+x)
         2F1(r+x, b+x; a+b+x-1; t/(alpha+T+t))]``.
         """
-        x, t_x, age = self._prepare(frequency, recency, T, "expected_purchases")
-        horizon = _check_horizon(t, f"{type(self).__name__}.expected_purchases")
+        x, t_x, age, horizon = self._prepare_horizon(t, frequency, recency, T, "expected_purchases")
         r, alpha, a, b = self._params()
-        x, t_x, age, horizon = np.broadcast_arrays(x, t_x, age, horizon)
         z = horizon / (alpha + age + horizon)
         with np.errstate(all="ignore"):
             direct = np.exp((r + x) * np.log1p(-z)) * hyp2f1(r + x, b + x, a + b + x - 1.0, z)
@@ -614,8 +640,9 @@ class BetaGeometricNBD(_BuyTillYouDie):
         ``Gamma(r + x, alpha + T)``. Hence, exactly,
         ``P(alive) [1 - ((alpha + T) / (alpha + T + t))^(r + x)]``.
         """
-        x, t_x, age = self._prepare(frequency, recency, T, "probability_of_purchase")
-        horizon = _check_horizon(t, f"{type(self).__name__}.probability_of_purchase")
+        x, t_x, age, horizon = self._prepare_horizon(
+            t, frequency, recency, T, "probability_of_purchase"
+        )
         r, alpha, _, _ = self._params()
         buys = -np.expm1(-(r + x) * np.log1p(horizon / (alpha + age)))
         return self._probability_alive(x, t_x, age) * buys
@@ -642,7 +669,9 @@ class ParetoNBD(_BuyTillYouDie):
     Parameters
     ----------
     penalizer
-        Weight of the L2 penalty ``penalizer * sum(params**2)`` on the mean log-likelihood.
+        Weight of the L2 penalty ``penalizer * sum(params**2)`` on the mean log-likelihood;
+        the rate parameters enter it in a time unit where the oldest customer is 10 units
+        old, so the penalty does not depend on the caller's time unit.
 
     Attributes
     ----------
@@ -699,8 +728,7 @@ class ParetoNBD(_BuyTillYouDie):
         ``P(alive) (r+x)(beta+T) / ((alpha+T)(s-1)) [1 - ((beta+T)/(beta+T+t))^(s-1)]``,
         with its limit ``(r+x)(beta+T)/(alpha+T) log((beta+T+t)/(beta+T))`` at s = 1.
         """
-        x, t_x, age = self._prepare(frequency, recency, T, "expected_purchases")
-        horizon = _check_horizon(t, f"{type(self).__name__}.expected_purchases")
+        x, t_x, age, horizon = self._prepare_horizon(t, frequency, recency, T, "expected_purchases")
         r, alpha, s, beta = self._params()
         given_alive = (
             (r + x)
@@ -725,10 +753,10 @@ class ParetoNBD(_BuyTillYouDie):
         evaluated in closed form with 2F1 as in note 009 eqs. (19-20). This equals
         ``1 - P(Y(t) = 0 | x, t_x, T)`` of Fader & Hardie's note 028 (eq. 16 with n = 0).
         """
-        x, t_x, age = self._prepare(frequency, recency, T, "probability_of_purchase")
-        horizon = _check_horizon(t, f"{type(self).__name__}.probability_of_purchase")
+        x, t_x, age, horizon = self._prepare_horizon(
+            t, frequency, recency, T, "probability_of_purchase"
+        )
         r, alpha, s, beta = self._params()
-        x, t_x, age, horizon = np.broadcast_arrays(x, t_x, age, horizon)
         log_integral = _log_difference(
             _log_tail_integral(age, alpha, beta, r + x + 1.0, s),
             _log_tail_integral(age + horizon, alpha, beta, r + x + 1.0, s),

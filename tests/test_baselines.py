@@ -210,6 +210,66 @@ def test_a_fit_on_weighted_groups_equals_the_fit_on_customers(model_class):
     assert by_group.log_likelihood_ == pytest.approx(by_customer.log_likelihood_, rel=1e-9)
 
 
+def simulate_bgnbd(params: tuple[float, ...], n: int, seed: int) -> tuple[np.ndarray, ...]:
+    """(x, t_x, T) of customers drawn from BG/NBD, in continuous time."""
+    r, alpha, a, b = params
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(20, 52, n)
+    arrivals = rng.poisson(rng.gamma(r, 1 / alpha, n) * age)
+    dropout_after = rng.geometric(rng.beta(a, b, n))  # index of the last repeat purchase
+    x = np.minimum(arrivals, dropout_after)
+    # The x-th of `arrivals` uniform arrival times on (0, T).
+    t_x = np.where(x > 0, age * rng.beta(np.maximum(x, 1), np.maximum(arrivals - x + 1, 1)), 0)
+    return x, t_x, age
+
+
+def simulate_pareto_nbd(params: tuple[float, ...], n: int, seed: int) -> tuple[np.ndarray, ...]:
+    """(x, t_x, T) of customers drawn from Pareto/NBD, in continuous time."""
+    r, alpha, s, beta = params
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(20, 52, n)
+    active = np.minimum(rng.exponential(1 / rng.gamma(s, 1 / beta, n)), age)
+    x = rng.poisson(rng.gamma(r, 1 / alpha, n) * active)
+    t_x = np.where(x > 0, active * rng.beta(np.maximum(x, 1), 1), 0.0)  # max of x uniforms
+    return x, t_x, age
+
+
+@pytest.mark.parametrize(
+    ("model_class", "params", "simulate"),
+    [
+        (BetaGeometricNBD, (0.6, 4.0, 0.8, 2.5), simulate_bgnbd),
+        (ParetoNBD, (0.6, 8.0, 0.7, 10.0), simulate_pareto_nbd),
+    ],
+)
+def test_fits_recover_the_parameters_of_simulated_customers(model_class, params, simulate):
+    history = simulate(params, 20_000, seed=0)
+
+    model = model_class().fit(*history)
+
+    assert model.converged_
+    assert list(model.params_.values()) == pytest.approx(params, rel=0.2)
+    at_truth = model_class._log_likelihood(params, *(np.asarray(v, float) for v in history))
+    assert model.log_likelihood_ >= at_truth.sum()
+
+
+@pytest.mark.parametrize("model_class", [BetaGeometricNBD, ParetoNBD])
+def test_fitting_in_days_gives_the_same_model_with_rates_in_days(model_class):
+    weeks = published_convention(cdnow_sample_orders())
+    days = weeks.assign(recency=weeks["recency"] * 7, T=weeks["T"] * 7)
+
+    in_weeks = model_class().fit(weeks["frequency"], weeks["recency"], weeks["T"])
+    in_days = model_class().fit(days["frequency"], days["recency"], days["T"])
+
+    for name, value in in_weeks.params_.items():
+        scale = 7 if name in ("alpha", "beta") else 1
+        assert in_days.params_[name] == pytest.approx(value * scale, rel=1e-4), name
+    np.testing.assert_allclose(
+        in_days.expected_purchases(7 * 39, days["frequency"], days["recency"], days["T"]),
+        in_weeks.expected_purchases(39, weeks["frequency"], weeks["recency"], weeks["T"]),
+        rtol=1e-4,
+    )
+
+
 def test_a_penalizer_shrinks_the_parameters():
     summary = published_convention(cdnow_sample_orders())
     args = (summary["frequency"], summary["recency"], summary["T"])
