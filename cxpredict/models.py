@@ -1,0 +1,477 @@
+"""Estimators with the scikit-learn contract: LightGBM classifiers, regressors, preference models.
+
+Every estimator stores its parameters in ``__init__`` and nothing else; ``fit`` returns the
+estimator and leaves learned state in attributes ending with ``_``; no training rows are kept.
+Early stopping uses a validation set that the caller passes explicitly, and which the caller
+takes from a later cutoff than the training rows: there is no random split anywhere in here.
+
+Models are deterministic for a seed: LightGBM runs with a fixed thread count,
+``deterministic=True`` and column-wise histograms.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+
+#: LightGBM parameters used unless ``training.lightgbm`` in the config overrides them.
+DEFAULT_PARAMS: dict[str, Any] = {
+    "learning_rate": 0.03,
+    "num_leaves": 15,
+    "min_data_in_leaf": 100,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 10.0,
+    "max_bin": 255,
+    "num_threads": 2,
+    "deterministic": True,
+    "force_col_wise": True,
+    "verbosity": -1,
+}
+#: Keys of ``training.lightgbm`` that steer boosting rather than the booster itself.
+BOOSTING_KEYS: tuple[str, ...] = ("num_boost_round", "early_stopping_rounds")
+CALIBRATIONS: tuple[str, ...] = ("none", "platt", "isotonic")
+_CLIP = 1e-6
+
+
+def split_overrides(overrides: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``training.lightgbm`` into booster parameters and boosting settings."""
+    overrides = dict(overrides or {})
+    boosting = {k: overrides.pop(k) for k in BOOSTING_KEYS if k in overrides}
+    return overrides, boosting
+
+
+def _frame(X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+    if isinstance(X, pd.DataFrame):
+        return X
+    X = np.asarray(X, dtype=float)
+    return pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+class _Booster(BaseEstimator):
+    """Shared LightGBM training: explicit validation set, early stopping, contributions."""
+
+    _objective: str = ""
+
+    def __init__(
+        self,
+        *,
+        params: Mapping[str, Any] | None = None,
+        num_boost_round: int = 2000,
+        early_stopping_rounds: int = 100,
+        seed: int = 0,
+    ) -> None:
+        self.params = params
+        self.num_boost_round = num_boost_round
+        self.early_stopping_rounds = early_stopping_rounds
+        self.seed = seed
+
+    def _params(self) -> dict[str, Any]:
+        params = {**DEFAULT_PARAMS, **self._objective_params(), **dict(self.params or {})}
+        params["seed"] = self.seed
+        return params
+
+    def _objective_params(self) -> dict[str, Any]:
+        return {"objective": self._objective}
+
+    def _boost(
+        self,
+        X: pd.DataFrame,
+        y: np.ndarray,
+        X_valid: pd.DataFrame | None,
+        y_valid: np.ndarray | None,
+        *,
+        init_score: np.ndarray | None = None,
+        init_score_valid: np.ndarray | None = None,
+        weight: np.ndarray | None = None,
+        weight_valid: np.ndarray | None = None,
+    ) -> None:
+        X = _frame(X)
+        train = lgb.Dataset(X, label=y, init_score=init_score, weight=weight, free_raw_data=True)
+        valid_sets, callbacks = [], []
+        if X_valid is not None:
+            X_valid = _frame(X_valid)
+            if list(X_valid.columns) != list(X.columns):
+                raise ValueError(
+                    "the validation rows have other columns than the training rows; build both "
+                    "with the same feature settings and vocabulary"
+                )
+            valid = lgb.Dataset(
+                X_valid,
+                label=y_valid,
+                init_score=init_score_valid,
+                weight=weight_valid,
+                reference=train,
+            )
+            valid_sets = [valid]
+            callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
+        booster = lgb.train(
+            self._params(),
+            train,
+            num_boost_round=self.num_boost_round,
+            valid_sets=valid_sets,
+            valid_names=["validation"] if valid_sets else None,
+            callbacks=callbacks,
+        )
+        best = booster.best_iteration if X_valid is not None else 0
+        self.best_iteration_ = int(best) if best > 0 else booster.current_iteration()
+        self.booster_ = booster
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        self.n_features_in_ = X.shape[1]
+
+    @property
+    def booster(self) -> lgb.Booster:
+        """The fitted LightGBM booster."""
+        return self.booster_
+
+    def _check(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        X = _frame(X)
+        expected = list(self.feature_names_in_)
+        if list(X.columns) != expected:
+            missing = [c for c in expected if c not in X.columns]
+            extra = [c for c in X.columns if c not in expected]
+            if missing or extra:
+                raise ValueError(
+                    f"features differ from the ones the model was trained on: missing "
+                    f"{missing[:5]}, unexpected {extra[:5]}; build features with the model's "
+                    "vocabulary and settings"
+                )
+            X = X[expected]
+        return X
+
+    def raw_score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """The booster's raw score (log-odds or log-mean) for each row."""
+        return self.booster_.predict(
+            self._check(X), num_iteration=self.best_iteration_, raw_score=True
+        )
+
+    def contributions(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        """Per-feature contributions to the raw score (LightGBM's ``pred_contrib=True``).
+
+        Returns
+        -------
+        DataFrame
+            One column per feature plus ``bias``; each row sums to :meth:`raw_score`.
+        """
+        X = self._check(X)
+        values = self.booster_.predict(X, num_iteration=self.best_iteration_, pred_contrib=True)
+        columns = [*self.feature_names_in_, "bias"]
+        return pd.DataFrame(values, index=X.index, columns=columns)
+
+    def feature_importance(self) -> pd.Series:
+        """Total gain per feature, largest first."""
+        gain = self.booster_.feature_importance("gain", iteration=self.best_iteration_)
+        series = pd.Series(gain, index=self.feature_names_in_, name="gain")
+        return series.sort_values(ascending=False)
+
+
+class Calibrator(BaseEstimator):
+    """Maps a raw log-odds score to a probability: ``none``, ``platt`` or ``isotonic``."""
+
+    def __init__(self, method: Literal["none", "platt", "isotonic"] = "platt") -> None:
+        self.method = method
+
+    def fit(self, raw: np.ndarray, y: np.ndarray) -> Calibrator:
+        """Fit on raw scores and 0/1 outcomes of rows the booster was not trained on."""
+        raw = np.asarray(raw, dtype=float)
+        y = np.asarray(y, dtype=float)
+        if self.method not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.method!r}")
+        if self.method == "platt":
+            model = LogisticRegression(C=1e6, max_iter=1000).fit(raw.reshape(-1, 1), y)
+            self.slope_ = float(model.coef_[0, 0])
+            self.intercept_ = float(model.intercept_[0])
+        elif self.method == "isotonic":
+            model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+            model.fit(raw, y)
+            self.thresholds_ = np.asarray(model.X_thresholds_, dtype=float)
+            self.values_ = np.asarray(model.y_thresholds_, dtype=float)
+        return self
+
+    def transform(self, raw: np.ndarray) -> np.ndarray:
+        """Probabilities for raw log-odds scores."""
+        raw = np.asarray(raw, dtype=float)
+        if self.method == "platt":
+            p = _sigmoid(self.slope_ * raw + self.intercept_)
+        elif self.method == "isotonic":
+            p = np.interp(raw, self.thresholds_, self.values_)
+        else:
+            p = _sigmoid(raw)
+        return np.clip(p, _CLIP, 1 - _CLIP)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted state as plain JSON types."""
+        out: dict[str, Any] = {"method": self.method}
+        if self.method == "platt":
+            out.update(slope=self.slope_, intercept=self.intercept_)
+        elif self.method == "isotonic":
+            out.update(thresholds=self.thresholds_.tolist(), values=self.values_.tolist())
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibrator:
+        """Rebuild a fitted calibrator from :meth:`to_dict`."""
+        calibrator = cls(method=data["method"])
+        if calibrator.method == "platt":
+            calibrator.slope_ = float(data["slope"])
+            calibrator.intercept_ = float(data["intercept"])
+        elif calibrator.method == "isotonic":
+            calibrator.thresholds_ = np.asarray(data["thresholds"], dtype=float)
+            calibrator.values_ = np.asarray(data["values"], dtype=float)
+        return calibrator
+
+
+def choose_calibration(raw: np.ndarray, y: np.ndarray) -> tuple[str, dict[str, float]]:
+    """Pick the calibration with the lowest cross-fitted Brier score on validation rows.
+
+    The rows (all of one validation cutoff) are cut in two halves by position; each method is
+    fitted on one half and scored on the other, both ways. No later information is used: the
+    halves share the same cutoff. With fewer than 1,000 rows isotonic is not considered (it
+    overfits small samples).
+
+    Returns
+    -------
+    tuple
+        The chosen method and the cross-fitted Brier score of every method tried.
+    """
+    raw = np.asarray(raw, dtype=float)
+    y = np.asarray(y, dtype=float)
+    halves = np.arange(len(y)) % 2 == 0
+    methods = ["none", "platt"] + (["isotonic"] if len(y) >= 1000 else [])
+    scores: dict[str, float] = {}
+    for method in methods:
+        errors = []
+        for fit_rows in (halves, ~halves):
+            if y[fit_rows].min() == y[fit_rows].max():
+                errors.append(np.nan)
+                continue
+            calibrator = Calibrator(method).fit(raw[fit_rows], y[fit_rows])
+            p = calibrator.transform(raw[~fit_rows])
+            errors.append(float(np.mean((p - y[~fit_rows]) ** 2)))
+        scores[method] = float(np.mean(errors))
+    finite = {m: s for m, s in scores.items() if np.isfinite(s)}
+    chosen = min(finite, key=finite.__getitem__) if finite else "none"
+    return chosen, scores
+
+
+class LightGBMClassifier(_Booster):
+    """Binary LightGBM with early stopping on a later cutoff, then calibration on it.
+
+    Parameters
+    ----------
+    params
+        LightGBM parameters overriding :data:`DEFAULT_PARAMS`.
+    num_boost_round
+        Upper bound on trees; early stopping usually ends sooner.
+    early_stopping_rounds
+        Stop when the validation log loss has not improved for this many trees.
+    calibration
+        ``"auto"`` (chosen on the validation rows, see :func:`choose_calibration`),
+        ``"none"``, ``"platt"`` or ``"isotonic"``.
+    seed
+        Seed of every random choice LightGBM makes.
+    """
+
+    _objective = "binary"
+
+    def __init__(
+        self,
+        *,
+        params: Mapping[str, Any] | None = None,
+        num_boost_round: int = 2000,
+        early_stopping_rounds: int = 100,
+        calibration: Literal["auto", "none", "platt", "isotonic"] = "auto",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            params=params,
+            num_boost_round=num_boost_round,
+            early_stopping_rounds=early_stopping_rounds,
+            seed=seed,
+        )
+        self.calibration = calibration
+
+    def fit(
+        self,
+        X: pd.DataFrame,
+        y: np.ndarray | pd.Series,
+        *,
+        X_valid: pd.DataFrame,
+        y_valid: np.ndarray | pd.Series,
+        weight: np.ndarray | None = None,
+    ) -> LightGBMClassifier:
+        """Fit on training rows; stop early and calibrate on the (later) validation rows.
+
+        Parameters
+        ----------
+        X, y
+            Training features and 0/1 labels (from cutoffs whose label windows end by the
+            validation cutoff).
+        X_valid, y_valid
+            Features and labels of the validation cutoff.
+        weight
+            Optional training row weights.
+        """
+        y = np.asarray(y, dtype=float)
+        y_valid = np.asarray(y_valid, dtype=float)
+        for name, labels in (("training", y), ("validation", y_valid)):
+            if labels.min() == labels.max():
+                raise ValueError(
+                    f"the {name} rows hold a single class; a classifier needs both outcomes"
+                )
+        self.classes_ = np.array([0, 1])
+        self._boost(X, y, X_valid, y_valid, weight=weight)
+        raw_valid = self.raw_score(X_valid)
+        if self.calibration == "auto":
+            method, self.calibration_scores_ = choose_calibration(raw_valid, y_valid)
+        else:
+            method, self.calibration_scores_ = self.calibration, {}
+        self.calibrator_ = Calibrator(method).fit(raw_valid, y_valid)
+        self.calibration_method_ = method
+        return self
+
+    def predict_proba(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Calibrated probabilities, shape ``(n, 2)``: negative then positive class."""
+        p = self.calibrator_.transform(self.raw_score(X))
+        return np.column_stack([1 - p, p])
+
+    def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """The class (0/1) whose calibrated probability is higher."""
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+    def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Raw log-odds before calibration (the space :meth:`contributions` adds up in)."""
+        return self.raw_score(X)
+
+
+class LightGBMRegressor(_Booster):
+    """LightGBM for non-negative amounts (Tweedie) or counts (Poisson), optionally per exposure.
+
+    With ``exposure``, the model learns a rate: the log of each row's exposure (for instance
+    the days its label window covers) is the starting score, so a prediction for a window
+    twice as long is twice as large.
+
+    Parameters
+    ----------
+    objective
+        ``"tweedie"`` for spend (many zeros, skewed positives) or ``"poisson"`` for counts.
+    tweedie_variance_power
+        Between 1 (Poisson) and 2 (gamma); used by the Tweedie objective.
+    params, num_boost_round, early_stopping_rounds, seed
+        As for :class:`LightGBMClassifier`.
+    """
+
+    def __init__(
+        self,
+        *,
+        objective: Literal["tweedie", "poisson"] = "tweedie",
+        tweedie_variance_power: float = 1.5,
+        params: Mapping[str, Any] | None = None,
+        num_boost_round: int = 2000,
+        early_stopping_rounds: int = 100,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            params=params,
+            num_boost_round=num_boost_round,
+            early_stopping_rounds=early_stopping_rounds,
+            seed=seed,
+        )
+        self.objective = objective
+        self.tweedie_variance_power = tweedie_variance_power
+
+    def _objective_params(self) -> dict[str, Any]:
+        if self.objective not in ("tweedie", "poisson"):
+            raise ValueError(f"objective must be 'tweedie' or 'poisson', got {self.objective!r}")
+        out: dict[str, Any] = {"objective": self.objective}
+        if self.objective == "tweedie":
+            out["tweedie_variance_power"] = self.tweedie_variance_power
+        return out
+
+    def fit(
+        self,
+        X: pd.DataFrame,
+        y: np.ndarray | pd.Series,
+        *,
+        X_valid: pd.DataFrame,
+        y_valid: np.ndarray | pd.Series,
+        exposure: np.ndarray | None = None,
+        exposure_valid: np.ndarray | None = None,
+    ) -> LightGBMRegressor:
+        """Fit on training rows with early stopping on the (later) validation rows.
+
+        Negative targets (net refunds) are counted as zero: both objectives need ``y >= 0``.
+        """
+        y = np.clip(np.asarray(y, dtype=float), 0.0, None)
+        y_valid = np.clip(np.asarray(y_valid, dtype=float), 0.0, None)
+        if y.sum() == 0:
+            raise ValueError("every training target is zero; there is nothing to learn")
+        self.uses_exposure_ = exposure is not None
+        init = None if exposure is None else np.log(np.asarray(exposure, dtype=float))
+        init_valid = None
+        if exposure is not None:
+            if exposure_valid is None:
+                raise ValueError("pass exposure_valid too when the training rows have exposure")
+            init_valid = np.log(np.asarray(exposure_valid, dtype=float))
+        self._boost(X, y, X_valid, y_valid, init_score=init, init_score_valid=init_valid)
+        return self
+
+    def predict(self, X: pd.DataFrame | np.ndarray, *, exposure: np.ndarray | None = None):
+        """Expected amount or count per row; scaled by ``exposure`` for a rate model."""
+        raw = self.raw_score(X)
+        if exposure is not None:
+            raw = raw + np.log(np.asarray(exposure, dtype=float))
+        elif self.uses_exposure_:
+            raise ValueError("this model predicts a rate; pass the exposure to predict for")
+        return np.exp(raw)
+
+
+def booster_to_dict(model: _Booster) -> dict[str, Any]:
+    """The fitted state of a LightGBM estimator as JSON types plus the booster as text."""
+    state: dict[str, Any] = {
+        "class": type(model).__name__,
+        "params": json.loads(json.dumps(model.get_params(), default=str)),
+        "best_iteration": model.best_iteration_,
+        "features": [str(f) for f in model.feature_names_in_],
+        "booster": model.booster_.model_to_string(num_iteration=model.best_iteration_),
+    }
+    if isinstance(model, LightGBMClassifier):
+        state["calibrator"] = model.calibrator_.to_dict()
+        state["calibration_scores"] = model.calibration_scores_
+    if isinstance(model, LightGBMRegressor):
+        state["uses_exposure"] = model.uses_exposure_
+    return state
+
+
+def booster_from_dict(state: Mapping[str, Any]) -> _Booster:
+    """Rebuild an estimator saved with :func:`booster_to_dict`."""
+    classes: dict[str, type[_Booster]] = {
+        "LightGBMClassifier": LightGBMClassifier,
+        "LightGBMRegressor": LightGBMRegressor,
+    }
+    model = classes[state["class"]](**state["params"])
+    model.booster_ = lgb.Booster(model_str=state["booster"])
+    model.best_iteration_ = int(state["best_iteration"])
+    model.feature_names_in_ = np.asarray(state["features"], dtype=object)
+    model.n_features_in_ = len(state["features"])
+    if isinstance(model, LightGBMClassifier):
+        model.classes_ = np.array([0, 1])
+        model.calibrator_ = Calibrator.from_dict(state["calibrator"])
+        model.calibration_method_ = model.calibrator_.method
+        model.calibration_scores_ = dict(state.get("calibration_scores", {}))
+    if isinstance(model, LightGBMRegressor):
+        model.uses_exposure_ = bool(state["uses_exposure"])
+    return model
