@@ -12,7 +12,8 @@ Models are deterministic for a seed: LightGBM runs with a fixed thread count,
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import lightgbm as lgb
@@ -475,3 +476,224 @@ def booster_from_dict(state: Mapping[str, Any]) -> _Booster:
     if isinstance(model, LightGBMRegressor):
         model.uses_exposure_ = bool(state["uses_exposure"])
     return model
+
+
+# ------------------------------------------------------------------------------- preference
+
+PAIR_FEATURES: tuple[str, ...] = (
+    "value_count",
+    "value_share",
+    "value_days_since",
+    "value_popularity",
+)
+
+
+def pair_features(X: pd.DataFrame, history: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
+    """Customer features crossed with every value, plus the customer's past with each value.
+
+    Parameters
+    ----------
+    X
+        Customer features indexed by ``(customer_id, cutoff)``.
+    history
+        Long frame from :func:`cxpredict.labels.preference_history`: ``customer_id``,
+        ``cutoff``, ``value``, ``count``, ``days_since`` (events before each cutoff).
+    values
+        The values to score, in order.
+
+    Returns
+    -------
+    DataFrame
+        Indexed by ``(customer_id, cutoff, value)``: the columns of ``X``, then ``value`` (a
+        categorical over ``values``), ``value_count``, ``value_share`` (of the customer's
+        events), ``value_days_since`` (missing when never chosen) and ``value_popularity``
+        (share of all customers' events at that cutoff).
+    """
+    values = list(values)
+    keys = X.index.to_frame(index=False)
+    grid = keys.merge(pd.DataFrame({"value": values}), how="cross")
+    past = history[history["value"].isin(values)]
+    totals = history.groupby(["customer_id", "cutoff"])["count"].sum().rename("total")
+    popularity = history.groupby(["cutoff", "value"])["count"].sum()
+    popularity = (popularity / popularity.groupby(level="cutoff").transform("sum")).rename(
+        "value_popularity"
+    )
+    grid = grid.merge(past[["customer_id", "cutoff", "value", "count", "days_since"]], how="left")
+    grid = grid.merge(totals.reset_index(), how="left")
+    grid = grid.merge(popularity.reset_index(), how="left")
+    grid["value_count"] = grid["count"].fillna(0.0)
+    grid["value_share"] = (grid["value_count"] / grid["total"]).fillna(0.0)
+    grid["value_days_since"] = grid["days_since"]
+    grid["value_popularity"] = grid["value_popularity"].fillna(0.0)
+    grid = grid.set_index(["customer_id", "cutoff", "value"])
+    customer = X.reindex(pd.MultiIndex.from_frame(grid.index.to_frame(index=False).iloc[:, :2]))
+    out = pd.DataFrame(customer.to_numpy(), index=grid.index, columns=X.columns)
+    out = out.astype(X.dtypes.to_dict())
+    out["value"] = pd.Categorical(grid.index.get_level_values("value"), categories=values)
+    for column in PAIR_FEATURES:
+        out[column] = grid[column].to_numpy(dtype=float)
+    return out
+
+
+def wide_history(X: pd.DataFrame, history: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
+    """Customer features plus one share and one recency column per value (multiclass input)."""
+    values = list(values)
+    past = history[history["value"].isin(values)]
+    totals = history.groupby(["customer_id", "cutoff"])["count"].transform("sum")
+    past = past.assign(share=past["count"] / totals.loc[past.index])
+    share = past.pivot_table(
+        index=["customer_id", "cutoff"], columns="value", values="share", aggfunc="sum"
+    )
+    days = past.pivot_table(
+        index=["customer_id", "cutoff"], columns="value", values="days_since", aggfunc="min"
+    )
+    share = share.reindex(index=X.index, columns=values).fillna(0.0)
+    days = days.reindex(index=X.index, columns=values)
+    share.columns = [f"value_share__{_name(v)}" for v in values]
+    days.columns = [f"value_days_since__{_name(v)}" for v in values]
+    return pd.concat([X, share, days], axis=1)
+
+
+class PreferenceModel(BaseEstimator):
+    """Ranks the values of an attribute (categories, channels) for each customer.
+
+    Parameters
+    ----------
+    strategy
+        ``"pairs"``: one binary model over (customer, value) pairs, each pair described by
+        the customer's features and their past with that value; the score is the probability
+        that the customer chooses the value in the window. ``"multiclass"``: one softmax
+        model over values, trained on one row per chosen value (weighted so that each
+        customer counts once); the score is the share of the customer's choices expected to
+        fall on each value.
+    min_positives
+        Values chosen fewer times than this in the training rows are not scored.
+    params, num_boost_round, early_stopping_rounds, seed
+        As for :class:`LightGBMClassifier`.
+    """
+
+    def __init__(
+        self,
+        *,
+        strategy: Literal["pairs", "multiclass"] = "pairs",
+        min_positives: int = 30,
+        params: Mapping[str, Any] | None = None,
+        num_boost_round: int = 2000,
+        early_stopping_rounds: int = 100,
+        seed: int = 0,
+    ) -> None:
+        self.strategy = strategy
+        self.min_positives = min_positives
+        self.params = params
+        self.num_boost_round = num_boost_round
+        self.early_stopping_rounds = early_stopping_rounds
+        self.seed = seed
+
+    def fit(
+        self,
+        X: pd.DataFrame,
+        Y: pd.DataFrame,
+        *,
+        history: pd.DataFrame,
+        X_valid: pd.DataFrame,
+        Y_valid: pd.DataFrame,
+    ) -> PreferenceModel:
+        """Fit on training customers; stop early on the (later) validation customers.
+
+        Parameters
+        ----------
+        X, X_valid
+            Customer features indexed by ``(customer_id, cutoff)``.
+        Y, Y_valid
+            0/1 choices per value, same index as the features.
+        history
+            Past choices per (customer, cutoff, value) covering the training and validation
+            cutoffs (see :func:`cxpredict.labels.preference_history`).
+        """
+        counts = Y.sum(axis=0)
+        values = sorted(str(v) for v in counts.index[counts >= self.min_positives])
+        if len(values) < 2:
+            raise ValueError(
+                f"fewer than two values were chosen at least {self.min_positives} times in the "
+                "training rows; there is nothing to rank"
+            )
+        self.values_ = np.asarray(values, dtype=object)
+        Y = Y.reindex(columns=values, fill_value=0)
+        Y_valid = Y_valid.reindex(columns=values, fill_value=0)
+        if self.strategy == "pairs":
+            model: _Booster = LightGBMClassifier(
+                params=self.params,
+                num_boost_round=self.num_boost_round,
+                early_stopping_rounds=self.early_stopping_rounds,
+                calibration="auto",
+                seed=self.seed,
+            )
+            model.fit(
+                pair_features(X, history, values),
+                Y.stack().to_numpy(),
+                X_valid=pair_features(X_valid, history, values),
+                y_valid=Y_valid.stack().to_numpy(),
+            )
+        elif self.strategy == "multiclass":
+            model = _Multiclass(
+                params=self.params,
+                num_boost_round=self.num_boost_round,
+                early_stopping_rounds=self.early_stopping_rounds,
+                seed=self.seed,
+            )
+            model.fit_choices(
+                wide_history(X, history, values), Y, wide_history(X_valid, history, values), Y_valid
+            )
+        else:
+            raise ValueError(f"strategy must be 'pairs' or 'multiclass', got {self.strategy!r}")
+        self.model_ = model
+        return self
+
+    def predict_scores(self, X: pd.DataFrame, *, history: pd.DataFrame) -> pd.DataFrame:
+        """Scores per customer (rows, like ``X``) and value (columns); higher is preferred."""
+        values = list(self.values_)
+        if self.strategy == "pairs":
+            pairs = pair_features(X, history, values)
+            p = self.model_.predict_proba(pairs)[:, 1]
+            return pd.DataFrame(p.reshape(len(X), len(values)), index=X.index, columns=values)
+        p = self.model_.predict_proba(wide_history(X, history, values))
+        return pd.DataFrame(p, index=X.index, columns=values)
+
+
+class _Multiclass(_Booster):
+    """Softmax LightGBM over values; rows are (customer, chosen value) weighted 1 / choices."""
+
+    _objective = "multiclass"
+
+    def _objective_params(self) -> dict[str, Any]:
+        return {"objective": "multiclass", "num_class": self.num_class_}
+
+    def fit_choices(
+        self,
+        X: pd.DataFrame,
+        Y: pd.DataFrame,
+        X_valid: pd.DataFrame,
+        Y_valid: pd.DataFrame,
+    ) -> _Multiclass:
+        """Fit on one row per chosen value; customers who chose nothing are left out."""
+        self.num_class_ = Y.shape[1]
+        rows, labels, weights = self._expand(X, Y)
+        rows_v, labels_v, weights_v = self._expand(X_valid, Y_valid)
+        self._boost(rows, labels, rows_v, labels_v, weight=weights, weight_valid=weights_v)
+        return self
+
+    @staticmethod
+    def _expand(X: pd.DataFrame, Y: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        matrix = Y.to_numpy()
+        row, label = np.nonzero(matrix)
+        weight = 1.0 / matrix.sum(axis=1)[row]
+        return X.iloc[row], label.astype(float), weight
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Softmax share per value, shape ``(n, n_values)``."""
+        return self.booster_.predict(self._check(X), num_iteration=self.best_iteration_)
+
+
+def _name(value: str) -> str:
+    """A value made safe for a LightGBM feature name (no JSON special characters)."""
+    return re.sub(r'[\[\]{}",:]', "_", str(value))
