@@ -1,0 +1,202 @@
+"""Building feature frames: one cutoff for scoring, many cutoffs for training.
+
+Both go through the same code: the engine computes every family over the sorted cutoff list
+in one pass, and a single-cutoff frame is the multi-cutoff frame at that cutoff. Rows are the
+customers known before each cutoff (first order or signup strictly before it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxpredict.config import FeaturesConfig
+from cxpredict.features import btyd, care, engagement, preferences, rfm, rhythm, tenure
+from cxpredict.features.engine import Results, TableSource, cutoff_micros, run, session
+from cxpredict.features.extensions import (
+    Extension,
+    PythonFeature,
+    extension_definitions,
+    python_columns,
+    resolve_extensions,
+    sql_fills,
+    sql_requests,
+    sql_values,
+)
+from cxpredict.features.family import Context, Family, FeatureDef
+from cxpredict.features.vocabulary import Vocabulary, learn_in_session
+from cxpredict.schemas import Tables
+
+#: The built-in families, in column order.
+FAMILIES: tuple[Family, ...] = (
+    rfm.FAMILY,
+    rhythm.FAMILY,
+    preferences.FAMILY,
+    engagement.FAMILY,
+    care.FAMILY,
+    tenure.FAMILY,
+    btyd.FAMILY,
+)
+
+TablesLike = Tables | Mapping[str, TableSource | None]
+
+
+def build_features(
+    tables: TablesLike,
+    cutoff: Any,
+    *,
+    settings: FeaturesConfig = FeaturesConfig(),
+    vocabulary: Vocabulary | None = None,
+    extensions: Sequence[Extension] = (),
+    temp_directory: str | os.PathLike[str] | None = None,
+) -> pd.DataFrame:
+    """Features of every customer known before ``cutoff``, from the events before it.
+
+    Window: events with ``timestamp < cutoff`` (windowed features: the last ``w`` days,
+    ``[cutoff - w days, cutoff)``); answers given at or after the cutoff count as not given;
+    customer attributes as known before it.
+
+    Parameters
+    ----------
+    tables
+        Canonical tables (:class:`~cxpredict.schemas.Tables`), or a mapping from table name to
+        a pandas frame, an Arrow table or a canonical Parquet file or folder.
+    cutoff
+        The instant; a naive value is read as UTC.
+    settings
+        Windows, SQL and Python extensions and DuckDB limits.
+    vocabulary
+        The categorical values to one-hot; learned before ``cutoff`` when ``None``. Pass the
+        training vocabulary when scoring so that the columns match.
+    extensions
+        :class:`SqlFeature` and :class:`PythonFeature` objects added to those of ``settings``.
+    temp_directory
+        Where DuckDB spills when the data exceed ``settings.duckdb_memory_limit``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One float64 row per customer, indexed by the string ``customer_id`` (sorted), columns
+        in catalogue order.
+    """
+    frame = _build(
+        tables,
+        [cutoff],
+        settings=settings,
+        vocabulary=vocabulary,
+        extensions=extensions,
+        temp_directory=temp_directory,
+    )
+    return frame.droplevel("cutoff")
+
+
+def build_training_features(
+    tables: TablesLike,
+    cutoffs: Sequence[Any],
+    *,
+    settings: FeaturesConfig = FeaturesConfig(),
+    vocabulary: Vocabulary | None = None,
+    extensions: Sequence[Extension] = (),
+    temp_directory: str | os.PathLike[str] | None = None,
+) -> pd.DataFrame:
+    """Features at each of ``cutoffs``, in one pass over the data.
+
+    Window: at each cutoff, the events strictly before it, exactly as :func:`build_features`
+    at that cutoff (the values are identical).
+
+    Parameters
+    ----------
+    cutoffs
+        The instants; duplicates are dropped.
+    vocabulary
+        Learned before the latest cutoff when ``None``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``(customer_id, cutoff)``, rows ordered by cutoff then customer; one row
+        per customer known before each cutoff.
+    """
+    return _build(
+        tables,
+        cutoffs,
+        settings=settings,
+        vocabulary=vocabulary,
+        extensions=extensions,
+        temp_directory=temp_directory,
+    )
+
+
+def available_definitions(ctx: Context, extensions: Sequence[Extension]) -> list[FeatureDef]:
+    """Every catalogue entry, built-in families first, then extensions."""
+    defs = [d for family in FAMILIES for d in family.definitions(ctx)]
+    defs += extension_definitions(ctx, extensions)
+    names = [d.name for d in defs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"feature names defined twice: {duplicated}; rename the extension")
+    return defs
+
+
+def _build(
+    tables: TablesLike,
+    cutoffs: Sequence[Any],
+    *,
+    settings: FeaturesConfig,
+    vocabulary: Vocabulary | None,
+    extensions: Sequence[Extension],
+    temp_directory: str | os.PathLike[str] | None,
+) -> pd.DataFrame:
+    micros = cutoff_micros(cutoffs)
+    chosen = resolve_extensions(settings, extensions)
+    with session(
+        tables,
+        threads=settings.duckdb_threads,
+        memory_limit=settings.duckdb_memory_limit,
+        temp_directory=temp_directory,
+    ) as s:
+        available = s.availability()
+        if vocabulary is None:
+            vocabulary = learn_in_session(s, available, int(micros[-1]))
+        ctx = Context(settings, vocabulary, available)
+        defs = available_definitions(ctx, chosen)
+        requests = [r for family in FAMILIES for r in family.requests(ctx)]
+        requests += sql_requests(ctx, chosen)
+        results = run(s, micros, requests)
+        fills = sql_fills(s, ctx, chosen)
+    return _assemble(tables, ctx, results, defs, chosen, fills)
+
+
+def _assemble(
+    tables: TablesLike,
+    ctx: Context,
+    results: Results,
+    defs: Sequence[FeatureDef],
+    extensions: Sequence[Extension],
+    fills: Mapping[str, float],
+) -> pd.DataFrame:
+    columns = [d for d in defs if d.available]
+    position = {d.name: k for k, d in enumerate(columns)}
+    # Rows in cutoff-major order: the transpose's non-zeros run over customers per cutoff.
+    jj, ii = np.nonzero(results.population.T)
+    block = np.full((len(columns), len(ii)), np.nan, dtype=np.float64)
+    for family in FAMILIES:
+        values = family.compute(ctx, results)
+        for name, dense in values.items():
+            if name in position:
+                block[position[name]] = dense[ii, jj]
+        del values
+    for name, dense in sql_values(ctx, results, extensions, fills).items():
+        block[position[name]] = dense[ii, jj]
+    stamps = pd.DatetimeIndex(pd.to_datetime(results.cutoffs, unit="us", utc=True), name="cutoff")
+    ids = pd.Index(results.customer_ids, dtype="str", name="customer_id")
+    index = pd.MultiIndex(levels=[ids, stamps], codes=[ii, jj], names=["customer_id", "cutoff"])
+    frame = pd.DataFrame(block.T, index=index, columns=[d.name for d in columns], copy=False)
+    python = [e for e in extensions if isinstance(e, PythonFeature)]
+    if python:
+        python_columns(frame, tables, python, stamps)
+    return frame

@@ -1,0 +1,242 @@
+"""Care: whether the customer's messages are answered, how fast, and how they rate the brand.
+
+A customer whose message goes unanswered leaves; these features say so. Over the interactions
+strictly before the cutoff (skipped without an interactions table). *Contacts* are the
+interactions of kind ``message`` or ``complaint``. A contact is *answered* at a cutoff when its
+``responded_at`` is before the cutoff; an answer given at or after the cutoff is not yet known,
+so the contact counts as unanswered and its response time as unknown.
+
+- ``messages_<w>d``, ``complaints_<w>d``: messages and complaints sent in the last ``w`` days.
+- ``unanswered_messages_<w>d``: contacts sent in the last ``w`` days and unanswered at the
+  cutoff; ``unanswered_messages_lifetime``: all of them (needs ``responded_at``).
+- ``unanswered_share``: unanswered contacts divided by contacts (NaN without contacts).
+- ``response_hours_median``, ``response_hours_max``: hours from contact to answer, over the
+  contacts answered before the cutoff (NaN without any).
+- ``days_since_last_unanswered``: days since the latest contact still unanswered (NaN: none).
+- ``days_since_last_message``: days since the latest contact (NaN: none).
+- ``rating_mean``, ``rating_last``: mean and latest rating (any interaction with a rating;
+  needs ``rating``); ``rating_trend``: mean rating of the last 90 days minus the mean before
+  them (NaN when either is empty); ``negative_ratings``: ratings of 2 or less on the 1-5
+  scale (sentiment scores in [-1, 1] should be mapped to 1-5 first, e.g. ``3 + 2 * score``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cxpredict.features.engine import (
+    DAY_US,
+    HOUR_US,
+    RATING_SCALE,
+    PerCutoff,
+    Request,
+    Results,
+    Source,
+)
+from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio
+
+NAME = "care"
+CONTACT = "kind IN ('message', 'complaint')"
+UNANSWERED = "(responded_us IS NULL OR responded_us >= c)"
+ANSWERED = "responded_us < c"
+RECENT_RATING_DAYS = 90
+
+CARE_ROWS = Source(
+    "care_rows",
+    "SELECT customer_id, us, kind, responded_us, rating FROM interactions "
+    f"WHERE {CONTACT} OR rating IS NOT NULL",
+)
+
+
+def _since(days: int) -> str:
+    return f"us >= c - {days * DAY_US}"
+
+
+def _definitions(ctx: Context) -> list[FeatureDef]:
+    table = ctx.available.why_not("interactions")
+    answers = ctx.available.why_not("interactions", "responded_at")
+    ratings = ctx.available.why_not("interactions", "rating")
+    out: list[FeatureDef] = []
+    for stem, words in (("messages", "messages"), ("complaints", "complaints")):
+        for w in ctx.windows:
+            out.append(
+                feature(
+                    NAME,
+                    f"{stem}_{w}d",
+                    f"Number of {words} the customer sent in the last {w} days.",
+                    "count",
+                    f"{{{stem}_{w}d:.0f}} {words} in the last {w} days",
+                    table,
+                )
+            )
+    for w in ctx.windows:
+        out.append(
+            feature(
+                NAME,
+                f"unanswered_messages_{w}d",
+                f"Messages and complaints of the last {w} days still without an answer.",
+                "count",
+                f"{{unanswered_messages_{w}d:.0f}} messages unanswered in the last {w} days",
+                answers,
+            )
+        )
+    out += [
+        feature(
+            NAME,
+            "unanswered_messages_lifetime",
+            "Messages and complaints still without an answer.",
+            "count",
+            "{unanswered_messages_lifetime:.0f} messages never answered",
+            answers,
+        ),
+        feature(
+            NAME,
+            "unanswered_share",
+            "Share of the customer's messages and complaints without an answer.",
+            "share",
+            "{unanswered_share:.0%} of messages unanswered",
+            answers,
+        ),
+        feature(
+            NAME,
+            "response_hours_median",
+            "Typical (median) hours the brand took to answer the customer.",
+            "hours",
+            "answers took {response_hours_median:.0f} hours (median)",
+            answers,
+        ),
+        feature(
+            NAME,
+            "response_hours_max",
+            "Longest the brand took to answer the customer, in hours.",
+            "hours",
+            "waited up to {response_hours_max:.0f} hours for an answer",
+            answers,
+        ),
+        feature(
+            NAME,
+            "days_since_last_unanswered",
+            "Days since the customer's latest message that is still unanswered.",
+            "days",
+            "a message has been unanswered for {days_since_last_unanswered:.0f} days",
+            answers,
+        ),
+        feature(
+            NAME,
+            "days_since_last_message",
+            "Days since the customer's latest message or complaint.",
+            "days",
+            "last wrote {days_since_last_message:.0f} days ago",
+            table,
+        ),
+        feature(
+            NAME,
+            "rating_mean",
+            "Average rating the customer gave.",
+            "rating",
+            "rates the brand {rating_mean:.1f} on average",
+            ratings,
+        ),
+        feature(
+            NAME,
+            "rating_last",
+            "The customer's latest rating.",
+            "rating",
+            "latest rating {rating_last:.1f}",
+            ratings,
+        ),
+        feature(
+            NAME,
+            "rating_trend",
+            f"Average rating of the last {RECENT_RATING_DAYS} days minus the average before "
+            "(negative: getting less happy).",
+            "rating",
+            "ratings moved by {rating_trend:+.1f} recently",
+            ratings,
+        ),
+        feature(
+            NAME,
+            "negative_ratings",
+            "Number of ratings of 2 stars or less.",
+            "count",
+            "{negative_ratings:.0f} ratings of 2 stars or less",
+            ratings,
+        ),
+    ]
+    return out
+
+
+def _requests(ctx: Context) -> list[Request]:
+    if not ctx.available.table("interactions"):
+        return []
+    items: list[tuple[str, str]] = []
+    for w in ctx.windows:
+        items.append((f"messages_{w}", f"count(*) FILTER (WHERE kind = 'message' AND {_since(w)})"))
+        items.append(
+            (f"complaints_{w}", f"count(*) FILTER (WHERE kind = 'complaint' AND {_since(w)})")
+        )
+        items.append(
+            (
+                f"unanswered_{w}",
+                f"count(*) FILTER (WHERE {CONTACT} AND {UNANSWERED} AND {_since(w)})",
+            )
+        )
+    response = "greatest(responded_us - us, 0)"
+    recent = _since(RECENT_RATING_DAYS)
+    items += [
+        ("contacts", f"count(*) FILTER (WHERE {CONTACT})"),
+        ("unanswered", f"count(*) FILTER (WHERE {CONTACT} AND {UNANSWERED})"),
+        ("response_us_median", f"median({response}) FILTER (WHERE {CONTACT} AND {ANSWERED})"),
+        ("response_us_max", f"max({response}) FILTER (WHERE {CONTACT} AND {ANSWERED})"),
+        ("last_unanswered_us", f"max(us) FILTER (WHERE {CONTACT} AND {UNANSWERED})"),
+        ("last_contact_us", f"max(us) FILTER (WHERE {CONTACT})"),
+        ("rating_n", "count(rating)"),
+        ("rating_sum", f"sum(round(rating * {RATING_SCALE}))::BIGINT"),
+        ("rating_recent_n", f"count(rating) FILTER (WHERE {recent})"),
+        (
+            "rating_recent_sum",
+            f"sum(round(rating * {RATING_SCALE})) FILTER (WHERE {recent})::BIGINT",
+        ),
+        ("rating_last", "max({'us': us, 'v': rating}) FILTER (WHERE rating IS NOT NULL).v"),
+        ("negative_ratings", "count(*) FILTER (WHERE rating <= 2)"),
+    ]
+    return [CARE_ROWS, *(PerCutoff("care_rows", f"care_{name}", expr) for name, expr in items)]
+
+
+def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
+    if not ctx.available.table("interactions"):
+        return {}
+
+    def count(name: str) -> np.ndarray:
+        return np.nan_to_num(res.value(f"care_{name}"), nan=0.0)
+
+    out: dict[str, np.ndarray] = {}
+    for w in ctx.windows:
+        out[f"messages_{w}d"] = count(f"messages_{w}")
+        out[f"complaints_{w}d"] = count(f"complaints_{w}")
+        out[f"unanswered_messages_{w}d"] = count(f"unanswered_{w}")
+    unanswered = count("unanswered")
+    out["unanswered_messages_lifetime"] = unanswered
+    out["unanswered_share"] = ratio(unanswered, count("contacts"))
+    out["response_hours_median"] = res.value("care_response_us_median") / HOUR_US
+    out["response_hours_max"] = res.value("care_response_us_max") / HOUR_US
+    out["days_since_last_unanswered"] = res.days_since(res.value("care_last_unanswered_us"))
+    out["days_since_last_message"] = res.days_since(res.value("care_last_contact_us"))
+    n, total = count("rating_n"), count("rating_sum")
+    recent_n, recent_total = count("rating_recent_n"), count("rating_recent_sum")
+    out["rating_mean"] = ratio(total, n) / RATING_SCALE
+    out["rating_last"] = res.value("care_rating_last")
+    recent_mean = ratio(recent_total, recent_n)
+    prior_mean = ratio(total - recent_total, n - recent_n)
+    out["rating_trend"] = (recent_mean - prior_mean) / RATING_SCALE
+    out["negative_ratings"] = count("negative_ratings")
+    return out
+
+
+FAMILY = Family(
+    NAME,
+    "Whether the customer's messages are answered, how fast, and how they rate the brand.",
+    _definitions,
+    _requests,
+    _compute,
+)

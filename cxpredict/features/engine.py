@@ -1,0 +1,766 @@
+"""The point-in-time engine: DuckDB in process, one pass over the events for any cutoff list.
+
+How a build runs
+----------------
+Every event table is read once, and only its rows before the latest cutoff. The instants that
+matter are the cutoffs ``c`` and the window starts ``c - w days``; together they cut time into
+*slots*, and each event falls into exactly one slot. A first ``GROUP BY (customer, slot)``
+reduces the events to one row per customer and slot. From there, for every customer and
+cutoff:
+
+- a lifetime sum at cutoff ``j`` is the sum over the slots before ``c_j``, i.e. a running sum
+  over ``j`` of the slots whose first cutoff is ``j`` (a difference array);
+- a window sum over ``[c_j - w, c_j)`` is the lifetime sum at ``c_j`` minus the lifetime sum at
+  ``c_j - w``, the second computed the same way from the slot's first cutoff after ``w`` days;
+- a latest instant (``max``) or a latest value (``last``) is a running maximum or a forward
+  fill over ``j``.
+
+DuckDB does the scans and the two ``GROUP BY`` steps (spilling to ``temp_directory`` when the
+data exceed ``memory_limit``); NumPy does the running sums over the (customer, cutoff) grid,
+which is as large as the output. Sums are taken over integers (money in 1/10,000 units,
+ratings in millionths) so that a value is bit-identical whether it is computed at one cutoff
+or among many. Aggregates that do not decompose this way (medians, facts that depend on two
+instants such as "sent before the cutoff and still unanswered at it") are computed over the
+rows of their (small) source joined to every later cutoff.
+
+Instants are handled as microseconds since 1970-01-01 UTC (``BIGINT``) inside the engine, so
+no time zone setting is involved; SQL extensions see naive UTC ``TIMESTAMP`` columns.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from cxpredict.errors import DataError
+from cxpredict.schemas import COLUMNS, TABLE_NAMES, Tables, to_utc
+
+DAY_US = 86_400_000_000
+HOUR_US = 3_600_000_000
+#: Amounts are summed exactly in 1/MONEY_SCALE currency units.
+MONEY_SCALE = 10_000
+#: Ratings are summed exactly in 1/RATING_SCALE points.
+RATING_SCALE = 1_000_000
+#: The instant of facts known since always (customer attributes without ``updated_at``).
+ALWAYS_US = -(2**60)
+
+TableSource = pd.DataFrame | pa.Table | str | os.PathLike[str]
+Kind = Literal["sum", "max", "min", "last"]
+
+
+# --------------------------------------------------------------------------------------------
+# What families ask for
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """A named event source: SQL returning ``customer_id``, ``us`` (its instant) and columns.
+
+    The SQL may read the base views ``orders``, ``interactions`` and ``customers`` (rows before
+    the latest cutoff, instants as ``us`` microseconds) and earlier sources.
+    """
+
+    name: str
+    sql: str
+    materialize: bool = False
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A per-customer aggregate of a source's rows before each cutoff.
+
+    ``sum`` is over an integer expression and is also computed over each of ``windows`` (days
+    before the cutoff); ``max`` and ``min`` are over all rows before the cutoff; ``last`` is
+    the expression's value on the latest row (ties broken by the larger value), skipping rows
+    where it is missing unless ``keep_missing``.
+    """
+
+    source: str
+    name: str
+    kind: Kind
+    expr: str
+    windows: tuple[int, ...] = ()
+    keep_missing: bool = False
+
+
+@dataclass(frozen=True)
+class PerCutoff:
+    """An aggregate over a source's rows joined to every cutoff after them.
+
+    ``expr`` is any SQL aggregate; it may use ``c`` (the cutoff in microseconds) to filter
+    rows, e.g. ``count(*) FILTER (WHERE us >= c - 30 * 86400000000)``.
+    """
+
+    source: str
+    name: str
+    expr: str
+    columns: str = ""
+    where: str = ""
+
+
+Request = Source | Aggregate | PerCutoff
+
+
+# --------------------------------------------------------------------------------------------
+# What is available
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Which tables and columns a project has, and the type of each customer attribute.
+
+    Parameters
+    ----------
+    columns
+        ``(table, columns)`` pairs of the tables present; a column counts when it exists and
+        has at least one value.
+    attributes
+        ``(column, "categorical" | "numeric")`` pairs of the customer attribute columns.
+    """
+
+    columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    def table(self, name: str) -> bool:
+        """Whether the table ``name`` is present."""
+        return name in dict(self.columns)
+
+    def has(self, table: str, column: str) -> bool:
+        """Whether ``table`` is present and its ``column`` has at least one value."""
+        return column in dict(self.columns).get(table, ())
+
+    def why_not(self, table: str, column: str | None = None) -> str:
+        """Why a feature that needs ``table`` (and ``column``) is unavailable, or ``""``."""
+        if not self.table(table):
+            return f"no {table} table"
+        if column is not None and not self.has(table, column):
+            return f"{table} has no {column} values"
+        return ""
+
+
+def _arrow_kind(kind: pa.DataType) -> str | None:
+    if pa.types.is_boolean(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return "numeric"
+    if pa.types.is_decimal(kind):
+        return "numeric"
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "categorical"
+    if pa.types.is_dictionary(kind):
+        return "categorical"
+    return None
+
+
+def _duck_kind(kind: str) -> str | None:
+    kind = kind.upper()
+    numeric = ("INT", "FLOAT", "DOUBLE", "DECIMAL", "REAL", "BOOLEAN", "HUGEINT", "NUMERIC")
+    if kind.startswith(numeric) or kind.startswith(("TINYINT", "SMALLINT", "BIGINT", "UBIGINT")):
+        return "numeric"
+    if kind.startswith(("VARCHAR", "ENUM")):
+        return "categorical"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Sources: pandas, Arrow or Parquet
+# --------------------------------------------------------------------------------------------
+
+
+def table_sources(tables: Tables | Mapping[str, TableSource | None]) -> dict[str, TableSource]:
+    """The present tables of ``tables`` by canonical name.
+
+    Raises
+    ------
+    DataError
+        When ``orders`` is missing or a name is not a canonical table.
+    """
+    if isinstance(tables, Tables):
+        found = {name: tables.get(name) for name in TABLE_NAMES}
+    else:
+        unknown = set(tables) - set(TABLE_NAMES)
+        if unknown:
+            raise DataError(
+                f"unknown table(s) {sorted(unknown)}; the tables are {', '.join(TABLE_NAMES)}",
+                table=sorted(unknown)[0],
+            )
+        found = {name: tables.get(name) for name in TABLE_NAMES}
+    sources = {name: value for name, value in found.items() if value is not None}
+    if "orders" not in sources:
+        raise DataError("orders: the table is required to build features; pass it", table="orders")
+    return sources  # type: ignore[return-value]
+
+
+def _parquet_sql(path: str | os.PathLike[str]) -> str:
+    target = Path(path)
+    pattern = str(target / "**" / "*.parquet") if target.is_dir() else str(target)
+    if not target.is_dir() and not target.exists():
+        raise DataError(
+            f"Parquet source {str(target)!r} does not exist; pass a canonical Parquet file "
+            "or folder",
+        )
+    quoted = pattern.replace("'", "''")
+    return f"read_parquet('{quoted}', union_by_name = true)"
+
+
+def _schema_of(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
+    rows = con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
+class Session:
+    """A DuckDB connection holding the registered tables of one build.
+
+    Parameters
+    ----------
+    tables
+        The canonical tables as pandas frames, Arrow tables or Parquet paths.
+    threads, memory_limit, temp_directory
+        DuckDB settings; ``temp_directory`` is where operators spill when the data do not fit
+        in ``memory_limit`` (a fresh temporary folder when ``None``).
+    """
+
+    def __init__(
+        self,
+        tables: Tables | Mapping[str, TableSource | None],
+        *,
+        threads: int | None = None,
+        memory_limit: str | None = None,
+        temp_directory: str | os.PathLike[str] | None = None,
+    ):
+        self._sources = table_sources(tables)
+        config: dict[str, Any] = {"preserve_insertion_order": False}
+        if threads is not None:
+            config["threads"] = int(threads)
+        if memory_limit is not None:
+            config["memory_limit"] = str(memory_limit)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if temp_directory is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="cxpredict-duckdb-")
+            temp_directory = self._tmp.name
+        config["temp_directory"] = str(temp_directory)
+        self.con = duckdb.connect(":memory:", config=config)
+        self.relations: dict[str, str] = {}
+        self.schemas: dict[str, dict[str, str]] = {}
+        self.kinds: dict[str, dict[str, str | None]] = {}
+        self.prepared: int | None = None
+        for name, value in self._sources.items():
+            self._register(name, value)
+
+    def _register(self, name: str, value: TableSource) -> None:
+        if isinstance(value, str | os.PathLike):
+            relation = _parquet_sql(value)
+            schema = _schema_of(self.con, relation)
+            self.kinds[name] = {c: _duck_kind(t) for c, t in schema.items()}
+        else:
+            if isinstance(value, pd.DataFrame):
+                arrow = pa.Table.from_pandas(value, preserve_index=False)
+            elif isinstance(value, pa.Table):
+                arrow = value
+            else:
+                raise DataError(
+                    f"{name}: expected a pandas DataFrame, an Arrow table or a Parquet path, got "
+                    f"{type(value).__name__}",
+                    table=name,
+                )
+            relation = f"src_{name}"
+            self.con.register(relation, arrow)
+            schema = {f.name: str(f.type) for f in arrow.schema}
+            self.kinds[name] = {f.name: _arrow_kind(f.type) for f in arrow.schema}
+        required = COLUMNS[name][0]
+        missing = [c for c in required if c not in schema]
+        if missing:
+            raise DataError(
+                f"{name}: column(s) {missing} not found; the table has {list(schema)}; map them "
+                f"to the canonical names under data.{name}.columns",
+                table=name,
+                column=missing[0],
+            )
+        self.relations[name] = relation
+        self.schemas[name] = schema
+
+    def prepare(self, before: int) -> None:
+        """Create the base views over the rows before ``before`` (microseconds), once."""
+        if self.prepared is None:
+            _base_views(self, before)
+            self.prepared = before
+        elif self.prepared != before:
+            raise ValueError("a session serves one latest cutoff; open another session")
+
+    def close(self) -> None:
+        """Close the connection and remove the temporary folder."""
+        self.con.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def fetch(self, sql: str, params: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
+        """Run ``sql`` and fetch the whole result as NumPy arrays (missing values kept masked)."""
+        return self.con.execute(sql, params).fetchnumpy()
+
+    def availability(self) -> Availability:
+        """Which tables and columns have values, and the customer attribute types."""
+        columns = []
+        for name in TABLE_NAMES:
+            if name not in self.relations:
+                continue
+            relation = self.relations[name]
+            names = list(self.schemas[name])
+            checks = ", ".join(f'count("{c}") > 0' for c in names) or "true"
+            row = self.con.execute(f"SELECT {checks} FROM (SELECT * FROM {relation})").fetchone()
+            present = tuple(c for c, ok in zip(names, row or (), strict=False) if ok)
+            columns.append((name, present))
+        attributes: list[tuple[str, str]] = []
+        if "customers" in self.relations:
+            reserved = set(COLUMNS["customers"][0]) | set(COLUMNS["customers"][1])
+            present = dict(columns)["customers"]
+            for column, kind in self.kinds["customers"].items():
+                if column in reserved or column not in present or kind is None:
+                    continue
+                attributes.append((column, kind))
+        return Availability(columns=tuple(columns), attributes=tuple(attributes))
+
+
+@contextmanager
+def session(
+    tables: Tables | Mapping[str, TableSource | None],
+    *,
+    threads: int | None = None,
+    memory_limit: str | None = None,
+    temp_directory: str | os.PathLike[str] | None = None,
+) -> Iterator[Session]:
+    """A :class:`Session` closed on exit."""
+    current = Session(
+        tables, threads=threads, memory_limit=memory_limit, temp_directory=temp_directory
+    )
+    try:
+        yield current
+    finally:
+        current.close()
+
+
+# --------------------------------------------------------------------------------------------
+# SQL helpers
+# --------------------------------------------------------------------------------------------
+
+
+def quote(value: str) -> str:
+    """``value`` as a SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def code_sql(column: str, values: Sequence[str]) -> str:
+    """SQL giving the vocabulary position of ``column`` (``len(values)`` is ``other``)."""
+    if not values:
+        return f"CASE WHEN {column} IS NULL THEN NULL ELSE 0 END"
+    cases = " ".join(f"WHEN {quote(v)} THEN {i}" for i, v in enumerate(values))
+    inner = f"CASE {column} {cases} ELSE {len(values)} END"
+    return f"CASE WHEN {column} IS NULL THEN NULL ELSE ({inner}) END"
+
+
+def floor_day_sql(us: str) -> str:
+    """SQL for the UTC day number (days since 1970-01-01) of the instant ``us``."""
+    return f"(({us}) - ((({us}) % {DAY_US}) + {DAY_US}) % {DAY_US}) // {DAY_US}"
+
+
+def _epoch_us_sql(column: str, kind: str) -> str:
+    if kind.upper().startswith(("BIGINT", "INTEGER")):
+        return ident(column)
+    return f"epoch_us({ident(column)})"
+
+
+# --------------------------------------------------------------------------------------------
+# The time grid
+# --------------------------------------------------------------------------------------------
+
+
+def cutoff_micros(cutoffs: Sequence[Any]) -> np.ndarray:
+    """The cutoffs as sorted, unique UTC microseconds.
+
+    Raises
+    ------
+    ValueError
+        When no cutoff is given.
+    """
+    if len(cutoffs) == 0:
+        raise ValueError("no cutoff given; pass at least one instant (e.g. '2025-01-01')")
+    stamps = sorted({to_utc(c) for c in cutoffs})
+    return np.array([s.value // 1000 for s in stamps], dtype=np.int64)
+
+
+@dataclass
+class Grid:
+    """Slots between the instants that matter, and the key that maps an instant to its slot.
+
+    The key of an instant is its UTC day times ``len(tods) + 1`` plus the number of the
+    cutoffs' times of day it is at or past; any two instants separated by a boundary get
+    different keys, so a table of keys gives each instant's slot with an equi-join.
+    """
+
+    cutoffs: np.ndarray
+    windows: tuple[int, ...]
+    boundaries: np.ndarray = field(init=False)
+    tods: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        starts = [self.cutoffs - w * DAY_US for w in self.windows]
+        self.boundaries = np.unique(np.concatenate([self.cutoffs, *starts]))
+        self.tods = tuple(sorted({int(c) % DAY_US for c in self.cutoffs} - {0}))
+
+    @property
+    def n(self) -> int:
+        return len(self.cutoffs)
+
+    def key(self, us: int) -> int:
+        day, tod = divmod(int(us), DAY_US)
+        return day * (len(self.tods) + 1) + sum(tod >= t for t in self.tods)
+
+    def key_sql(self, us: str) -> str:
+        day = floor_day_sql(us)
+        if not self.tods:
+            return f"({day})"
+        tod = f"((({us}) % {DAY_US}) + {DAY_US}) % {DAY_US}"
+        parts = " + ".join(f"({tod} >= {t})::BIGINT" for t in self.tods)
+        return f"(({day}) * {len(self.tods) + 1} + {parts})"
+
+    def lookup(self) -> pa.Table:
+        """Slot of every key from the first boundary's to the last's (earlier keys: slot 0)."""
+        keys = np.array([self.key(b) for b in self.boundaries], dtype=np.int64)
+        span = np.arange(keys[0], keys[-1] + 1, dtype=np.int64)
+        slots = np.searchsorted(keys, span, side="right").astype(np.int32)
+        return pa.table({"k": span, "slot": slots})
+
+    def slots(self) -> pa.Table:
+        """For each slot: ``a`` (first cutoff it is before) and ``b_<w>`` (after ``w`` days)."""
+        starts = np.concatenate([[np.iinfo(np.int64).min], self.boundaries])
+        columns: dict[str, np.ndarray] = {
+            "slot": np.arange(len(starts), dtype=np.int32),
+            "a": np.searchsorted(self.cutoffs, starts, side="right").astype(np.int32),
+        }
+        for w in self.windows:
+            shifted = self.cutoffs - w * DAY_US
+            columns[f"b_{w}"] = np.searchsorted(shifted, starts, side="right").astype(np.int32)
+        return pa.table(columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Results over the (customer, cutoff) grid
+# --------------------------------------------------------------------------------------------
+
+
+def _filled(values: np.ndarray, fill: float | int) -> np.ndarray:
+    if isinstance(values, np.ma.MaskedArray):
+        return values.filled(fill)
+    return np.asarray(values)
+
+
+@dataclass
+class Results:
+    """Aggregates as dense ``(customers, cutoffs)`` arrays, computed on first use."""
+
+    customer_ids: np.ndarray
+    entry: np.ndarray
+    cutoffs: np.ndarray
+    _sums: dict[str, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = field(
+        default_factory=dict
+    )
+    _values: dict[str, tuple[Kind | Literal["cutoff"], np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=dict
+    )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.customer_ids), len(self.cutoffs))
+
+    def _dense(self, cid: np.ndarray, j: np.ndarray, values: np.ndarray, fill: Any) -> np.ndarray:
+        dtype = np.int64 if values.dtype.kind in "iub" and fill == 0 else np.float64
+        out = np.full(self.shape, fill, dtype=dtype)
+        out[cid, j] = values
+        return out
+
+    def total(self, name: str) -> np.ndarray:
+        """The lifetime sum ``name`` (int64): rows before each cutoff."""
+        cid, j, values = self._sums[name][0]
+        return np.cumsum(self._dense(cid, j, values, 0), axis=1)
+
+    def window(self, name: str, days: int) -> np.ndarray:
+        """The sum ``name`` (int64) over ``[cutoff - days, cutoff)``."""
+        cid, j, values = self._sums[name][days]
+        return self.total(name) - np.cumsum(self._dense(cid, j, values, 0), axis=1)
+
+    def value(self, name: str) -> np.ndarray:
+        """A ``max``, ``min``, ``last`` or per-cutoff aggregate as float64 (NaN: no rows)."""
+        kind, cid, j, values = self._values[name]
+        dense = self._dense(cid, j, values.astype(np.float64), np.nan)
+        if kind == "cutoff":
+            return dense
+        if kind == "max":
+            return np.fmax.accumulate(dense, axis=1)
+        if kind == "min":
+            return np.fmin.accumulate(dense, axis=1)
+        seen = np.zeros(self.shape, dtype=bool)
+        seen[cid, j] = True
+        position = np.where(seen, np.arange(self.shape[1])[None, :], 0)
+        latest = np.maximum.accumulate(position, axis=1)
+        filled = np.take_along_axis(dense, latest, axis=1)
+        return np.where(np.maximum.accumulate(seen, axis=1), filled, np.nan)
+
+    def days_since(self, instants: np.ndarray) -> np.ndarray:
+        """Days (float) from each instant (microseconds) to its cutoff."""
+        return (self.cutoffs[None, :] - instants) / DAY_US
+
+    @property
+    def population(self) -> np.ndarray:
+        """Whether each customer is known before each cutoff (first order or signup)."""
+        return self.entry[:, None] < self.cutoffs[None, :]
+
+
+# --------------------------------------------------------------------------------------------
+# Running the requests
+# --------------------------------------------------------------------------------------------
+
+
+_TEXT_COLUMNS = ("customer_id", "order_id", "category", "channel", "kind")
+
+
+def _text(column: str) -> str:
+    if column in _TEXT_COLUMNS:
+        return f"CAST({ident(column)} AS VARCHAR) AS {ident(column)}"
+    return ident(column)
+
+
+def _base_views(s: Session, cmax: int) -> None:
+    """Views ``orders``, ``interactions``, ``customers`` with instants as ``us`` microseconds."""
+    con = s.con
+    for name in ("orders", "interactions"):
+        if name not in s.relations:
+            continue
+        schema = s.schemas[name]
+        cols = [_text(c) for c in schema if c not in ("timestamp", "responded_at")]
+        us = _epoch_us_sql("timestamp", schema["timestamp"])
+        extra = ""
+        if name == "interactions":
+            extra = (
+                f", {_epoch_us_sql('responded_at', schema['responded_at'])} AS responded_us"
+                if "responded_at" in schema
+                else ", NULL::BIGINT AS responded_us"
+            )
+            if "rating" not in schema:
+                extra += ", NULL::DOUBLE AS rating"
+        con.execute(
+            f"CREATE TEMP VIEW {name} AS SELECT {', '.join(cols)}, {us} AS us{extra} "
+            f"FROM {s.relations[name]} WHERE {us} < {cmax}"
+        )
+    if "customers" in s.relations:
+        schema = s.schemas["customers"]
+        kinds = s.kinds["customers"]
+        cols = [
+            f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}"
+            if kinds.get(c) == "categorical" or c == "customer_id"
+            else ident(c)
+            for c in schema
+            if c not in ("signup_at", "updated_at")
+        ]
+        signup = (
+            _epoch_us_sql("signup_at", schema["signup_at"])
+            if "signup_at" in schema
+            else "NULL::BIGINT"
+        )
+        updated = (
+            _epoch_us_sql("updated_at", schema["updated_at"])
+            if "updated_at" in schema
+            else "NULL::BIGINT"
+        )
+        con.execute(
+            f"CREATE TEMP VIEW customers AS SELECT {', '.join(cols)}, {signup} AS signup_us, "
+            f"{updated} AS updated_us FROM {s.relations['customers']}"
+        )
+
+
+def _dimension(s: Session, cmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Customers known before the latest cutoff, sorted by id, with their entry instant."""
+    parts = ["SELECT customer_id, us FROM orders"]
+    if "customers" in s.relations:
+        parts.append(f"SELECT customer_id, signup_us AS us FROM customers WHERE signup_us < {cmax}")
+    s.con.execute(
+        "CREATE TEMP TABLE dim AS SELECT customer_id, min(us) AS entry, "
+        "(row_number() OVER (ORDER BY customer_id) - 1)::INTEGER AS cid "
+        f"FROM ({' UNION ALL '.join(parts)}) GROUP BY customer_id"
+    )
+    got = s.fetch("SELECT customer_id, entry FROM dim ORDER BY cid")
+    ids = np.asarray(got["customer_id"], dtype=object)
+    return ids, _filled(got["entry"], 0).astype(np.int64)
+
+
+def _level_one(agg: Aggregate) -> str:
+    name = ident(agg.name)
+    if agg.kind == "sum":
+        return f"sum({agg.expr})::BIGINT AS {name}"
+    if agg.kind in ("max", "min"):
+        return f"{agg.kind}({agg.expr}) AS {name}"
+    where = "" if agg.keep_missing else f" FILTER (WHERE ({agg.expr}) IS NOT NULL)"
+    return f"max({{'us': us, 'v': {agg.expr}}}){where} AS {name}"
+
+
+def _level_two(agg: Aggregate) -> str:
+    name = ident(agg.name)
+    if agg.kind == "sum":
+        return f"sum({name})::BIGINT AS {name}"
+    if agg.kind in ("max", "min"):
+        return f"{agg.kind}({name}) AS {name}"
+    return f"max({name}).v AS {name}"
+
+
+def per_cutoff_rows(source: str, columns: str = "", *, empty: bool = False) -> str:
+    """SQL pairing each row of ``source`` with every cutoff after it (``j``, ``c``, ``columns``)."""
+    extra = f", {columns}" if columns else ""
+    on = "false" if empty else "e.us < g.c"
+    return f"SELECT e.*, g.j, g.c{extra} FROM {ident(source)} e JOIN cutoff_grid g ON {on}"
+
+
+def merge_aggregates(aggregates: Sequence[Aggregate]) -> list[Aggregate]:
+    """One aggregate per (source, name), with the union of the windows asked for.
+
+    Raises
+    ------
+    ValueError
+        When two families define the same name differently.
+    """
+    merged: dict[tuple[str, str], Aggregate] = {}
+    for agg in aggregates:
+        key = (agg.source, agg.name)
+        if key in merged:
+            known = merged[key]
+            if (known.kind, known.expr, known.keep_missing) != (
+                agg.kind,
+                agg.expr,
+                agg.keep_missing,
+            ):
+                raise ValueError(f"two different definitions of the aggregate {agg.name!r}")
+            windows = tuple(sorted(set(known.windows) | set(agg.windows)))
+            merged[key] = Aggregate(
+                agg.source, agg.name, agg.kind, agg.expr, windows, agg.keep_missing
+            )
+        else:
+            merged[key] = agg
+    return list(merged.values())
+
+
+def run(
+    s: Session,
+    cutoffs: np.ndarray,
+    requests: Sequence[Request],
+    *,
+    on_sql: Callable[[str], None] | None = None,
+) -> Results:
+    """Run every request for every cutoff (microseconds, sorted) in one pass per source.
+
+    Window: each aggregate sees the rows of its source strictly before each cutoff (and, for
+    a window of ``w`` days, at or after ``cutoff - w days``).
+    """
+    con = s.con
+    cmax = int(cutoffs[-1])
+
+    def execute(sql: str) -> None:
+        if on_sql is not None:
+            on_sql(sql)
+        con.execute(sql)
+
+    s.prepare(cmax)
+    ids, entry = _dimension(s, cmax)
+    results = Results(customer_ids=ids, entry=entry, cutoffs=cutoffs)
+    sources = [r for r in requests if isinstance(r, Source)]
+    aggregates = merge_aggregates([r for r in requests if isinstance(r, Aggregate)])
+    per_cutoff = list(
+        {(r.source, r.name): r for r in requests if isinstance(r, PerCutoff)}.values()
+    )
+
+    seen: dict[str, str] = {}
+    for source in sources:
+        if source.name in seen:
+            if seen[source.name] != source.sql:
+                raise ValueError(f"two different definitions of the source {source.name!r}")
+            continue
+        seen[source.name] = source.sql
+        kind = "TABLE" if source.materialize else "VIEW"
+        execute(f"CREATE TEMP {kind} {ident(source.name)} AS {source.sql}")
+
+    windows = tuple(sorted({w for a in aggregates for w in a.windows}))
+    grid = Grid(cutoffs, windows)
+    con.register(
+        "cutoff_grid", pa.table({"j": np.arange(len(cutoffs), dtype=np.int32), "c": cutoffs})
+    )
+    con.register("slot_keys", grid.lookup())
+    con.register("slot_info", grid.slots())
+
+    by_source: dict[str, list[Aggregate]] = {}
+    for agg in aggregates:
+        by_source.setdefault(agg.source, []).append(agg)
+    for index, (source, aggs) in enumerate(by_source.items()):
+        table = f"slotted_{index}"
+        level_one = ", ".join(_level_one(a) for a in aggs)
+        execute(
+            f"CREATE TEMP TABLE {table} AS SELECT d.cid, r.* EXCLUDE (customer_id) FROM ("
+            f"SELECT customer_id, COALESCE(k.slot, 0) AS slot, {level_one} "
+            f"FROM {ident(source)} e LEFT JOIN slot_keys k ON k.k = {grid.key_sql('e.us')} "
+            f"GROUP BY ALL) r JOIN dim d USING (customer_id)"
+        )
+        level_two = ", ".join(_level_two(a) for a in aggs)
+        got = s.fetch(
+            f"SELECT cid, a AS j, {level_two} FROM {table} JOIN slot_info USING (slot) "
+            f"GROUP BY cid, a HAVING a < {len(cutoffs)}"
+        )
+        cid, j = _filled(got["cid"], 0), _filled(got["j"], 0)
+        for agg in aggs:
+            values = got[agg.name]
+            if agg.kind == "sum":
+                results._sums[agg.name] = {0: (cid, j, _filled(values, 0).astype(np.int64))}
+            else:
+                mask = np.ma.getmaskarray(values)
+                keep = ~mask
+                raw = np.asarray(_filled(values, 0))
+                results._values[agg.name] = (agg.kind, cid[keep], j[keep], raw[keep])
+        summed = [a for a in aggs if a.kind == "sum" and a.windows]
+        for w in sorted({w for a in summed for w in a.windows}):
+            names = [a.name for a in summed if w in a.windows]
+            cols = ", ".join(f"sum({ident(n)})::BIGINT AS {ident(n)}" for n in names)
+            got = s.fetch(
+                f"SELECT cid, b_{w} AS j, {cols} FROM {table} JOIN slot_info USING (slot) "
+                f"GROUP BY cid, b_{w} HAVING b_{w} < {len(cutoffs)}"
+            )
+            cid_w, j_w = _filled(got["cid"], 0), _filled(got["j"], 0)
+            for n in names:
+                results._sums[n][w] = (cid_w, j_w, _filled(got[n], 0).astype(np.int64))
+        execute(f"DROP TABLE {table}")
+
+    by_cutoff_source: dict[tuple[str, str, str], list[PerCutoff]] = {}
+    for item in per_cutoff:
+        by_cutoff_source.setdefault((item.source, item.columns, item.where), []).append(item)
+    for (source, columns, where), items in by_cutoff_source.items():
+        cols = ", ".join(f"{p.expr} AS {ident(p.name)}" for p in items)
+        got = s.fetch(
+            f"SELECT d.cid, r.* EXCLUDE (customer_id) FROM (SELECT customer_id, j, {cols} "
+            f"FROM ({per_cutoff_rows(source, columns)}) WHERE {where or 'true'} "
+            "GROUP BY customer_id, j) r JOIN dim d USING (customer_id)"
+        )
+        cid, j = _filled(got["cid"], 0), _filled(got["j"], 0)
+        for p in items:
+            values = got[p.name]
+            keep = ~np.ma.getmaskarray(values)
+            raw = np.asarray(_filled(values, 0))
+            results._values[p.name] = ("cutoff", cid[keep], j[keep], raw[keep])
+    return results

@@ -1,0 +1,305 @@
+"""Features a data scientist adds without touching the package: SQL or pandas.
+
+A :class:`SqlFeature` is one SQL aggregate over the rows of ``orders`` or ``interactions``
+strictly before each cutoff, optionally filtered (``where``) and limited to the last
+``window_days`` days. The expression sees the canonical columns with instants as naive UTC
+``TIMESTAMP`` values, plus ``cutoff``; ``responded_at`` is blank when the answer came at or
+after the cutoff. Customers without rows get the expression's value over no rows
+(``count(*)`` gives 0, ``sum`` and ``avg`` give NaN)::
+
+    SqlFeature(
+        "store_spend_90d", "orders", "sum(amount)", "Money spent in stores in the last 90 days.",
+        where="channel = 'store'", window_days=90,
+    )
+
+A :class:`PythonFeature` is a function ``(tables, cutoff) -> DataFrame`` indexed by
+``customer_id``, called once per cutoff with ``tables.before(cutoff)``: it cannot see the
+future by construction, but it runs in a Python loop over the cutoffs (and needs in-memory
+tables).
+
+Both are registered by passing them to the build functions, or by listing them under
+``features.sql`` and ``features.python`` (``"module:function"``) in the project config.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from cxpredict.config import FeaturesConfig
+from cxpredict.errors import ConfigError, DataError
+from cxpredict.features.engine import (
+    DAY_US,
+    PerCutoff,
+    Request,
+    Results,
+    Session,
+    Source,
+    per_cutoff_rows,
+)
+from cxpredict.features.family import Context, FeatureDef, feature
+from cxpredict.schemas import TABLE_NAMES, Tables
+
+NAME = "extensions"
+
+
+@dataclass(frozen=True)
+class SqlFeature:
+    """A feature written as one SQL aggregate over an event table.
+
+    Parameters
+    ----------
+    name
+        The column name (snake_case).
+    table
+        ``orders`` or ``interactions``.
+    expression
+        A DuckDB aggregate expression, e.g. ``"count(DISTINCT category)"``.
+    description
+        What it measures, in words a marketer understands.
+    where
+        A row filter, e.g. ``"channel = 'store'"``.
+    window_days
+        Only rows in the last ``window_days`` days before the cutoff.
+    unit, reason
+        For the catalogue; ``reason`` is a sentence formatted with the feature row.
+    """
+
+    name: str
+    table: Literal["orders", "interactions"]
+    expression: str
+    description: str
+    where: str | None = None
+    window_days: int | None = None
+    unit: str = "value"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PythonFeature:
+    """Features computed by ``function(tables_before_cutoff, cutoff)`` in pandas.
+
+    Parameters
+    ----------
+    function
+        Returns a frame indexed by ``customer_id`` with numeric columns.
+    description
+        What the columns measure.
+    columns
+        The column names it returns; declared columns are listed in the catalogue and checked
+        at build time.
+    """
+
+    function: Callable[[Tables, pd.Timestamp], pd.DataFrame]
+    description: str = ""
+    columns: tuple[str, ...] = ()
+
+
+Extension = SqlFeature | PythonFeature
+
+
+def _import(path: str) -> Callable[[Tables, pd.Timestamp], pd.DataFrame]:
+    module, _, name = path.partition(":")
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"features.python: cannot import {path!r} ({exc}); give 'module:function' of an "
+            "importable module"
+        ) from None
+    if not callable(function):
+        raise ConfigError(f"features.python: {path!r} is not a function")
+    return function
+
+
+def resolve_extensions(
+    settings: FeaturesConfig, extensions: Sequence[Extension]
+) -> list[Extension]:
+    """The extensions of ``settings`` followed by ``extensions``."""
+    out: list[Extension] = [
+        SqlFeature(s.name, s.table, s.expression, s.description, s.where, s.window_days)
+        for s in settings.sql
+    ]
+    out += [PythonFeature(_import(p.function), p.description) for p in settings.python]
+    for extension in extensions:
+        if not isinstance(extension, SqlFeature | PythonFeature):
+            raise TypeError(
+                "an extension must be a SqlFeature or a PythonFeature, got "
+                f"{type(extension).__name__}"
+            )
+        out.append(extension)
+    return out
+
+
+def extension_definitions(ctx: Context, extensions: Sequence[Extension]) -> list[FeatureDef]:
+    """Catalogue entries of the extensions."""
+    out: list[FeatureDef] = []
+    for extension in extensions:
+        if isinstance(extension, SqlFeature):
+            reason = extension.reason or f"{extension.name} {{{extension.name}:g}}"
+            why = ctx.available.why_not(extension.table)
+            out.append(
+                feature(NAME, extension.name, extension.description, extension.unit, reason, why)
+            )
+        else:
+            function = getattr(extension.function, "__qualname__", repr(extension.function))
+            description = extension.description or f"computed by {function}"
+            for column in extension.columns:
+                out.append(feature(NAME, column, description, "value", f"{column} {{{column}:g}}"))
+    return out
+
+
+def _columns(table: str) -> str:
+    """Per-cutoff columns of an extension view: the cutoff, and answers known by then."""
+    columns = "make_timestamp(g.c) AS cutoff"
+    if table == "interactions":
+        columns += (
+            ", CASE WHEN e.responded_us < g.c THEN make_timestamp(e.responded_us) END"
+            " AS responded_at"
+        )
+    return columns
+
+
+def _source(table: str) -> Source:
+    drop = "us, responded_us" if table == "interactions" else "us"
+    return Source(
+        f"extension_{table}",
+        f"SELECT * EXCLUDE ({drop}), make_timestamp(us) AS timestamp, us"
+        + (", responded_us" if table == "interactions" else "")
+        + f" FROM {table}",
+    )
+
+
+def _where(extension: SqlFeature) -> str:
+    parts = []
+    if extension.where:
+        parts.append(f"({extension.where})")
+    if extension.window_days is not None:
+        parts.append(f"us >= c - {int(extension.window_days) * DAY_US}")
+    return " AND ".join(parts)
+
+
+def _sql(ctx: Context, extensions: Sequence[Extension]) -> list[SqlFeature]:
+    return [e for e in extensions if isinstance(e, SqlFeature) and ctx.available.table(e.table)]
+
+
+def sql_requests(ctx: Context, extensions: Sequence[Extension]) -> list[Request]:
+    """Engine requests of the SQL extensions whose table is present."""
+    out: list[Request] = []
+    for extension in _sql(ctx, extensions):
+        out.append(_source(extension.table))
+        out.append(
+            PerCutoff(
+                f"extension_{extension.table}",
+                f"extension_{extension.name}",
+                f"({extension.expression})",
+                columns=_columns(extension.table),
+                where=_where(extension),
+            )
+        )
+    return out
+
+
+def sql_fills(s: Session, ctx: Context, extensions: Sequence[Extension]) -> dict[str, float]:
+    """The value of each SQL extension over no rows (given to customers without rows).
+
+    Raises
+    ------
+    ValueError
+        When an expression is not a valid aggregate over its table.
+    """
+    fills: dict[str, float] = {}
+    for extension in _sql(ctx, extensions):
+        rows = per_cutoff_rows(
+            f"extension_{extension.table}", _columns(extension.table), empty=True
+        )
+        try:
+            value = s.con.execute(f"SELECT ({extension.expression}) FROM ({rows})").fetchone()
+        except duckdb.Error as exc:
+            raise ValueError(
+                f"SqlFeature {extension.name!r}: {extension.expression!r} is not an aggregate "
+                f"over {extension.table} ({exc}); write e.g. 'sum(amount)'"
+            ) from None
+        raw = None if value is None else value[0]
+        fills[extension.name] = np.nan if raw is None else float(raw)
+    return fills
+
+
+def sql_values(
+    ctx: Context, results: Results, extensions: Sequence[Extension], fills: Mapping[str, float]
+) -> dict[str, np.ndarray]:
+    """The SQL extension columns as dense ``(customers, cutoffs)`` arrays."""
+    out: dict[str, np.ndarray] = {}
+    for extension in _sql(ctx, extensions):
+        values = results.value(f"extension_{extension.name}")
+        out[extension.name] = np.where(np.isnan(values), fills[extension.name], values)
+    return out
+
+
+def _in_memory(tables: Tables | Mapping[str, object]) -> Tables:
+    if isinstance(tables, Tables):
+        frames = {name: tables.get(name) for name in TABLE_NAMES}
+    else:
+        frames = {name: tables.get(name) for name in TABLE_NAMES}
+    for name, frame in frames.items():
+        if frame is not None and not isinstance(frame, pd.DataFrame):
+            raise DataError(
+                f"{name}: Python features need in-memory pandas tables, got "
+                f"{type(frame).__name__}; load the table or write the feature in SQL",
+                table=name,
+            )
+    return Tables(frames["orders"], frames["interactions"], frames["customers"])  # type: ignore[arg-type]
+
+
+def python_columns(
+    frame: pd.DataFrame,
+    tables: Tables | Mapping[str, object],
+    extensions: Sequence[PythonFeature],
+    cutoffs: pd.DatetimeIndex,
+) -> pd.DataFrame:
+    """``frame`` with the columns of the Python extensions appended.
+
+    Window: each function is called once per cutoff with the tables before that cutoff.
+    """
+    source = _in_memory(tables)
+    codes = frame.index.codes[1]
+    starts = np.searchsorted(codes, np.arange(len(cutoffs) + 1))
+    ids = frame.index.get_level_values("customer_id")
+    added: dict[str, np.ndarray] = {}
+    for extension in extensions:
+        name = getattr(extension.function, "__qualname__", repr(extension.function))
+        for j, cutoff in enumerate(cutoffs):
+            rows = slice(starts[j], starts[j + 1])
+            got = extension.function(source.before(cutoff), cutoff)
+            if not isinstance(got, pd.DataFrame):
+                raise TypeError(
+                    f"PythonFeature {name} returned {type(got).__name__}, not a DataFrame"
+                )
+            if extension.columns and tuple(got.columns) != tuple(extension.columns):
+                raise ValueError(
+                    f"PythonFeature {name} returned columns {list(got.columns)}; it declares "
+                    f"{list(extension.columns)}"
+                )
+            clash = [c for c in got.columns if c in frame.columns]
+            if clash:
+                raise ValueError(
+                    f"PythonFeature {name} returns existing column(s) {clash}; rename them"
+                )
+            aligned = got.reindex(pd.Index(ids[rows], dtype="str"))
+            for column in got.columns:
+                if not pd.api.types.is_numeric_dtype(got[column]):
+                    raise ValueError(
+                        f"PythonFeature {name}: column {column!r} has dtype {got[column].dtype}; "
+                        "features must be numeric"
+                    )
+                target = added.setdefault(column, np.full(len(frame), np.nan))
+                target[rows] = aligned[column].to_numpy(dtype=np.float64, na_value=np.nan)
+    for column, values in added.items():
+        frame[column] = values
+    return frame

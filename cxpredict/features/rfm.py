@@ -1,0 +1,196 @@
+"""Recency, frequency and monetary value: how recently, how often and how much a customer buys.
+
+Definitions (every count and sum is over the orders strictly before the cutoff):
+
+- An *order* is one ``order_id`` with at least one line of non-negative amount; it counts at
+  the instant of its first such line. Without ``order_id`` every non-negative line is an
+  order. Lines with a negative amount are refunds: they are not orders, and they are
+  subtracted from spend.
+- ``orders_<w>d``: orders in the last ``w`` days, ``[cutoff - w days, cutoff)``.
+- ``orders_lifetime``: all orders before the cutoff.
+- ``spend_<w>d``, ``spend_lifetime``: net amount (purchases minus refunds) over the same spans.
+- ``refunds_lifetime``: number of refund lines; ``refund_amount_lifetime``: their total, as a
+  positive number.
+- ``order_value_mean``: purchase amount (non-negative lines) divided by ``orders_lifetime``.
+- ``order_value_max``: the largest order, counted once all its lines are before the cutoff.
+- ``days_since_first_order``, ``days_since_last_order``: days from the first and the latest
+  purchase line to the cutoff (fractional; NaN without a purchase).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cxpredict.features.engine import MONEY_SCALE, Aggregate, Request, Results, Source, code_sql
+from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio
+from cxpredict.features.vocabulary import ORDER_CATEGORY, ORDER_CHANNEL
+
+NAME = "rfm"
+_MONEY = f"round(amount * {MONEY_SCALE})::BIGINT"
+
+
+def order_lines(ctx: Context) -> Source:
+    """``order_lines``: the order lines with the vocabulary codes of category and channel."""
+    codes = []
+    for key, column in ((ORDER_CATEGORY, "category"), (ORDER_CHANNEL, "channel")):
+        if ctx.available.has("orders", column):
+            codes.append(f", {code_sql(column, ctx.vocabulary.get(key))} AS {column}_code")
+    return Source("order_lines", f"SELECT *{''.join(codes)} FROM orders")
+
+
+def order_sources(ctx: Context) -> list[Source]:
+    """``order_level``: one row per order at its first purchase line (also used by rhythm)."""
+    if ctx.available.has("orders", "order_id"):
+        sql = (
+            "SELECT customer_id, min(us) AS us, max(us) AS complete_us, sum(amount) AS value "
+            "FROM orders WHERE amount >= 0 GROUP BY customer_id, order_id"
+        )
+    else:
+        sql = (
+            "SELECT customer_id, us, us AS complete_us, amount AS value "
+            "FROM orders WHERE amount >= 0"
+        )
+    return [
+        Source("order_level", sql, materialize=True),
+        Source("order_complete", "SELECT customer_id, complete_us AS us, value FROM order_level"),
+    ]
+
+
+def _definitions(ctx: Context) -> list[FeatureDef]:
+    out: list[FeatureDef] = []
+    for w in ctx.windows:
+        out.append(
+            feature(
+                NAME,
+                f"orders_{w}d",
+                f"Number of orders placed in the last {w} days.",
+                "orders",
+                f"{{orders_{w}d:.0f}} orders in the last {w} days",
+            )
+        )
+    out.append(
+        feature(
+            NAME,
+            "orders_lifetime",
+            "Number of orders placed since the customer's first order.",
+            "orders",
+            "{orders_lifetime:.0f} orders so far",
+        )
+    )
+    for w in ctx.windows:
+        out.append(
+            feature(
+                NAME,
+                f"spend_{w}d",
+                f"Money spent in the last {w} days, refunds subtracted.",
+                "currency",
+                f"spent {{spend_{w}d:,.2f}} in the last {w} days",
+            )
+        )
+    out += [
+        feature(
+            NAME,
+            "spend_lifetime",
+            "Money spent since the first order, refunds subtracted.",
+            "currency",
+            "spent {spend_lifetime:,.2f} so far",
+        ),
+        feature(
+            NAME,
+            "refunds_lifetime",
+            "Number of refunded or returned order lines.",
+            "lines",
+            "{refunds_lifetime:.0f} refunds or returns so far",
+        ),
+        feature(
+            NAME,
+            "refund_amount_lifetime",
+            "Money refunded, as a positive amount.",
+            "currency",
+            "{refund_amount_lifetime:,.2f} refunded so far",
+        ),
+        feature(
+            NAME,
+            "order_value_mean",
+            "Average amount of an order (refunds not subtracted).",
+            "currency",
+            "orders {order_value_mean:,.2f} on average",
+        ),
+        feature(
+            NAME,
+            "order_value_max",
+            "Amount of the customer's largest order.",
+            "currency",
+            "largest order {order_value_max:,.2f}",
+        ),
+        feature(
+            NAME,
+            "days_since_first_order",
+            "Days since the customer's first purchase.",
+            "days",
+            "first order {days_since_first_order:.0f} days ago",
+        ),
+        feature(
+            NAME,
+            "days_since_last_order",
+            "Days since the customer's latest purchase.",
+            "days",
+            "no order for {days_since_last_order:.0f} days",
+        ),
+    ]
+    return out
+
+
+def _requests(ctx: Context) -> list[Request]:
+    windows = ctx.windows
+    return [
+        *order_sources(ctx),
+        order_lines(ctx),
+        Aggregate("order_level", "orders", "sum", "1", windows),
+        Aggregate(
+            "order_complete",
+            "order_value_max_units",
+            "max",
+            f"round(value * {MONEY_SCALE})::BIGINT",
+        ),
+        Aggregate("order_lines", "spend_units", "sum", _MONEY, windows),
+        Aggregate(
+            "order_lines",
+            "purchase_units",
+            "sum",
+            f"CASE WHEN amount >= 0 THEN {_MONEY} ELSE 0 END",
+        ),
+        Aggregate("order_lines", "refund_lines", "sum", "(amount < 0)::BIGINT"),
+        Aggregate(
+            "order_lines", "refund_units", "sum", f"CASE WHEN amount < 0 THEN -{_MONEY} ELSE 0 END"
+        ),
+        Aggregate("order_lines", "first_purchase_us", "min", "CASE WHEN amount >= 0 THEN us END"),
+        Aggregate("order_lines", "last_purchase_us", "max", "CASE WHEN amount >= 0 THEN us END"),
+    ]
+
+
+def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for w in ctx.windows:
+        out[f"orders_{w}d"] = res.window("orders", w).astype(np.float64)
+    orders = res.total("orders")
+    out["orders_lifetime"] = orders.astype(np.float64)
+    for w in ctx.windows:
+        out[f"spend_{w}d"] = res.window("spend_units", w) / MONEY_SCALE
+    out["spend_lifetime"] = res.total("spend_units") / MONEY_SCALE
+    out["refunds_lifetime"] = res.total("refund_lines").astype(np.float64)
+    out["refund_amount_lifetime"] = res.total("refund_units") / MONEY_SCALE
+    out["order_value_mean"] = ratio(res.total("purchase_units"), orders) / MONEY_SCALE
+    out["order_value_max"] = res.value("order_value_max_units") / MONEY_SCALE
+    out["days_since_first_order"] = res.days_since(res.value("first_purchase_us"))
+    out["days_since_last_order"] = res.days_since(res.value("last_purchase_us"))
+    return out
+
+
+FAMILY = Family(
+    NAME,
+    "How recently, how often and how much the customer buys.",
+    _definitions,
+    _requests,
+    _compute,
+)
