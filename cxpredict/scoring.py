@@ -1,0 +1,833 @@
+"""Batch scoring: champions score every eligible customer; ranked lists for marketing.
+
+One run reads and validates the tables, builds every customer's features once at the as-of
+instant (events strictly before it), loads each task's champion, scores, checks drift against
+the training reference stored with each model, and writes, into one output folder:
+
+``<task>.csv`` / ``<task>.parquet``
+    One ranked list per task (:data:`LIST_COLUMNS`, plus :data:`PREFERENCE_COLUMNS` for
+    preference tasks and ``expected_orders`` for value tasks).
+``customers.csv`` / ``customers.parquet``
+    One row per customer combining the tasks (:data:`CUSTOMER_COLUMNS`): value at risk,
+    lifecycle stage, reasons, preferences and a suggested action.
+``drift.csv``
+    The population stability index of every feature and score against the training reference.
+``report.html``
+    The self-contained report (:mod:`cxpredict.report`).
+``manifest.json``
+    What the run used (as-of, model versions) and the SHA-256 of every file above; written last.
+
+Guarantees
+----------
+Idempotent
+    The same tables, as-of instant and model versions give byte-identical files: nothing
+    about the moment of the run is written into them, floats are rounded to
+    :data:`DECIMALS` decimals before ranking and writing, and every sort breaks ties by
+    ``customer_id``. (``validation/validation_report.json`` records the moment of the run and
+    is the one exception.)
+Atomic
+    Every file is written beside its target and renamed over it (:func:`cxpredict.io.atomic_path`);
+    a killed run leaves each previous file whole.
+Exclusive
+    A run holds an exclusive ``flock`` on ``<out>/.cxpredict.lock`` (:class:`OutputLock`);
+    a second run on the same folder fails with :class:`~cxpredict.errors.OutputLocked`
+    naming the holder's pid. The kernel releases the lock when its holder dies, so a lock file
+    left by a dead run is simply taken over.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxpredict.errors import ConfigError, DriftFailed, OutputLocked
+from cxpredict.io import atomic_path
+
+#: Decimals kept for every float written (scores, probabilities, values, percentiles).
+DECIMALS = 6
+#: Name of the lock file inside the output folder.
+LOCK_NAME = ".cxpredict.lock"
+#: Number of reasons and preferences written per customer.
+N_REASONS = 3
+N_PREFERENCES = 3
+TIERS: tuple[str, str, str] = ("high", "medium", "low")
+STAGES: tuple[str, ...] = ("new", "active", "at risk", "lapsed")
+
+LIST_COLUMNS: tuple[str, ...] = (
+    "customer_id",
+    "rank",
+    "score",
+    "percentile",
+    "tier",
+    *(f"reason_{k}" for k in range(1, N_REASONS + 1)),
+    "model_version",
+    "as_of",
+)
+PREFERENCE_COLUMNS: tuple[str, ...] = tuple(
+    column for k in range(1, N_PREFERENCES + 1) for column in (f"pref_{k}", f"pref_{k}_probability")
+)
+CUSTOMER_COLUMNS: tuple[str, ...] = (
+    "customer_id",
+    "priority_rank",
+    "tier",
+    "lifecycle_stage",
+    "churn_probability",
+    "repurchase_probability",
+    "expected_value",
+    "value_at_risk",
+    "value_at_risk_rank",
+    "days_since_last_order",
+    "usual_gap_days",
+    *(f"reason_{k}" for k in range(1, N_REASONS + 1)),
+    *(f"preferred_category_{k}" for k in range(1, N_PREFERENCES + 1)),
+    "best_channel",
+    "action",
+    "offer",
+    "contact_channel",
+    "as_of",
+)
+DRIFT_COLUMNS: tuple[str, ...] = ("task", "variable", "kind", "psi", "status")
+
+
+# ------------------------------------------------------------------------------ drift
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A variable's distribution at training time: bins and the share of rows in each.
+
+    Bins are closed on the right: bin 0 is ``x <= edges[0]``, bin ``i`` is
+    ``edges[i-1] < x <= edges[i]`` and the last bin is ``x > edges[-1]``; missing values
+    have their own share. ``proportions`` has ``len(edges) + 1`` entries; together with
+    ``missing`` they sum to 1.
+
+    The JSON form (:meth:`to_dict`) is
+    ``{"edges": [...], "proportions": [...], "missing": 0.0}``.
+    """
+
+    edges: tuple[float, ...]
+    proportions: tuple[float, ...]
+    missing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.proportions) != len(self.edges) + 1:
+            raise ValueError(
+                f"a reference with {len(self.edges)} edges needs {len(self.edges) + 1} "
+                f"proportions; got {len(self.proportions)}"
+            )
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError(f"reference edges must increase strictly; got {self.edges}")
+        total = sum(self.proportions) + self.missing
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"reference proportions and missing share sum to {total}, not 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The reference as plain JSON types."""
+        return {
+            "edges": list(self.edges),
+            "proportions": list(self.proportions),
+            "missing": self.missing,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Reference:
+        """Read :meth:`to_dict`'s form."""
+        return cls(
+            tuple(float(e) for e in data["edges"]),
+            tuple(float(p) for p in data["proportions"]),
+            float(data.get("missing", 0.0)),
+        )
+
+
+def bin_shares(edges: Sequence[float], values: np.ndarray) -> tuple[np.ndarray, float]:
+    """Share of ``values`` in each right-closed bin of ``edges``, and the missing share."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return np.zeros(len(edges) + 1), 0.0
+    present = ~np.isnan(values)
+    bins = np.searchsorted(np.asarray(edges, dtype=np.float64), values[present], side="left")
+    counts = np.bincount(bins, minlength=len(edges) + 1)
+    return counts / len(values), float((~present).mean())
+
+
+def reference_from_values(values: np.ndarray, *, n_bins: int = 10) -> Reference:
+    """The :class:`Reference` of ``values``: quantile edges, at most ``n_bins`` bins.
+
+    Edges are the distinct inner quantiles of the non-missing values, so a discrete variable
+    (a count, a flag) gets one bin per value rather than empty duplicates.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    present = values[~np.isnan(values)]
+    if len(present) == 0:
+        edges: tuple[float, ...] = ()
+    else:
+        quantiles = np.quantile(present, np.linspace(0, 1, n_bins + 1)[1:-1])
+        edges = tuple(float(q) for q in np.unique(quantiles))
+    shares, missing = bin_shares(edges, values)
+    return Reference(edges, tuple(float(s) for s in shares), missing)
+
+
+def psi(reference: Reference, values: np.ndarray, *, floor: float = 1e-4) -> float:
+    """Population stability index of ``values`` against a training ``reference``.
+
+    ``PSI = sum_b (actual_b - expected_b) * ln(actual_b / expected_b)`` over the reference's
+    bins plus the missing bin; shares below ``floor`` are raised to it so that an empty bin
+    counts as a large but finite shift. 0 means the same distribution; above 0.1 is usually
+    read as a moderate shift, above 0.25 as a large one.
+    """
+    actual, missing = bin_shares(reference.edges, values)
+    expected = np.append(np.asarray(reference.proportions, dtype=np.float64), reference.missing)
+    actual = np.append(actual, missing)
+    used = (expected > 0) | (actual > 0)
+    e = np.maximum(expected[used], floor)
+    a = np.maximum(actual[used], floor)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def drift_status(value: float, *, warn: float, fail: float) -> str:
+    """``ok``, ``warn`` (above ``warn``) or ``fail`` (above ``fail``); ``not checked`` for NaN."""
+    if not np.isfinite(value):
+        return "not checked"
+    if value > fail:
+        return "fail"
+    if value > warn:
+        return "warn"
+    return "ok"
+
+
+def drift_report(
+    task: str,
+    references: Mapping[str, Reference],
+    current: Mapping[str, np.ndarray],
+    *,
+    kinds: Mapping[str, str] | None = None,
+    warn: float,
+    fail: float,
+) -> pd.DataFrame:
+    """PSI of every variable of ``current`` against its reference, with its status.
+
+    A variable without a reference gets a NaN PSI and the status ``not checked``.
+
+    Returns
+    -------
+    DataFrame
+        Columns :data:`DRIFT_COLUMNS`, one row per variable, in the order of ``current``.
+    """
+    rows = []
+    for name, values in current.items():
+        reference = references.get(name)
+        value = psi(reference, values) if reference is not None else float("nan")
+        rows.append(
+            {
+                "task": task,
+                "variable": name,
+                "kind": (kinds or {}).get(name, "feature"),
+                "psi": round(value, DECIMALS) if np.isfinite(value) else value,
+                "status": drift_status(value, warn=warn, fail=fail),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(DRIFT_COLUMNS))
+
+
+def check_drift(report: pd.DataFrame, *, fail: float) -> None:
+    """Raise :class:`DriftFailed` naming the variables whose PSI is above ``fail``."""
+    failed = report[report["status"] == "fail"].sort_values(["psi", "variable"], ascending=False)
+    if failed.empty:
+        return
+    listed = ", ".join(
+        f"{r.task}/{r.variable} ({r.psi:.2f})" for r in failed.head(8).itertuples(index=False)
+    )
+    raise DriftFailed(
+        f"{len(failed)} variable(s) drifted beyond scoring.drift_fail_psi = {fail:g} from the "
+        f"training reference: {listed}. Check the input data for a broken feed or a changed "
+        "definition; if the shift is real, retrain and promote a new champion, or raise "
+        "scoring.drift_fail_psi in the config. See drift.csv in the output folder."
+    )
+
+
+# ------------------------------------------------------------------------------ ranking
+
+
+def ranked(scores: pd.DataFrame, *, score: str = "score") -> pd.DataFrame:
+    """Rows sorted by ``score`` (rounded to :data:`DECIMALS`), highest first, ties by id.
+
+    Adds ``rank`` (1 = contact first) and ``percentile``: ``1 - (r - 1) / n`` where ``r`` is
+    the best rank among customers with the same score, so that equal scores share a
+    percentile (the top customer has 1, the last ``1/n`` unless tied).
+    """
+    frame = scores.copy()
+    frame[score] = frame[score].astype(np.float64).round(DECIMALS)
+    frame = frame.sort_values(
+        [score, "customer_id"], ascending=[False, True], na_position="last", kind="mergesort"
+    ).reset_index(drop=True)
+    n = len(frame)
+    frame["rank"] = np.arange(1, n + 1, dtype=np.int64)
+    best = frame.groupby(score, sort=False, dropna=False)["rank"].transform("min")
+    frame["percentile"] = (1.0 - (best.to_numpy() - 1) / max(n, 1)).round(DECIMALS)
+    return frame
+
+
+def check_tier_cuts(cuts: Sequence[float]) -> tuple[float, float]:
+    """The ``(high, medium)`` percentile cut points, or a :class:`ConfigError`."""
+    if len(cuts) != 2 or not 0 < cuts[1] < cuts[0] < 1:
+        raise ConfigError(
+            f"scoring.tier_cuts must be two percentile cut points, high first, both strictly "
+            f"between 0 and 1 (e.g. [0.8, 0.5]); got {list(cuts)}"
+        )
+    return float(cuts[0]), float(cuts[1])
+
+
+def assign_tiers(percentile: pd.Series | np.ndarray, cuts: Sequence[float]) -> np.ndarray:
+    """``high`` above the first cut, ``medium`` above the second, ``low`` otherwise.
+
+    The cuts apply to the percentile of :func:`ranked`, not to the score: with the default
+    ``(0.8, 0.5)`` the top 20% of a list are ``high`` and the next 30% ``medium``, whatever
+    the scale of the score (a probability or an amount).
+    """
+    high, medium = check_tier_cuts(cuts)
+    p = np.asarray(percentile, dtype=np.float64)
+    return np.where(p > high, TIERS[0], np.where(p > medium, TIERS[1], TIERS[2])).astype(object)
+
+
+# ------------------------------------------------------------------------------ lifecycle
+
+
+@dataclass(frozen=True)
+class LifecycleRules:
+    """How a customer's lifecycle stage is read from their own buying rhythm.
+
+    The *usual gap* is the customer's mean number of days between purchase days
+    (``gap_mean_days``), at least ``min_gap_days``; a customer with fewer than two purchase
+    days gets the median usual gap of the customers who have one (``fallback_gap_days``
+    when nobody has). *Overdue* is ``days_since_last_order / usual gap``. Then, first match:
+
+    ========  ===============================================================================
+    new       first order less than ``new_days`` ago, or no order yet and signed up less than
+              ``new_days`` ago
+    lapsed    no order at all (and not new)
+    active    overdue at most ``at_risk_ratio`` (ordered within 1.5 usual gaps by default)
+    at risk   overdue at most ``lapsed_ratio`` (within 3 usual gaps)
+    lapsed    overdue beyond ``lapsed_ratio``
+    ========  ===============================================================================
+    """
+
+    new_days: float = 60.0
+    min_gap_days: float = 14.0
+    fallback_gap_days: float = 60.0
+    at_risk_ratio: float = 1.5
+    lapsed_ratio: float = 3.0
+
+
+def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    if name in frame.columns:
+        return frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.full(len(frame), np.nan)
+
+
+def usual_gap_days(features: pd.DataFrame, rules: LifecycleRules = LifecycleRules()) -> np.ndarray:
+    """Each customer's usual days between purchases (see :class:`LifecycleRules`)."""
+    gap = _column(features, "gap_mean_days")
+    known = gap[np.isfinite(gap)]
+    fallback = float(np.median(known)) if len(known) else rules.fallback_gap_days
+    return np.maximum(np.where(np.isfinite(gap), gap, fallback), rules.min_gap_days)
+
+
+def lifecycle_stages(features: pd.DataFrame, rules: LifecycleRules = LifecycleRules()) -> pd.Series:
+    """The lifecycle stage of every customer as of the features' cutoff.
+
+    Window: the features' (events strictly before the cutoff); the rules are those of
+    :class:`LifecycleRules`.
+
+    Parameters
+    ----------
+    features
+        Indexed by ``customer_id``; uses ``days_since_first_order``, ``days_since_last_order``,
+        ``gap_mean_days`` and ``days_since_signup`` (missing columns count as unknown).
+
+    Returns
+    -------
+    Series
+        ``new``, ``active``, ``at risk`` or ``lapsed``, indexed like ``features``.
+    """
+    first = _column(features, "days_since_first_order")
+    last = _column(features, "days_since_last_order")
+    signup = _column(features, "days_since_signup")
+    overdue = last / usual_gap_days(features, rules)
+    ordered = np.isfinite(last)
+    new = np.where(ordered, first < rules.new_days, signup < rules.new_days)
+    stage = np.select(
+        [
+            new,
+            ~ordered,
+            overdue <= rules.at_risk_ratio,
+            overdue <= rules.lapsed_ratio,
+        ],
+        ["new", "lapsed", "active", "at risk"],
+        default="lapsed",
+    )
+    return pd.Series(stage.astype(object), index=features.index, name="lifecycle_stage")
+
+
+# ------------------------------------------------------------------------------ actions
+
+
+@dataclass(frozen=True)
+class ActionRule:
+    """One row of the action table: who it applies to and what to offer them."""
+
+    name: str
+    who: str
+    offer: str
+    channel: str
+
+
+#: The suggested action of a customer is the first rule that applies. ``{category}`` and
+#: ``{channel}`` are the customer's preferred category and best channel.
+ACTION_RULES: tuple[ActionRule, ...] = (
+    ActionRule(
+        "care call",
+        "at risk or lapsed, high value, with a complaint or an unanswered message in the last "
+        "90 days",
+        "personal call from customer care to resolve the open issue; no discount first",
+        "phone",
+    ),
+    ActionRule(
+        "retention offer",
+        "at risk, high value",
+        "personal retention offer in {category}",
+        "{channel}",
+    ),
+    ActionRule(
+        "win-back",
+        "lapsed",
+        "win-back offer in {category}",
+        "{channel}",
+    ),
+    ActionRule(
+        "reminder",
+        "at risk",
+        "reminder with new arrivals in {category}",
+        "{channel}",
+    ),
+    ActionRule(
+        "welcome",
+        "new",
+        "welcome journey with a second-order incentive in {category}",
+        "{channel}",
+    ),
+    ActionRule(
+        "loyalty",
+        "active, high value",
+        "loyalty recognition (early access in {category}); no discount",
+        "{channel}",
+    ),
+    ActionRule(
+        "nurture",
+        "active",
+        "regular newsletter featuring {category}; no incentive",
+        "{channel}",
+    ),
+)
+DEFAULT_CATEGORY = "their usual categories"
+DEFAULT_CHANNEL = "email"
+
+
+def suggest_actions(customers: pd.DataFrame) -> pd.DataFrame:
+    """The first :data:`ACTION_RULES` rule that applies to each customer.
+
+    Parameters
+    ----------
+    customers
+        Columns ``lifecycle_stage``, ``value_tier`` (tier of the expected value),
+        ``open_issues`` (complaints plus unanswered messages of the last 90 days),
+        ``preferred_category_1`` and ``best_channel`` (missing values allowed).
+
+    Returns
+    -------
+    DataFrame
+        ``action``, ``offer`` and ``contact_channel``, indexed like ``customers``.
+    """
+    stage = customers["lifecycle_stage"].to_numpy(dtype=object)
+    high = (customers["value_tier"] == TIERS[0]).to_numpy()
+    issues = customers["open_issues"].fillna(0).to_numpy(dtype=np.float64) > 0
+    risky = (stage == "at risk") | (stage == "lapsed")
+    conditions = [
+        risky & high & issues,
+        (stage == "at risk") & high,
+        stage == "lapsed",
+        stage == "at risk",
+        stage == "new",
+        (stage == "active") & high,
+        stage == "active",
+    ]
+    which = np.select(conditions, list(range(len(ACTION_RULES))), default=len(ACTION_RULES) - 1)
+    category = customers["preferred_category_1"].astype(object).fillna(DEFAULT_CATEGORY)
+    channel = customers["best_channel"].astype(object).fillna(DEFAULT_CHANNEL)
+    rules = [ACTION_RULES[k] for k in which]
+    return pd.DataFrame(
+        {
+            "action": [r.name for r in rules],
+            "offer": [r.offer.format(category=c) for r, c in zip(rules, category, strict=True)],
+            "contact_channel": [
+                r.channel.format(channel=c) for r, c in zip(rules, channel, strict=True)
+            ],
+        },
+        index=customers.index,
+    )
+
+
+# ------------------------------------------------------------------------------ locking
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+class OutputLock:
+    """An exclusive lock on an output folder, held for the length of one run.
+
+    The lock is an ``flock`` on ``<folder>/.cxpredict.lock``, whose text names the holder
+    (``pid``, host, as-of). ``flock`` is released by the kernel when the holder exits or is
+    killed, so a lock file left behind by a dead run is taken over by the next one; the file
+    itself is never removed (removing it would let two runs lock two different files).
+
+    Raises
+    ------
+    OutputLocked
+        On entry, when another live process holds the lock.
+    """
+
+    def __init__(self, folder: str | Path, *, label: str = "") -> None:
+        self.path = Path(folder) / LOCK_NAME
+        self.label = label
+        self._fd: int | None = None
+        self.took_over: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise OutputLocked(
+                f"output folder {str(self.path.parent)!r} is locked by another scoring run "
+                f"({holder}); wait for it to finish, or write to another folder with --out. "
+                f"The lock is released when that process ends (lock file: {self.path.name})"
+            ) from None
+        previous = _holder_pid(_read_holder(fd))
+        if previous is not None and previous != os.getpid() and not _pid_alive(previous):
+            self.took_over = previous
+        text = f"pid={os.getpid()} host={socket.gethostname()} {self.label}".strip() + "\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text.encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_holder(fd: int) -> str:
+    text = os.pread(fd, 512, 0).decode(errors="replace").strip()
+    return text or "holder unknown"
+
+
+def _holder_pid(text: str) -> int | None:
+    for part in text.split():
+        if part.startswith("pid=") and part[4:].isdigit():
+            return int(part[4:])
+    return None
+
+
+# ------------------------------------------------------------------------------ lists
+
+
+def as_of_text(as_of: pd.Timestamp) -> str:
+    """The as-of instant as written in the lists: a date when it is midnight UTC."""
+    if as_of == as_of.normalize():
+        return f"{as_of:%Y-%m-%d}"
+    return as_of.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def task_list(
+    scored: pd.DataFrame,
+    *,
+    kind: str,
+    model_version: str,
+    as_of: pd.Timestamp,
+    tier_cuts: Sequence[float],
+    reasons: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """One task's ranked list, highest priority first.
+
+    Parameters
+    ----------
+    scored
+        ``customer_id`` and ``score`` (a calibrated probability; for a value task the
+        expected spend over the horizon; for a preference task the probability of the top
+        value), plus ``pref_k`` / ``pref_k_probability`` columns for preference tasks and
+        ``expected_orders`` for value tasks.
+    kind
+        The task's kind (``churn``, ``repurchase``, ``preference``, ``value``).
+    model_version
+        The registered model version that scored.
+    as_of
+        The instant scored at.
+    tier_cuts
+        ``scoring.tier_cuts`` (percentile cut points, see :func:`assign_tiers`).
+    reasons
+        Indexed by ``customer_id``, columns ``reason_1`` .. ``reason_3``; customers without a
+        row get empty reasons.
+
+    Returns
+    -------
+    DataFrame
+        :data:`LIST_COLUMNS`, then :data:`PREFERENCE_COLUMNS` (preference) or
+        ``expected_orders`` (value); floats rounded to :data:`DECIMALS`.
+    """
+    frame = ranked(scored[[c for c in scored.columns if c != "rank"]])
+    frame["tier"] = assign_tiers(frame["percentile"], tier_cuts)
+    reason_columns = [f"reason_{k}" for k in range(1, N_REASONS + 1)]
+    if reasons is not None and len(reasons):
+        found = reasons.reindex(frame["customer_id"].to_numpy())
+        for column in reason_columns:
+            values = found[column] if column in found.columns else None
+            frame[column] = (
+                pd.Series("", index=frame.index, dtype=object)
+                if values is None
+                else pd.Series(values.to_numpy(dtype=object), index=frame.index).fillna("")
+            )
+    else:
+        for column in reason_columns:
+            frame[column] = ""
+    frame["model_version"] = str(model_version)
+    frame["as_of"] = as_of_text(as_of)
+    extra: list[str] = []
+    if kind == "preference":
+        extra = list(PREFERENCE_COLUMNS)
+        for column in extra:
+            if column not in frame.columns:
+                frame[column] = np.nan if column.endswith("probability") else ""
+    elif kind == "value" and "expected_orders" in frame.columns:
+        extra = ["expected_orders"]
+    frame = frame[[*LIST_COLUMNS, *extra]]
+    return _tidy(frame)
+
+
+def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    """Floats rounded to :data:`DECIMALS`; text columns as Python strings, missing as ``""``."""
+    out = frame.copy()
+    for column in out.columns:
+        dtype = out[column].dtype
+        if pd.api.types.is_float_dtype(dtype):
+            out[column] = out[column].astype(np.float64).round(DECIMALS)
+        elif pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
+            continue
+        else:
+            out[column] = out[column].astype(object).where(out[column].notna(), "").astype(str)
+    return out.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------ customers
+
+
+def _first_task(tasks: Mapping[str, Any], kind: str, **match: str) -> str | None:
+    """The first configured task of ``kind`` (whose attributes equal ``match``), or ``None``."""
+    for name, task in tasks.items():
+        if task.kind == kind and all(getattr(task, k, None) == v for k, v in match.items()):
+            return name
+    return None
+
+
+def role_of_tasks(tasks: Mapping[str, Any]) -> dict[str, str | None]:
+    """Which configured task feeds each column of the customer table.
+
+    ``churn``, ``repurchase`` and ``value``: the first task of that kind; ``category``: the
+    first preference task on ``category``; ``channel``: the first preference task on
+    ``channel``, preferring the interactions table (where the brand reaches the customer)
+    over order channels.
+    """
+    channel = _first_task(tasks, "preference", attribute="channel", table="interactions")
+    return {
+        "churn": _first_task(tasks, "churn"),
+        "repurchase": _first_task(tasks, "repurchase"),
+        "value": _first_task(tasks, "value"),
+        "category": _first_task(tasks, "preference", attribute="category"),
+        "channel": channel or _first_task(tasks, "preference", attribute="channel"),
+    }
+
+
+def _open_issues(features: pd.DataFrame) -> np.ndarray:
+    total = np.zeros(len(features))
+    for name in ("complaints_90d", "unanswered_messages_90d"):
+        total += np.nan_to_num(_column(features, name))
+    return total
+
+
+def customer_table(
+    features: pd.DataFrame,
+    lists: Mapping[str, pd.DataFrame],
+    tasks: Mapping[str, Any],
+    *,
+    as_of: pd.Timestamp,
+    tier_cuts: Sequence[float],
+    rules: LifecycleRules = LifecycleRules(),
+) -> pd.DataFrame:
+    """One row per customer known before ``as_of``, ordered by value at risk.
+
+    ``value_at_risk`` is ``churn_probability * expected_value`` (the value task's expected
+    spend over its horizon); customers a task does not score (for instance churn scores only
+    customers active in its ``active_days``) have no value there. ``priority_rank`` and
+    ``tier`` follow the value at risk (missing last, ties by ``customer_id``), with the
+    percentile cut points of ``scoring.tier_cuts``. Reasons are the churn list's (else the
+    repurchase list's); preferred categories and the best channel come from the preference
+    tasks (see :func:`role_of_tasks`); the action from :data:`ACTION_RULES`.
+
+    Returns
+    -------
+    DataFrame
+        :data:`CUSTOMER_COLUMNS`; floats rounded to :data:`DECIMALS`.
+    """
+    roles = role_of_tasks(tasks)
+    ids = features.index.astype(str)
+    out = pd.DataFrame(index=pd.Index(ids, name="customer_id"))
+
+    def pick(role: str, column: str) -> pd.Series:
+        name = roles[role]
+        if name is None or name not in lists:
+            return pd.Series(np.nan, index=out.index)
+        table = lists[name].set_index("customer_id")
+        return table[column].reindex(out.index)
+
+    out["churn_probability"] = pick("churn", "score").astype(np.float64)
+    out["repurchase_probability"] = pick("repurchase", "score").astype(np.float64)
+    out["expected_value"] = pick("value", "score").astype(np.float64)
+    out["value_at_risk"] = (out["churn_probability"] * out["expected_value"]).round(DECIMALS)
+    out["days_since_last_order"] = _column(features, "days_since_last_order")
+    out["usual_gap_days"] = usual_gap_days(features, rules)
+    out["lifecycle_stage"] = lifecycle_stages(features, rules).to_numpy()
+    reason_role = "churn" if roles["churn"] in lists else "repurchase"
+    for k in range(1, N_REASONS + 1):
+        out[f"reason_{k}"] = pick(reason_role, f"reason_{k}").astype(object)
+    for k in range(1, N_PREFERENCES + 1):
+        out[f"preferred_category_{k}"] = pick("category", f"pref_{k}").astype(object)
+    out["best_channel"] = pick("channel", "pref_1").astype(object)
+    for column in [c for c in out.columns if c.startswith("preferred_") or c == "best_channel"]:
+        out[column] = out[column].where(out[column] != "", None)
+
+    by_risk = ranked(
+        pd.DataFrame({"customer_id": out.index, "score": out["value_at_risk"].to_numpy()})
+    )
+    by_risk = by_risk.set_index("customer_id")
+    out["value_at_risk_rank"] = by_risk["rank"].reindex(out.index)
+    out["value_at_risk_rank"] = out["value_at_risk_rank"].where(out["value_at_risk"].notna())
+    out["value_at_risk_rank"] = out["value_at_risk_rank"].astype("Int64")
+    out["priority_rank"] = by_risk["rank"].reindex(out.index).astype(np.int64)
+    out["tier"] = assign_tiers(by_risk["percentile"].reindex(out.index), tier_cuts)
+    out.loc[out["value_at_risk"].isna(), "tier"] = TIERS[2]
+
+    by_value = ranked(
+        pd.DataFrame({"customer_id": out.index, "score": out["expected_value"].to_numpy()})
+    ).set_index("customer_id")
+    value_tier = assign_tiers(by_value["percentile"].reindex(out.index), tier_cuts)
+    actions = suggest_actions(
+        pd.DataFrame(
+            {
+                "lifecycle_stage": out["lifecycle_stage"],
+                "value_tier": np.where(out["expected_value"].notna(), value_tier, TIERS[2]),
+                "open_issues": _open_issues(features),
+                "preferred_category_1": out["preferred_category_1"],
+                "best_channel": out["best_channel"],
+            },
+            index=out.index,
+        )
+    )
+    out = out.join(actions)
+    out["as_of"] = as_of_text(as_of)
+    out = out.reset_index().sort_values("priority_rank", kind="mergesort")
+    return _tidy(out[list(CUSTOMER_COLUMNS)])
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def _readable(path: Path) -> None:
+    """Give a temporary file the permissions a new file would get (``mkstemp`` makes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def write_list(frame: pd.DataFrame, path: Path) -> Path:
+    """Write a list as CSV (``.csv``) or Parquet (``.parquet``), atomically and reproducibly.
+
+    CSV floats have exactly :data:`DECIMALS` decimals, lines end with ``\\n``, missing values
+    are empty; Parquet holds the same rounded values, without the pandas index.
+    """
+    with atomic_path(path) as temporary:
+        if path.suffix == ".csv":
+            frame.to_csv(
+                temporary,
+                index=False,
+                float_format=f"%.{DECIMALS}f",
+                lineterminator="\n",
+                encoding="utf-8",
+            )
+        else:
+            frame.to_parquet(temporary, index=False, engine="pyarrow", compression="zstd")
+        _readable(temporary)
+    return path
+
+
+def write_document(text: str, path: Path) -> Path:
+    """Write UTF-8 text atomically, readable like any new file."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8", newline="\n")
+        _readable(temporary)
+    return path
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest(
+    paths: Sequence[Path], *, as_of: pd.Timestamp, versions: Mapping[str, str], root: Path
+) -> str:
+    """The run's manifest as JSON text: as-of, model versions and every file's SHA-256."""
+    data = {
+        "as_of": as_of_text(as_of),
+        "models": dict(sorted(versions.items())),
+        "files": {
+            str(p.relative_to(root)): file_digest(p) for p in sorted(paths, key=lambda p: p.name)
+        },
+    }
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
