@@ -1,0 +1,1158 @@
+"""MLflow: log training runs, register versions, move aliases, promote, roll back, load.
+
+One registered model per task, named ``<project>-<task>``. Every training run registers a
+version with the alias ``challenger``; the first version is also ``champion``. Promotion moves
+``champion`` only when the challenger beats it on the same backtest cutoffs and the same data
+(see :func:`promote`); rollback points it back at the previous champion. Models are loaded as
+``models:/<project>-<task>@champion``.
+
+Nothing logged holds a customer row: the data are described by counts, date ranges and
+hashes, metrics are aggregates over backtest cutoffs, plots draw aggregates, and the model's
+input example is synthesised.
+
+The tracking store defaults to ``sqlite:///<root>/mlruns/mlflow.db`` with artifacts under
+``<root>/mlruns/artifacts``; ``mlflow.tracking_uri`` in the config replaces it, and the
+``MLFLOW_TRACKING_URI`` environment variable replaces both (read by the command line only,
+through :func:`resolve_tracking_uri`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from cxpredict.config import ProjectConfig, TaskConfig
+from cxpredict.errors import CxpredictError, ModelNotFound
+from cxpredict.schemas import Tables, to_utc
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+#: The model whose backtest figures decide promotion (the baselines are only reported).
+MODEL = "lightgbm"
+#: Promotion metric per task kind when ``training.promotion_metric`` is not set.
+DEFAULT_PROMOTION_METRICS: dict[str, str] = {
+    "churn": "pr_auc",
+    "repurchase": "pr_auc",
+    "value": "spend/normalised_gini",
+    "preference": "ndcg@3",
+}
+#: Metrics (last path component) for which a smaller value is better.
+LOWER_IS_BETTER: frozenset[str] = frozenset(
+    {"rmse", "mae", "poisson_deviance", "brier", "log_loss"}
+)
+HISTORY_TAG = "champion_history"
+PREVIOUS_TAG = "previous_champion"
+METRICS_ARTIFACT = "backtest/metrics.csv"
+CUTOFFS_ARTIFACT = "backtest/cutoffs.json"
+
+
+class PromotionRefused(CxpredictError):
+    """The challenger is not better than the champion on the same backtest cutoffs and data."""
+
+    exit_code = 11
+
+
+# ------------------------------------------------------------------------------ the store
+
+
+def model_name(config: ProjectConfig, task: str) -> str:
+    """The registered model of ``task``: ``<project>-<task>``."""
+    return f"{config.project}-{task}"
+
+
+def experiment_name(config: ProjectConfig) -> str:
+    """``mlflow.experiment`` from the config, or the project name."""
+    return config.mlflow.experiment or config.project
+
+
+def default_tracking_uri(config: ProjectConfig) -> str:
+    """``mlflow.tracking_uri`` from the config, else ``sqlite:///<root>/mlruns/mlflow.db``.
+
+    A value without a scheme is a path to a SQLite file, relative to the config's folder.
+    """
+    configured = config.mlflow.tracking_uri
+    if configured and "://" in configured:
+        return configured
+    path = Path(configured) if configured else Path("mlruns") / "mlflow.db"
+    if not path.is_absolute():
+        path = Path(config.root).resolve() / path
+    return f"sqlite:///{path}"
+
+
+def resolve_tracking_uri(config: ProjectConfig, environ: Mapping[str, str]) -> str:
+    """The tracking URI to use: ``MLFLOW_TRACKING_URI`` from ``environ``, else the config's.
+
+    Called by the command line with ``os.environ``; library functions take the URI as an
+    argument and never read the environment.
+    """
+    return environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(config)
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: ``artifacts/`` beside a SQLite file.
+
+    ``None`` for a tracking server, which decides for itself.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    if not database.is_absolute():
+        database = Path("/") / database
+    return (database.parent / "artifacts").as_uri()
+
+
+def _uri(config: ProjectConfig, tracking_uri: str | None) -> str:
+    return tracking_uri or default_tracking_uri(config)
+
+
+@contextmanager
+def tracking(tracking_uri: str) -> Iterator[Any]:
+    """Point MLflow's tracking and registry at ``tracking_uri`` for the duration; yield a client.
+
+    MLflow keeps the URI in module state and in environment variables; both are restored on
+    exit so that one project's store never leaks into the next call.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])  # type: ignore[arg-type]
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def ensure_experiment(client: Any, name: str, tracking_uri: str) -> str:
+    """The id of experiment ``name``, created with a local artifact folder when new."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    return str(client.create_experiment(name, artifact_location=artifact_location(tracking_uri)))
+
+
+# ------------------------------------------------------------------------------ fingerprints
+
+_TIME_COLUMNS: dict[str, str] = {
+    "orders": "timestamp",
+    "interactions": "timestamp",
+    "customers": "signup_at",
+}
+
+
+def _table_hash(frame: pd.DataFrame) -> str:
+    """Order-independent content hash: columns, dtypes and the sorted row hashes."""
+    digest = hashlib.sha256()
+    for name, dtype in frame.dtypes.items():
+        digest.update(f"{name}:{dtype}\x1f".encode())
+    rows = pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
+    digest.update(np.sort(rows).tobytes())
+    return digest.hexdigest()
+
+
+def data_fingerprint(tables: Tables) -> dict[str, Any]:
+    """Row counts, date range and a content hash per table, and one hash over all of them.
+
+    No value of any row is kept: only counts, the first and last event instants and hashes.
+    """
+    out: dict[str, Any] = {"tables": {}}
+    combined = hashlib.sha256()
+    for name in ("orders", "interactions", "customers"):
+        frame = tables.get(name)
+        if frame is None:
+            continue
+        entry: dict[str, Any] = {"rows": len(frame), "hash": _table_hash(frame)}
+        column = _TIME_COLUMNS[name]
+        if column in frame.columns and frame[column].notna().any():
+            entry["first"] = pd.Timestamp(frame[column].min()).isoformat()
+            entry["last"] = pd.Timestamp(frame[column].max()).isoformat()
+        out["tables"][name] = entry
+        combined.update(f"{name}:{entry['hash']}\x1e".encode())
+    out["hash"] = combined.hexdigest()[:16]
+    return out
+
+
+def evaluation_key(tables: Tables, cutoff: pd.Timestamp, task: TaskConfig) -> str:
+    """What a backtest fold at ``cutoff`` saw: the data before ``cutoff + horizon`` and the task.
+
+    A fold trains on events before the cutoff and is scored on the labels of
+    ``[cutoff, cutoff + horizon)``; two folds with the same key were evaluated on the same
+    customers with the same outcomes, whatever data arrived later.
+    """
+    end = to_utc(cutoff) + pd.Timedelta(days=task.horizon_days)
+    seen = data_fingerprint(tables.before(end))["hash"]
+    definition = json.dumps(task.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(f"{seen}\x1f{definition}".encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+def promotion_metric(config: ProjectConfig, kind: str) -> tuple[str, bool]:
+    """The metric that decides promotion and whether higher is better.
+
+    ``training.promotion_metric`` when set, else PR-AUC for churn and repurchase, the
+    normalised Gini of spend for value and NDCG@3 for preference.
+    """
+    name = config.training.promotion_metric or DEFAULT_PROMOTION_METRICS[kind]
+    return name, name.rsplit("/", 1)[-1] not in LOWER_IS_BETTER
+
+
+def metric_key(model: str, metric: str) -> str:
+    """An MLflow-safe metric name: ``lightgbm/lift@10%`` becomes ``lightgbm/lift_at_10pct``."""
+    return f"{model}/{metric}".replace("@", "_at_").replace("%", "pct")
+
+
+def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Mean of each metric over the backtest cutoffs: metrics as rows, models as columns."""
+    table = metrics.pivot_table(
+        index="metric", columns="model", values="value", aggfunc="mean", sort=False
+    )
+    first = [m for m in (MODEL,) if m in table.columns]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+# ------------------------------------------------------------------------------ run facts
+
+
+class TrainedTask(Protocol):
+    """What :func:`log_training_run` reads from a training result."""
+
+    as_of: pd.Timestamp
+    metrics: pd.DataFrame
+    training_cutoffs: Sequence[pd.Timestamp]
+    catalogue_version: str
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """Everything logged about one training run, gathered from the training result."""
+
+    task_name: str
+    task: TaskConfig
+    as_of: pd.Timestamp
+    metrics: pd.DataFrame
+    training_cutoffs: tuple[pd.Timestamp, ...]
+    validation_cutoff: pd.Timestamp | None
+    backtest_cutoffs: tuple[pd.Timestamp, ...]
+    catalogue_version: str
+    features: tuple[str, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+    importance: pd.Series | None = None
+    calibration: pd.DataFrame | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _optional(result: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(result, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def run_facts(config: ProjectConfig, task_name: str, result: Any) -> RunFacts:
+    """Gather what is logged from a training result (see :class:`TrainedTask`)."""
+    bundle = getattr(result, "bundle", None)
+    metrics = result.metrics.copy()
+    metrics["cutoff"] = pd.to_datetime(metrics["cutoff"], utc=True)
+    training_cutoffs = _optional(result, "training_cutoffs") or _optional(
+        bundle, "training_cutoffs"
+    )
+    catalogue = _optional(result, "catalogue_version") or _optional(bundle, "catalogue_version")
+    features = _optional(result, "features") or _optional(bundle, "features") or ()
+    importance = _optional(result, "feature_importance", "importance")
+    if importance is None and bundle is not None and hasattr(bundle, "feature_importance"):
+        importance = bundle.feature_importance()
+    params = _optional(result, "params") or dict(config.training.lightgbm)
+    return RunFacts(
+        task_name=task_name,
+        task=config.task(task_name),
+        as_of=to_utc(result.as_of),
+        metrics=metrics,
+        training_cutoffs=tuple(to_utc(c) for c in training_cutoffs or ()),
+        validation_cutoff=(
+            to_utc(v)
+            if (v := _optional(result, "validation_cutoff") or _optional(bundle, "valid"))
+            else None
+        ),
+        backtest_cutoffs=tuple(sorted(metrics["cutoff"].unique())),
+        catalogue_version=str(catalogue),
+        features=tuple(str(f) for f in features),
+        params=dict(params),
+        importance=importance,
+        calibration=_optional(result, "calibration"),
+        details=dict(_optional(result, "details") or {}),
+    )
+
+
+# ------------------------------------------------------------------------------ model card
+
+_LIMITATIONS: dict[str, tuple[str, ...]] = {
+    "churn": (
+        "Scores only customers with an order in the active window before the cutoff; new "
+        "customers without one get no churn score.",
+        "Probabilities are calibrated on one validation cutoff; when the base rate moves "
+        "(season, campaigns), the ranking holds longer than the calibration.",
+    ),
+    "repurchase": (
+        "Scores only customers with at least one past order.",
+        "Probabilities are calibrated on one validation cutoff; when the base rate moves "
+        "(season, campaigns), the ranking holds longer than the calibration.",
+    ),
+    "value": (
+        "Predicts expected net spend and order count in the horizon; refunds beyond purchases "
+        "count as zero. An expectation per customer, not a guarantee.",
+        "Large spenders are rare; the error of a single customer's figure is wide even when "
+        "the ranking is good.",
+    ),
+    "preference": (
+        "Ranks only values chosen often enough in the training rows; values new since "
+        "training are never recommended.",
+        "Says what a returning customer chooses, not whether they return (that is repurchase).",
+    ),
+}
+_COMMON_LIMITATIONS: tuple[str, ...] = (
+    "Learned from this brand's history up to the as-of date; changes after it (assortment, "
+    "pricing, service) are not seen. Retrain and compare before relying on it.",
+    "Backtest figures are means over few cutoffs; see backtest/metrics.csv in the run for the "
+    "figure at each cutoff.",
+    "Scoring must use features built with the same catalogue version; other builds are refused.",
+)
+
+
+def _task_sentence(task: TaskConfig) -> str:
+    h = task.horizon_days
+    kind = task.kind
+    if kind == "churn":
+        text = (
+            f"churn: no order in [cutoff, cutoff + {h} days) among customers with an order in "
+            f"the {task.active_days} days before the cutoff"  # type: ignore[union-attr]
+        )
+    elif kind == "repurchase":
+        text = f"repurchase: at least one order in [cutoff, cutoff + {h} days) among past buyers"
+    elif kind == "value":
+        text = f"value: net spend and number of orders in [cutoff, cutoff + {h} days)"
+    else:
+        text = (
+            f"preference: which {task.table}.{task.attribute} values a customer "  # type: ignore[union-attr]
+            f"chooses in [cutoff, cutoff + {h} days), ranked top {task.top_k}"  # type: ignore[union-attr]
+        )
+    return text + (f". {task.description}" if task.description else "")
+
+
+def _format(value: float) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+
+def model_card(
+    facts: RunFacts, fingerprint: Mapping[str, Any], *, metric: str, name: str, version: str
+) -> str:
+    """A short Markdown model card: task, window, data, metrics against baselines, limits."""
+    days = lambda stamps: ", ".join(f"{s:%Y-%m-%d}" for s in stamps)  # noqa: E731
+    lines = [
+        f"# {name} v{version}",
+        "",
+        f"**Task** {_task_sentence(facts.task)}.",
+        "",
+        f"**Trained** as of {facts.as_of:%Y-%m-%d} on {len(facts.training_cutoffs)} cutoffs "
+        f"({days(facts.training_cutoffs[:1])} .. {days(facts.training_cutoffs[-1:])})"
+        + (
+            f", validation cutoff {facts.validation_cutoff:%Y-%m-%d}"
+            if facts.validation_cutoff is not None
+            else ""
+        )
+        + f"; features {facts.catalogue_version} ({len(facts.features)} columns).",
+        "",
+        f"**Backtest** test cutoffs {days(facts.backtest_cutoffs)}; each fold was trained only "
+        "on events before its test cutoff.",
+        "",
+        "**Data** "
+        + "; ".join(_table_line(n, t) for n, t in fingerprint["tables"].items())
+        + f"; hash {fingerprint['hash']}.",
+        "",
+        f"**Metrics** (mean over the backtest cutoffs; promotion metric `{metric}`)",
+        "",
+    ]
+    table = summary_table(facts.metrics)
+    shown = [m for m in _card_metrics(metric, list(table.index)) if m in table.index]
+    lines.append("| metric | " + " | ".join(table.columns) + " |")
+    lines.append("|---|" + "---:|" * len(table.columns))
+    for row in shown:
+        values = " | ".join(_format(table.loc[row, c]) for c in table.columns)
+        lines.append(f"| {row} | {values} |")
+    lines += ["", "**Known limitations**", ""]
+    lines += [f"- {text}" for text in _LIMITATIONS[facts.task.kind] + _COMMON_LIMITATIONS]
+    return "\n".join(lines) + "\n"
+
+
+def _table_line(name: str, entry: Mapping[str, Any]) -> str:
+    span = ""
+    if "first" in entry:
+        span = f" {entry['first'][:10]}..{entry['last'][:10]}"
+    return f"{name} {entry['rows']:,} rows{span}"
+
+
+def _card_metrics(metric: str, available: list[str]) -> list[str]:
+    preferred = [
+        metric,
+        "roc_auc",
+        "pr_auc",
+        "lift@10%",
+        "brier",
+        "spend/normalised_gini",
+        "spend/mae",
+        "orders/normalised_gini",
+        "hit@1",
+        "hit@3",
+        "ndcg@3",
+        "n",
+    ]
+    seen: list[str] = []
+    for name in preferred:
+        if name in available and name not in seen:
+            seen.append(name)
+    return seen
+
+
+# ------------------------------------------------------------------------------ plots
+
+
+def _figure(width: float = 6.0, height: float = 4.0) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def gains_figure(metrics: pd.DataFrame) -> Any | None:
+    """Cumulative gains and lift of every model (means over cutoffs) from capture/lift metrics."""
+    table = summary_table(metrics)
+    capture = [m for m in table.index if m.startswith("capture@")]
+    if not capture:
+        return None
+    shares = sorted(capture, key=lambda m: float(m.removeprefix("capture@").rstrip("%")))
+    x = [0.0] + [float(m.removeprefix("capture@").rstrip("%")) / 100 for m in shares] + [1.0]
+    fig = _figure(9.0, 4.0)
+    gains, lift = fig.subplots(1, 2)
+    for model in table.columns:
+        y = [0.0] + [float(table.loc[m, model]) for m in shares] + [1.0]
+        gains.plot(x, y, marker="o", label=model)
+        lifts = [float(table.loc[m.replace("capture", "lift"), model]) for m in shares]
+        lift.plot(x[1:-1], lifts, marker="o", label=model)
+    gains.plot([0, 1], [0, 1], color="grey", linestyle=":", label="random")
+    gains.set(xlabel="share of customers contacted", ylabel="share of positives found")
+    gains.set_title("cumulative gains (backtest mean)")
+    lift.axhline(1.0, color="grey", linestyle=":")
+    lift.set(xlabel="share of customers contacted", ylabel="lift")
+    lift.set_title("lift (backtest mean)")
+    gains.legend(fontsize="small")
+    return fig
+
+
+def calibration_figure(calibration: pd.DataFrame) -> Any | None:
+    """Reliability diagram from an aggregated table (``mean_score``, ``actual_rate`` per bin)."""
+    if calibration is None or calibration.empty:
+        return None
+    fig = _figure(5.0, 5.0)
+    ax = fig.subplots()
+    group = "cutoff" if "cutoff" in calibration.columns else None
+    parts = calibration.groupby(group) if group else [("all", calibration)]
+    for key, part in parts:
+        label = f"{pd.Timestamp(key):%Y-%m-%d}" if group else str(key)
+        ax.plot(part["mean_score"], part["actual_rate"], marker="o", label=label)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
+    ax.set(xlabel="mean predicted probability", ylabel="observed rate", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title("calibration on the backtest cutoffs")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def per_cutoff_figure(metrics: pd.DataFrame, metric: str) -> Any | None:
+    """The promotion metric at each backtest cutoff, model against baselines."""
+    rows = metrics[metrics["metric"] == metric]
+    if rows.empty:
+        return None
+    fig = _figure()
+    ax = fig.subplots()
+    for model, part in rows.groupby("model", sort=False):
+        part = part.sort_values("cutoff")
+        ax.plot(part["cutoff"], part["value"], marker="o", label=model)
+    ax.set(xlabel="backtest cutoff", ylabel=metric)
+    ax.set_title(f"{metric} per backtest cutoff")
+    ax.legend(fontsize="small")
+    fig.autofmt_xdate()
+    return fig
+
+
+def importance_figure(importance: pd.Series, *, top: int = 25) -> Any | None:
+    """Total gain of the ``top`` most important features."""
+    if importance is None or len(importance) == 0:
+        return None
+    shown = importance.sort_values(ascending=False).head(top)[::-1]
+    fig = _figure(7.0, 0.25 * len(shown) + 1.2)
+    ax = fig.subplots()
+    ax.barh([str(i) for i in shown.index], shown.to_numpy(dtype=float))
+    ax.set(xlabel="total gain")
+    ax.set_title("feature importance")
+    ax.tick_params(axis="y", labelsize="small")
+    return fig
+
+
+# ------------------------------------------------------------------------------ logging
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A registered model version and its aliases after a training run was logged."""
+
+    name: str
+    version: str
+    run_id: str
+    aliases: tuple[str, ...]
+    model_uri: str
+
+
+def _config_yaml(config: ProjectConfig) -> str:
+    raw = config.model_dump(mode="json", exclude={"root"})
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+def log_training_run(
+    config: ProjectConfig,
+    task_name: str,
+    result: Any,
+    *,
+    tables: Tables,
+    bundle_dir: str | os.PathLike[str],
+    tracking_uri: str | None = None,
+) -> RegisteredVersion:
+    """Log a training run, register its model as ``challenger`` (and ``champion`` if first).
+
+    Logged: the config (YAML), parameters, the data fingerprint, the as-of date and training
+    cutoffs, backtest metrics of the model and every baseline (per cutoff as a tidy CSV of
+    aggregates and as stepped metrics, means as metrics), the per-cutoff evaluation keys used
+    by :func:`promote`, plots (gains and lift, calibration, feature importance, the promotion
+    metric per cutoff), the feature catalogue version, a model card, and the model: a pyfunc
+    whose artifact is the bundle directory, with a signature and a synthesised input example.
+
+    Parameters
+    ----------
+    result
+        The training result: ``as_of``, ``metrics`` (``cutoff``, ``model``, ``metric``,
+        ``value``), ``training_cutoffs``, ``catalogue_version`` and the ``bundle``.
+    tables
+        The tables the run was trained on (only fingerprints are logged).
+    bundle_dir
+        The saved model bundle (booster text and JSON metadata).
+    """
+    import mlflow
+
+    from cxpredict import serving
+
+    uri = _uri(config, tracking_uri)
+    facts = run_facts(config, task_name, result)
+    name = model_name(config, task_name)
+    metric, _ = promotion_metric(config, facts.task.kind)
+    fingerprint = data_fingerprint(tables)
+    keys = {c.isoformat(): evaluation_key(tables, c, facts.task) for c in facts.backtest_cutoffs}
+    bundle = serving.load_bundle(bundle_dir)
+    if list(bundle.features) != list(facts.features or bundle.features):
+        raise ValueError("the bundle's features differ from the training result's features")
+    facts = _with_bundle(facts, bundle)
+    with tracking(uri) as client:
+        experiment_id = ensure_experiment(client, experiment_name(config), uri)
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=f"{task_name} as of {facts.as_of:%Y-%m-%d}",
+            tags={"task": task_name, "kind": facts.task.kind, "project": config.project},
+        ) as run:
+            _log_run_contents(config, facts, fingerprint, keys, metric)
+            info = serving.log_pyfunc(bundle_dir, bundle, registered_model_name=name)
+        version = str(info.registered_model_version)
+        card = model_card(facts, fingerprint, metric=metric, name=name, version=version)
+        client.update_model_version(name, version, description=card)
+        version_tags = {
+            "task": task_name,
+            "kind": facts.task.kind,
+            "catalogue_version": facts.catalogue_version,
+            "as_of": facts.as_of.isoformat(),
+            "data_hash": fingerprint["hash"],
+            "promotion_metric": metric,
+            "backtest_cutoffs": ",".join(f"{c:%Y-%m-%d}" for c in facts.backtest_cutoffs),
+        }
+        for key, value in version_tags.items():
+            client.set_model_version_tag(name, version, key, value)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        aliases = [CHALLENGER]
+        if _alias_version(client, name, CHAMPION) is None:
+            client.set_registered_model_alias(name, CHAMPION, version)
+            client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([version]))
+            aliases.append(CHAMPION)
+    return RegisteredVersion(
+        name=name,
+        version=version,
+        run_id=run.info.run_id,
+        aliases=tuple(aliases),
+        model_uri=f"models:/{name}/{version}",
+    )
+
+
+def _with_bundle(facts: RunFacts, bundle: Any) -> RunFacts:
+    from dataclasses import replace
+
+    importance = facts.importance
+    if importance is None and hasattr(bundle, "feature_importance"):
+        importance = bundle.feature_importance()
+    return replace(
+        facts,
+        features=facts.features or tuple(str(f) for f in bundle.features),
+        catalogue_version=facts.catalogue_version or str(bundle.catalogue_version),
+        importance=importance,
+    )
+
+
+def _log_run_contents(
+    config: ProjectConfig,
+    facts: RunFacts,
+    fingerprint: Mapping[str, Any],
+    keys: Mapping[str, str],
+    metric: str,
+) -> None:
+    import mlflow
+
+    params: dict[str, Any] = {
+        "task": facts.task_name,
+        "kind": facts.task.kind,
+        "horizon_days": facts.task.horizon_days,
+        "as_of": facts.as_of.isoformat(),
+        "n_cutoffs": config.training.n_cutoffs,
+        "step_days": config.training.step_days,
+        "n_backtest_cutoffs": config.training.n_backtest_cutoffs,
+        "seed": config.training.seed,
+        "catalogue_version": facts.catalogue_version,
+        "n_features": len(facts.features),
+        "promotion_metric": metric,
+        "data_hash": fingerprint["hash"],
+    }
+    params.update({f"lightgbm.{k}": v for k, v in sorted(facts.params.items())})
+    mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+    mlflow.log_text(_config_yaml(config), "config/cxpredict.yaml")
+    mlflow.log_dict(dict(fingerprint), "data/fingerprint.json")
+    mlflow.log_dict(
+        {
+            "as_of": facts.as_of.isoformat(),
+            "training_cutoffs": [c.isoformat() for c in facts.training_cutoffs],
+            "validation_cutoff": (
+                facts.validation_cutoff.isoformat() if facts.validation_cutoff else None
+            ),
+            "backtest_cutoffs": [c.isoformat() for c in facts.backtest_cutoffs],
+            "horizon_days": facts.task.horizon_days,
+        },
+        "training/cutoffs.json",
+    )
+    mlflow.log_dict(
+        {"horizon_days": facts.task.horizon_days, "evaluation_keys": dict(keys)},
+        CUTOFFS_ARTIFACT,
+    )
+    tidy = facts.metrics[["cutoff", "model", "metric", "value"]].copy()
+    tidy["cutoff"] = tidy["cutoff"].map(lambda c: c.isoformat())
+    mlflow.log_text(tidy.to_csv(index=False), METRICS_ARTIFACT)
+    summary = summary_table(facts.metrics)
+    mlflow.log_text(summary.to_csv(), "backtest/summary.csv")
+    means = {
+        metric_key(model, name): float(value)
+        for name, row in summary.iterrows()
+        for model, value in row.items()
+        if pd.notna(value) and math.isfinite(float(value))
+    }
+    mlflow.log_metrics(means)
+    for step, cutoff in enumerate(facts.backtest_cutoffs):
+        at = facts.metrics[facts.metrics["cutoff"] == cutoff]
+        stepped = {
+            f"cutoff/{metric_key(r.model, r.metric)}": float(r.value)
+            for r in at.itertuples(index=False)
+            if math.isfinite(float(r.value))
+        }
+        mlflow.log_metrics(stepped, step=step)
+    if facts.importance is not None and len(facts.importance):
+        frame = facts.importance.rename("gain").rename_axis("feature").reset_index()
+        mlflow.log_text(frame.to_csv(index=False), "model/feature_importance.csv")
+    mlflow.set_tag("catalogue_version", facts.catalogue_version)
+    figures = {
+        "plots/gains_lift.png": gains_figure(facts.metrics),
+        "plots/calibration.png": calibration_figure(facts.calibration),
+        "plots/feature_importance.png": importance_figure(facts.importance),
+        f"plots/{metric_key('backtest', metric).replace('/', '_')}.png": per_cutoff_figure(
+            facts.metrics, metric
+        ),
+    }
+    for path, figure in figures.items():
+        if figure is not None:
+            mlflow.log_figure(figure, path)
+
+
+# ------------------------------------------------------------------------------ aliases
+
+
+def _alias_version(client: Any, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _history(client: Any, name: str) -> list[str]:
+    tags = client.get_registered_model(name).tags
+    return [str(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
+
+
+def _require_model(client: Any, config: ProjectConfig, task: str, uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    name = model_name(config, task)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise ModelNotFound(
+            f"no registered model {name!r} in {uri}; run `cxpredict train --task {task}` first "
+            "(or point MLFLOW_TRACKING_URI / mlflow.tracking_uri at the store it was logged to)"
+        ) from None
+    return name
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The promotion metric of both versions on the backtest cutoffs they share."""
+
+    metric: str
+    higher_is_better: bool
+    cutoffs: tuple[pd.Timestamp, ...]
+    champion: float
+    challenger: float
+    method: str
+
+    @property
+    def challenger_better(self) -> bool:
+        """Strictly better in the metric's direction."""
+        if self.higher_is_better:
+            return self.challenger > self.champion
+        return self.challenger < self.champion
+
+    def describe(self, champion: str, challenger: str) -> str:
+        """Both figures and where they come from, in one sentence."""
+        days = ", ".join(f"{c:%Y-%m-%d}" for c in self.cutoffs)
+        direction = "higher" if self.higher_is_better else "lower"
+        return (
+            f"{self.metric} ({direction} is better) on the backtest cutoffs {days}: "
+            f"champion v{champion} {self.champion:.4f}, challenger v{challenger} "
+            f"{self.challenger:.4f} ({self.method})"
+        )
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    """What :func:`promote` did."""
+
+    name: str
+    champion: str
+    previous_champion: str | None
+    promoted: bool
+    comparison: Comparison | None
+    forced: bool
+    reason: str | None
+    message: str
+
+
+def _backtest(client: Any, version: Any) -> tuple[pd.DataFrame, dict[str, str]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics_path = client.download_artifacts(version.run_id, METRICS_ARTIFACT, tmp)
+        keys_path = client.download_artifacts(version.run_id, CUTOFFS_ARTIFACT, tmp)
+        metrics = pd.read_csv(metrics_path)
+        keys = json.loads(Path(keys_path).read_text(encoding="utf-8"))["evaluation_keys"]
+    metrics["cutoff"] = pd.to_datetime(metrics["cutoff"], utc=True)
+    return metrics, {to_utc(k).isoformat(): str(v) for k, v in keys.items()}
+
+
+def compare_versions(
+    client: Any,
+    name: str,
+    champion: str,
+    challenger: str,
+    *,
+    metric: str,
+    higher_is_better: bool,
+    n_cutoffs: int,
+) -> Comparison:
+    """Compare two versions on their most recent shared backtest cutoffs with equal data.
+
+    A cutoff counts when both runs evaluated it and saw the same data and task definition
+    there (equal evaluation keys, see :func:`evaluation_key`); each figure comes from a fold
+    model that only saw events before that cutoff. The metric is averaged over the at most
+    ``n_cutoffs`` most recent such cutoffs where both figures are defined.
+
+    Raises
+    ------
+    PromotionRefused
+        When the versions share no such cutoff, saying what each was evaluated on.
+    """
+    runs = {}
+    for label, number in (("champion", champion), ("challenger", challenger)):
+        runs[label] = _backtest(client, client.get_model_version(name, number))
+    keys_a, keys_b = runs["champion"][1], runs["challenger"][1]
+    shared = sorted(c for c in set(keys_a) & set(keys_b) if keys_a[c] == keys_b[c])
+    values = {}
+    for label, (metrics, _) in runs.items():
+        rows = metrics[(metrics["model"] == MODEL) & (metrics["metric"] == metric)]
+        values[label] = rows.set_index(rows["cutoff"].map(lambda c: c.isoformat()))["value"]
+    usable = [
+        c
+        for c in shared
+        if c in values["champion"].index
+        and c in values["challenger"].index
+        and np.isfinite(values["champion"][c])
+        and np.isfinite(values["challenger"][c])
+    ][-n_cutoffs:]
+    if not usable:
+        days = {
+            label: ", ".join(sorted(k[:10] for k in keys)) or "none"
+            for label, keys in (("champion", keys_a), ("challenger", keys_b))
+        }
+        raise PromotionRefused(
+            f"{name}: champion v{champion} and challenger v{challenger} share no backtest "
+            f"cutoff evaluated on the same data with a defined {metric} (champion: "
+            f"{days['champion']}; challenger: {days['challenger']}), so their figures are not "
+            "comparable; retrain the challenger with the champion's --as-of (or one a multiple "
+            "of training.step_days later) on the same data, or promote with --force --reason"
+        )
+    stamps = tuple(to_utc(c) for c in usable)
+    return Comparison(
+        metric=metric,
+        higher_is_better=higher_is_better,
+        cutoffs=stamps,
+        champion=float(np.mean([values["champion"][c] for c in usable])),
+        challenger=float(np.mean([values["challenger"][c] for c in usable])),
+        method="logged backtest figures on shared cutoffs with identical data",
+    )
+
+
+def promote(
+    config: ProjectConfig,
+    task: str,
+    *,
+    force: bool = False,
+    reason: str | None = None,
+    at: pd.Timestamp | None = None,
+    tracking_uri: str | None = None,
+) -> PromotionResult:
+    """Move ``champion`` to the challenger if it is better on the same cutoffs and data.
+
+    The promotion metric (``training.promotion_metric``, else PR-AUC for churn and
+    repurchase, spend normalised Gini for value, NDCG@3 for preference) is compared on the
+    most recent backtest cutoffs both versions were evaluated on with identical data (see
+    :func:`compare_versions`). With ``force``, the champion moves regardless and ``reason``
+    (required) is recorded as a tag of the version.
+
+    Parameters
+    ----------
+    at
+        The moment of the promotion, recorded in the history (the command line passes its
+        clock reading); nothing is recorded when ``None``.
+
+    Raises
+    ------
+    ModelNotFound
+        When the task has no registered model or no challenger.
+    PromotionRefused
+        When the challenger is not better (the message gives both figures) or the versions
+        cannot be compared; when ``force`` is given without a reason.
+    """
+    if force and not (reason and reason.strip()):
+        raise PromotionRefused(
+            '--force needs --reason "...": say why the challenger replaces the champion '
+            "without beating it; the reason is recorded on the version"
+        )
+    uri = _uri(config, tracking_uri)
+    with tracking(uri) as client:
+        name = _require_model(client, config, task, uri)
+        challenger = _alias_version(client, name, CHALLENGER)
+        champion = _alias_version(client, name, CHAMPION)
+        if challenger is None:
+            raise ModelNotFound(
+                f"{name} has no challenger to promote; train a new version with "
+                f"`cxpredict train --task {task}` first"
+            )
+        if champion == challenger:
+            return PromotionResult(
+                name=name,
+                champion=challenger,
+                previous_champion=None,
+                promoted=False,
+                comparison=None,
+                forced=False,
+                reason=None,
+                message=f"{name}: v{challenger} is already the champion; nothing to promote",
+            )
+        kind = client.get_model_version(name, challenger).tags.get("kind") or config.task(task).kind
+        metric, higher = promotion_metric(config, kind)
+        comparison: Comparison | None = None
+        if champion is not None:
+            try:
+                comparison = compare_versions(
+                    client,
+                    name,
+                    champion,
+                    challenger,
+                    metric=metric,
+                    higher_is_better=higher,
+                    n_cutoffs=config.training.n_backtest_cutoffs,
+                )
+            except PromotionRefused:
+                if not force:
+                    raise
+            if comparison is not None and not comparison.challenger_better and not force:
+                raise PromotionRefused(
+                    f"{name}: challenger v{challenger} is not better than champion "
+                    f"v{champion}; champion stays v{champion}. "
+                    + comparison.describe(champion, challenger)
+                    + '. To replace it anyway: --force --reason "..."'
+                )
+        _move_champion(
+            client,
+            name,
+            challenger,
+            previous=champion,
+            at=at,
+            reason=reason,
+            forced=force,
+            comparison=comparison,
+        )
+    evidence = comparison.describe(champion or "-", challenger) if comparison else "no comparison"
+    verb = "forced" if force else "promoted"
+    return PromotionResult(
+        name=name,
+        champion=challenger,
+        previous_champion=champion,
+        promoted=True,
+        comparison=comparison,
+        forced=force,
+        reason=reason,
+        message=f"{name}: v{challenger} {verb} to champion (was v{champion}); {evidence}",
+    )
+
+
+def _move_champion(
+    client: Any,
+    name: str,
+    version: str,
+    *,
+    previous: str | None,
+    at: pd.Timestamp | None,
+    reason: str | None,
+    forced: bool,
+    comparison: Comparison | None,
+) -> None:
+    history = _history(client, name)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version]))
+    if previous is not None:
+        client.set_registered_model_tag(name, PREVIOUS_TAG, previous)
+    if _alias_version(client, name, CHALLENGER) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    tags = {"promoted_from": previous or "", "promotion_forced": str(forced).lower()}
+    if at is not None:
+        tags["promoted_at"] = to_utc(at).isoformat()
+    if reason:
+        tags["promotion_reason"] = reason
+    if comparison is not None:
+        tags["promotion_evidence"] = comparison.describe(previous or "-", version)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def rollback(
+    config: ProjectConfig,
+    task: str,
+    *,
+    at: pd.Timestamp | None = None,
+    tracking_uri: str | None = None,
+) -> PromotionResult:
+    """Point ``champion`` back at the previous champion (from the promotion history).
+
+    The current champion is tagged ``rolled_back`` (with ``at`` when given) and taken off
+    the history, so a second rollback goes one step further back.
+
+    Raises
+    ------
+    ModelNotFound
+        When the task has no registered model or no earlier champion.
+    """
+    uri = _uri(config, tracking_uri)
+    with tracking(uri) as client:
+        name = _require_model(client, config, task, uri)
+        current = _alias_version(client, name, CHAMPION)
+        history = _history(client, name)
+        if current is not None and history and history[-1] == current:
+            history = history[:-1]
+        if current is None or not history:
+            raise ModelNotFound(
+                f"{name}: no earlier champion to roll back to (champion: "
+                f"{'v' + current if current else 'none'}; history: none)"
+            )
+        previous = history[-1]
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+        earlier = history[-2] if len(history) > 1 else None
+        if earlier is None:
+            client.delete_registered_model_tag(name, PREVIOUS_TAG)
+        else:
+            client.set_registered_model_tag(name, PREVIOUS_TAG, earlier)
+        client.set_model_version_tag(
+            name, current, "rolled_back", to_utc(at).isoformat() if at is not None else "true"
+        )
+    return PromotionResult(
+        name=name,
+        champion=previous,
+        previous_champion=current,
+        promoted=False,
+        comparison=None,
+        forced=False,
+        reason=None,
+        message=f"{name}: champion rolled back from v{current} to v{previous}",
+    )
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The loaded champion of a task: the pyfunc model and what it was trained with."""
+
+    name: str
+    version: str
+    run_id: str
+    catalogue_version: str
+    features: tuple[str, ...]
+    model: Any
+
+    @property
+    def bundle(self) -> Any:
+        """The model bundle inside the pyfunc (booster, vocabulary, calibration)."""
+        return self.model.unwrap_python_model().bundle
+
+    def check_features(self, features: pd.DataFrame, *, catalogue_version: str) -> None:
+        """Refuse features built with another catalogue or missing the model's columns.
+
+        Raises
+        ------
+        FeatureMismatch
+            Naming both catalogue versions or the missing columns, and the fix.
+        """
+        from cxpredict import serving
+
+        serving.check_catalogue(self.catalogue_version, catalogue_version, model=self.name)
+        serving.check_columns(features, self.features, model=self.name)
+
+    def predict(self, features: pd.DataFrame, *, catalogue_version: str) -> pd.DataFrame:
+        """Score customer features built with ``catalogue_version`` (checked first).
+
+        Returns the pyfunc's output: probabilities, expected values or top-k preferences.
+        """
+        self.check_features(features, catalogue_version=catalogue_version)
+        frame = features.copy()
+        if "customer_id" not in frame.columns and frame.index.name == "customer_id":
+            frame = frame.reset_index()
+        columns = (
+            ["customer_id", *self.features]
+            if "customer_id" in frame.columns
+            else list(self.features)
+        )
+        return self.model.predict(frame[columns], params={"catalogue_version": catalogue_version})
+
+
+def load_champion(config: ProjectConfig, task: str, *, tracking_uri: str | None = None) -> Champion:
+    """Load ``models:/<project>-<task>@champion``.
+
+    Raises
+    ------
+    ModelNotFound
+        When the task has no registered model or no champion: run ``cxpredict train`` first.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = _uri(config, tracking_uri)
+    name = model_name(config, task)
+    with tracking(uri) as client:
+        try:
+            version = client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:
+            raise ModelNotFound(
+                f"no champion of task {task!r} (registered model {name!r}) in {uri}; run "
+                f"`cxpredict train --config <config> --task {task}` first, or point "
+                "MLFLOW_TRACKING_URI / mlflow.tracking_uri at the store it was logged to"
+            ) from None
+        model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    bundle = model.unwrap_python_model().bundle
+    return Champion(
+        name=name,
+        version=str(version.version),
+        run_id=str(version.run_id),
+        catalogue_version=str(bundle.catalogue_version),
+        features=tuple(str(f) for f in bundle.features),
+        model=model,
+    )
+
+
+def version_artifacts(
+    config: ProjectConfig,
+    task: str,
+    version: str,
+    dst: str | os.PathLike[str],
+    *,
+    tracking_uri: str | None = None,
+) -> Path:
+    """Download everything logged for a version: its run's artifacts and its model files.
+
+    Returns the folder, with ``run/`` and ``model/`` inside (for audits and tests).
+    """
+    import mlflow
+
+    uri = _uri(config, tracking_uri)
+    name = model_name(config, task)
+    out = Path(dst)
+    with tracking(uri) as client:
+        mv = client.get_model_version(name, version)
+        (out / "run").mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(
+            run_id=mv.run_id, dst_path=str(out / "run"), tracking_uri=uri
+        )
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=str(out / "model")
+        )
+    return out

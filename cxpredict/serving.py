@@ -1,0 +1,408 @@
+"""The served model: a pyfunc over a model bundle that checks its input, and the server.
+
+The pyfunc's one artifact is the bundle directory (booster text and JSON metadata). Its
+input is one row per customer: an optional ``customer_id`` and the model's feature columns;
+its output is one row per input row: calibrated probabilities, expected values or top-k
+preferences, with the ``customer_id`` when given.
+
+Every input problem is answered as an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``,
+which MLflow's scoring server turns into HTTP 400 with a JSON body naming the column; any
+other failure becomes HTTP 500 with a one-line message. Neither carries a stack trace:
+MLflow only adds one when the model raises something other than an ``MlflowException``.
+
+The server is ``mlflow models serve --env-manager local``, bound to 127.0.0.1 unless told
+otherwise, with this interpreter's ``bin`` folder first on ``PATH`` so that it finds
+``uvicorn`` in an unactivated virtual environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+from cxpredict.errors import DataError, FeatureMismatch
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+ID_COLUMN = "customer_id"
+CATALOGUE_PARAM = "catalogue_version"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5001
+_SHOWN = 8
+
+
+class InvalidInput(DataError):
+    """A scoring request that cannot be scored: empty, or a value of the wrong type."""
+
+
+class ScoringBundle(Protocol):
+    """What the pyfunc needs from a model bundle."""
+
+    kind: str
+    features: Sequence[str]
+    catalogue_version: str
+
+    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
+        """One output row per input row, same index."""
+        ...
+
+
+def load_bundle(path: str | os.PathLike[str]) -> ScoringBundle:
+    """Read a bundle directory written by :mod:`cxpredict.training`."""
+    from cxpredict.training import ModelBundle
+
+    return ModelBundle.load(Path(path))
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def _names(columns: Sequence[str]) -> str:
+    shown = ", ".join(repr(c) for c in columns[:_SHOWN])
+    more = len(columns) - _SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def check_catalogue(expected: str, got: str | None, *, model: str = "the model") -> None:
+    """Refuse features from another catalogue version (``None`` or ``""``: not checked).
+
+    Raises
+    ------
+    FeatureMismatch
+        Naming both versions and the fix.
+    """
+    if got and got != expected:
+        raise FeatureMismatch(
+            f"{model} was trained with feature catalogue {expected!r} but the features were "
+            f"built with {got!r}; rebuild them with the model's vocabulary and feature "
+            "settings, or retrain the model on the current features"
+        )
+
+
+def check_columns(
+    frame: pd.DataFrame, features: Sequence[str], *, model: str = "the model"
+) -> None:
+    """Refuse a frame that lacks any of the model's feature columns.
+
+    Raises
+    ------
+    FeatureMismatch
+        Naming the missing columns (and the unexpected ones) and the fix.
+    """
+    missing = [f for f in features if f not in frame.columns]
+    if missing:
+        extra = [str(c) for c in frame.columns if c not in set(features) and c != ID_COLUMN]
+        also = f"; columns it does not know: {_names(extra)}" if extra else ""
+        raise FeatureMismatch(
+            f"{model} needs {len(features)} feature columns; missing column(s) "
+            f"{_names(missing)}{also}. Build the features with the catalogue and vocabulary "
+            "the model was trained with"
+        )
+
+
+def validate_input(frame: Any, features: Sequence[str]) -> pd.DataFrame:
+    """The model's input as float columns in training order, with ``customer_id`` when given.
+
+    Missing values (null) are allowed: the model treats them as unknown. Booleans count as
+    0/1, and text that reads as a number is taken as that number.
+
+    Raises
+    ------
+    InvalidInput
+        When there is no row, when a feature holds something that is not a number (naming
+        the column and the first offending value) or an infinite value, or when a column is
+        not known to the model.
+    FeatureMismatch
+        When feature columns are missing.
+    """
+    if isinstance(frame, Mapping):
+        frame = pd.DataFrame(frame)
+    if not isinstance(frame, pd.DataFrame):
+        raise InvalidInput(
+            f"expected a table of customer features, got {type(frame).__name__}; send "
+            '{"dataframe_split": {"columns": [...], "data": [[...]]}}'
+        )
+    if len(frame) == 0:
+        raise InvalidInput(
+            "empty payload: no rows to score; send one row per customer with the columns "
+            f"{_names(['customer_id', *features])}"
+        )
+    frame = frame.rename(columns=str)
+    check_columns(frame, features)
+    unknown = [c for c in frame.columns if c not in set(features) and c != ID_COLUMN]
+    if unknown:
+        raise InvalidInput(
+            f"column(s) {_names(unknown)} are not inputs of the model; send only "
+            f"{ID_COLUMN!r} and the model's feature columns",
+            column=unknown[0],
+        )
+    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    if ID_COLUMN in frame.columns:
+        ids = frame[ID_COLUMN].to_numpy(dtype=object)
+        if pd.isna(ids).any():
+            raise InvalidInput(f"column {ID_COLUMN!r}: a customer_id is null", column=ID_COLUMN)
+        out[ID_COLUMN] = [str(v) for v in ids]
+    values = {f: _numeric(frame[f], f) for f in features}
+    return pd.concat([out, pd.DataFrame(values, index=out.index)], axis=1)
+
+
+def _numeric(column: pd.Series, name: str) -> np.ndarray:
+    series = column.reset_index(drop=True)
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return series.astype(float).to_numpy()
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        values = series.to_numpy(dtype=float, na_value=np.nan)
+    else:
+        cells = series.to_numpy(dtype=object)
+        values = np.full(len(cells), np.nan)
+        for i, cell in enumerate(cells):
+            if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+                continue
+            if isinstance(cell, bool | np.bool_):
+                values[i] = float(cell)
+                continue
+            try:
+                values[i] = float(cell)
+            except (TypeError, ValueError):
+                raise InvalidInput(
+                    f"column {name!r}: expected a number or null, got {_short(cell)} in row {i}",
+                    column=name,
+                ) from None
+    if np.isinf(values).any():
+        row = int(np.flatnonzero(np.isinf(values))[0])
+        raise InvalidInput(
+            f"column {name!r}: infinite value in row {row}; send a finite number or null",
+            column=name,
+        )
+    return values
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ------------------------------------------------------------------------------ the pyfunc
+
+
+class ScoringModel(PythonModel):
+    """An MLflow pyfunc that scores customer features with a cxpredict model bundle."""
+
+    def load_context(self, context: Any) -> None:
+        """Read the bundle from the model's ``bundle`` artifact."""
+        self.bundle = load_bundle(context.artifacts["bundle"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None):
+        """Validate ``model_input`` and score it; problems become HTTP 400, never a trace.
+
+        ``params["catalogue_version"]``, when given, must equal the model's.
+        """
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+
+        try:
+            given = (params or {}).get(CATALOGUE_PARAM)
+            check_catalogue(self.bundle.catalogue_version, given, model="this model")
+            frame = validate_input(model_input, list(self.bundle.features))
+            return score(self.bundle, frame)
+        except (InvalidInput, FeatureMismatch) as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        except Exception as exc:
+            raise MlflowException(
+                f"scoring failed ({type(exc).__name__}: {_short(str(exc))}); the input passed "
+                "validation, so this is a fault of the model bundle: report it",
+                error_code=INTERNAL_ERROR,
+            ) from None
+
+
+def score(bundle: ScoringBundle, frame: pd.DataFrame) -> pd.DataFrame:
+    """The bundle's predictions for a validated frame, with ``customer_id`` first when given."""
+    features = frame[list(bundle.features)]
+    predictions = bundle.predict(features)
+    predictions = predictions.reset_index(drop=True)
+    if ID_COLUMN in frame.columns:
+        predictions.insert(0, ID_COLUMN, frame[ID_COLUMN].to_numpy())
+    return predictions
+
+
+def input_example(bundle: ScoringBundle) -> pd.DataFrame:
+    """Two made-up customers: nothing from the training data but aggregate statistics.
+
+    Feature values are the training medians when the bundle records them, else zeros; the
+    ids are ``example-1`` and ``example-2``, which no real customer has.
+    """
+    features = list(bundle.features)
+    medians = getattr(bundle, "feature_medians", None) or {}
+    typical = [float(medians.get(f, 0.0)) if medians.get(f) is not None else 0.0 for f in features]
+    rows = [typical, [0.0] * len(features)]
+    frame = pd.DataFrame(rows, columns=features, dtype=float)
+    frame.insert(0, ID_COLUMN, ["example-1", "example-2"])
+    return frame
+
+
+def signature(bundle: ScoringBundle, example: pd.DataFrame) -> Any:
+    """Inputs: optional string ``customer_id`` and a double per feature; outputs as predicted."""
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema(
+        [ColSpec("string", ID_COLUMN, required=False)]
+        + [ColSpec("double", str(f)) for f in bundle.features]
+    )
+    outputs = infer_signature(example, score(bundle, validate_input(example, bundle.features)))
+    params = ParamSchema([ParamSpec(CATALOGUE_PARAM, "string", "")])
+    return ModelSignature(inputs=inputs, outputs=outputs.outputs, params=params)
+
+
+_ENTRY_POINT = """\
+# The cxpredict scoring model, logged as code: MLflow imports this file to build the model.
+from mlflow.models import set_model
+
+from cxpredict.serving import ScoringModel
+
+set_model(ScoringModel())
+"""
+
+
+def requirements() -> list[str]:
+    """The packages the served model imports, pinned to the versions in this environment."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for package in ("mlflow", "lightgbm", "pandas", "numpy", "scikit-learn", "cxpredict"):
+        try:
+            out.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            out.append(package)
+    return out
+
+
+def log_pyfunc(
+    bundle_dir: str | os.PathLike[str],
+    bundle: ScoringBundle,
+    *,
+    registered_model_name: str | None = None,
+) -> Any:
+    """Log the bundle as a pyfunc model in the active run (optionally registering it).
+
+    The model is logged from code (no pickle): a three-line entry point that builds
+    :class:`ScoringModel`; the bundle directory is its artifact.
+    """
+    import mlflow
+
+    example = input_example(bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        entry = Path(tmp) / "cxpredict_model.py"
+        entry.write_text(_ENTRY_POINT, encoding="utf-8")
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(entry),
+            artifacts={"bundle": str(Path(bundle_dir).resolve())},
+            signature=signature(bundle, example),
+            input_example=example,
+            pip_requirements=requirements(),
+            registered_model_name=registered_model_name,
+        )
+
+
+# ------------------------------------------------------------------------------ the server
+
+
+def server_command(
+    model_uri: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
+) -> list[str]:
+    """``mlflow models serve`` for ``model_uri`` with the current interpreter's environment."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+
+
+def server_environment(tracking_uri: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` plus this interpreter's ``bin`` first on PATH, the store and no telemetry."""
+    env = dict(environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")]).rstrip(os.pathsep)
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env["MLFLOW_REGISTRY_URI"] = tracking_uri
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    return env
+
+
+def start_server(
+    model_uri: str,
+    *,
+    tracking_uri: str,
+    environ: Mapping[str, str],
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    log: Any = None,
+) -> subprocess.Popen[bytes]:
+    """Start the scoring server in its own process group; stop it with :func:`stop_server`."""
+    return subprocess.Popen(
+        server_command(model_uri, host=host, port=port),
+        env=server_environment(tracking_uri, environ),
+        stdout=log if log is not None else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def wait_until_ready(process: subprocess.Popen[bytes], url: str, *, timeout: float = 60.0) -> None:
+    """Wait for ``<url>/ping`` to answer 200.
+
+    Raises
+    ------
+    RuntimeError
+        When the server exits or does not answer within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the scoring server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"the scoring server did not answer {url}/ping within {timeout:.0f} s")
+
+
+def stop_server(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
+    """Stop a server started by :func:`start_server`: its process group, by id."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
