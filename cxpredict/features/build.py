@@ -192,7 +192,9 @@ def _assemble(
         del values
     for name, dense in sql_values(ctx, results, extensions, fills).items():
         block[position[name]] = dense[ii, jj]
-    stamps = pd.DatetimeIndex(pd.to_datetime(results.cutoffs, unit="us", utc=True), name="cutoff")
+    stamps = pd.DatetimeIndex(
+        pd.to_datetime(results.cutoffs, unit="us", utc=True), name="cutoff"
+    ).as_unit("us")
     ids = pd.Index(results.customer_ids, dtype="str", name="customer_id")
     index = pd.MultiIndex(levels=[ids, stamps], codes=[ii, jj], names=["customer_id", "cutoff"])
     frame = pd.DataFrame(block.T, index=index, columns=[d.name for d in columns], copy=False)

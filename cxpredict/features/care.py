@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxpredict.features.engagement import interaction_rows
 from cxpredict.features.engine import (
     DAY_US,
     HOUR_US,
     RATING_SCALE,
+    Aggregate,
     PerCutoff,
     Request,
     Results,
     Source,
+    last_order,
 )
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio
 
@@ -41,10 +44,9 @@ UNANSWERED = "(responded_us IS NULL OR responded_us >= c)"
 ANSWERED = "responded_us < c"
 RECENT_RATING_DAYS = 90
 
-CARE_ROWS = Source(
-    "care_rows",
-    "SELECT customer_id, us, kind, responded_us, rating FROM interactions "
-    f"WHERE {CONTACT} OR rating IS NOT NULL",
+CONTACT_ROWS = Source(
+    "contact_rows",
+    f"SELECT customer_id, us, responded_us FROM interactions WHERE {CONTACT}",
 )
 
 
@@ -169,67 +171,85 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
 def _requests(ctx: Context) -> list[Request]:
     if not ctx.available.table("interactions"):
         return []
-    items: list[tuple[str, str]] = []
-    for w in ctx.windows:
-        items.append((f"messages_{w}", f"count(*) FILTER (WHERE kind = 'message' AND {_since(w)})"))
-        items.append(
-            (f"complaints_{w}", f"count(*) FILTER (WHERE kind = 'complaint' AND {_since(w)})")
-        )
-        items.append(
-            (
-                f"unanswered_{w}",
-                f"count(*) FILTER (WHERE {CONTACT} AND {UNANSWERED} AND {_since(w)})",
-            )
-        )
-    response = "greatest(responded_us - us, 0)"
-    recent = _since(RECENT_RATING_DAYS)
-    items += [
-        ("contacts", f"count(*) FILTER (WHERE {CONTACT})"),
-        ("unanswered", f"count(*) FILTER (WHERE {CONTACT} AND {UNANSWERED})"),
-        ("response_us_median", f"median({response}) FILTER (WHERE {CONTACT} AND {ANSWERED})"),
-        ("response_us_max", f"max({response}) FILTER (WHERE {CONTACT} AND {ANSWERED})"),
-        ("last_unanswered_us", f"max(us) FILTER (WHERE {CONTACT} AND {UNANSWERED})"),
-        ("last_contact_us", f"max(us) FILTER (WHERE {CONTACT})"),
-        ("rating_n", "count(rating)"),
-        ("rating_sum", f"sum(round(rating * {RATING_SCALE}))::BIGINT"),
-        ("rating_recent_n", f"count(rating) FILTER (WHERE {recent})"),
-        (
-            "rating_recent_sum",
-            f"sum(round(rating * {RATING_SCALE})) FILTER (WHERE {recent})::BIGINT",
+    windows = ctx.windows
+    rating_code = "CAST(round((rating + 1) * 2) AS BIGINT)"
+    out: list[Request] = [
+        interaction_rows(ctx),
+        Aggregate("interaction_rows", "messages", "sum", "(kind = 'message')::BIGINT", windows),
+        Aggregate("interaction_rows", "complaints", "sum", "(kind = 'complaint')::BIGINT", windows),
+        Aggregate("interaction_rows", "contacts", "sum", f"({CONTACT})::BIGINT"),
+        Aggregate("interaction_rows", "last_contact_us", "max", f"CASE WHEN {CONTACT} THEN us END"),
+        Aggregate(
+            "interaction_rows",
+            "rating_n",
+            "sum",
+            "(rating IS NOT NULL)::BIGINT",
+            (RECENT_RATING_DAYS,),
         ),
-        ("rating_last", "max({'us': us, 'v': rating}) FILTER (WHERE rating IS NOT NULL).v"),
-        ("negative_ratings", "count(*) FILTER (WHERE rating <= 2)"),
+        Aggregate(
+            "interaction_rows",
+            "rating_sum",
+            "sum",
+            f"COALESCE(round(rating * {RATING_SCALE}), 0)::BIGINT",
+            (RECENT_RATING_DAYS,),
+        ),
+        Aggregate(
+            "interaction_rows", "negative_ratings", "sum", "COALESCE(rating <= 2, false)::BIGINT"
+        ),
+        Aggregate(
+            "interaction_rows", "rating_last", "last", "rating", order=last_order(rating_code, 13)
+        ),
     ]
-    return [CARE_ROWS, *(PerCutoff("care_rows", f"care_{name}", expr) for name, expr in items)]
+    if not ctx.available.has("interactions", "responded_at"):
+        return out
+    # Answered-or-not depends on two instants (sent, answered) against each cutoff: these
+    # aggregates run over the contacts joined to every later cutoff.
+    items: list[tuple[str, str]] = [
+        (f"unanswered_{w}", f"count(*) FILTER (WHERE {UNANSWERED} AND {_since(w)})")
+        for w in windows
+    ]
+    response = "greatest(responded_us - us, 0)"
+    items += [
+        ("unanswered", f"count(*) FILTER (WHERE {UNANSWERED})"),
+        ("response_us_median", f"median({response}) FILTER (WHERE {ANSWERED})"),
+        ("response_us_max", f"max({response}) FILTER (WHERE {ANSWERED})"),
+        ("last_unanswered_us", f"max(us) FILTER (WHERE {UNANSWERED})"),
+    ]
+    out.append(CONTACT_ROWS)
+    out += [PerCutoff("contact_rows", f"care_{name}", expr) for name, expr in items]
+    return out
 
 
 def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
     if not ctx.available.table("interactions"):
         return {}
+    out: dict[str, np.ndarray] = {}
+    for w in ctx.windows:
+        out[f"messages_{w}d"] = res.window("messages", w).astype(np.float64)
+        out[f"complaints_{w}d"] = res.window("complaints", w).astype(np.float64)
+    out["days_since_last_message"] = res.days_since(res.value("last_contact_us"))
+    n, total = res.total("rating_n"), res.total("rating_sum")
+    recent_n, recent_total = res.window("rating_n", 90), res.window("rating_sum", 90)
+    out["rating_mean"] = ratio(total, n) / RATING_SCALE
+    out["rating_last"] = res.value("rating_last")
+    recent_mean = ratio(recent_total, recent_n)
+    prior_mean = ratio(total - recent_total, n - recent_n)
+    out["rating_trend"] = (recent_mean - prior_mean) / RATING_SCALE
+    out["negative_ratings"] = res.total("negative_ratings").astype(np.float64)
+    if not ctx.available.has("interactions", "responded_at"):
+        return out
 
     def count(name: str) -> np.ndarray:
         return np.nan_to_num(res.value(f"care_{name}"), nan=0.0)
 
-    out: dict[str, np.ndarray] = {}
     for w in ctx.windows:
-        out[f"messages_{w}d"] = count(f"messages_{w}")
-        out[f"complaints_{w}d"] = count(f"complaints_{w}")
         out[f"unanswered_messages_{w}d"] = count(f"unanswered_{w}")
     unanswered = count("unanswered")
     out["unanswered_messages_lifetime"] = unanswered
-    out["unanswered_share"] = ratio(unanswered, count("contacts"))
+    out["unanswered_share"] = ratio(unanswered, res.total("contacts"))
     out["response_hours_median"] = res.value("care_response_us_median") / HOUR_US
     out["response_hours_max"] = res.value("care_response_us_max") / HOUR_US
     out["days_since_last_unanswered"] = res.days_since(res.value("care_last_unanswered_us"))
-    out["days_since_last_message"] = res.days_since(res.value("care_last_contact_us"))
-    n, total = count("rating_n"), count("rating_sum")
-    recent_n, recent_total = count("rating_recent_n"), count("rating_recent_sum")
-    out["rating_mean"] = ratio(total, n) / RATING_SCALE
-    out["rating_last"] = res.value("care_rating_last")
-    recent_mean = ratio(recent_total, recent_n)
-    prior_mean = ratio(total - recent_total, n - recent_n)
-    out["rating_trend"] = (recent_mean - prior_mean) / RATING_SCALE
-    out["negative_ratings"] = count("negative_ratings")
     return out
 
 

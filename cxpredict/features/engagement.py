@@ -12,7 +12,8 @@ Kinds are matched exactly: ``visit``, ``email_open``, ``email_click``.
   opens).
 - ``visits_trend_30d_vs_90d``: ``(visits in the last 30 days + 1) / (visits in the 90 days
   before / 3 + 1)``, as ``orders_trend_30d_vs_90d``.
-- ``distinct_interaction_channels``: number of different channels ever used.
+- ``distinct_interaction_channels``: number of vocabulary channels ever used (channels
+  outside the vocabulary count as one, ``other``).
 - ``days_since_last_interaction``: days since the latest interaction of any kind (NaN: none).
 - ``days_since_last_interaction_<channel>``: the same per vocabulary channel and ``other``.
 """
@@ -95,7 +96,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
         feature(
             NAME,
             "distinct_interaction_channels",
-            "Number of different channels the customer has used to interact.",
+            "Number of different channels the customer has used to interact (rare ones as one).",
             "count",
             "used {distinct_interaction_channels:.0f} channels",
             why,
@@ -152,16 +153,6 @@ def _requests(ctx: Context) -> list[Request]:
         )
     )
     out.append(Aggregate("visit_days", "sessions", "sum", "1", windows))
-    out.append(
-        Source(
-            "interaction_channel_first_seen",
-            "SELECT customer_id, min(us) AS us FROM interactions WHERE channel IS NOT NULL "
-            "GROUP BY customer_id, channel",
-        )
-    )
-    out.append(
-        Aggregate("interaction_channel_first_seen", "distinct_interaction_channels", "sum", "1")
-    )
     return out
 
 
@@ -177,14 +168,13 @@ def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
     out["email_click_rate"] = ratio(res.total("email_clicks"), res.total("email_opens"))
     recent = res.window("visits", 30)
     out["visits_trend_30d_vs_90d"] = trend(recent, res.window("visits", 120) - recent, 3.0)
-    out["distinct_interaction_channels"] = res.total("distinct_interaction_channels").astype(
-        np.float64
-    )
     out["days_since_last_interaction"] = res.days_since(res.value("last_interaction_us"))
+    used = np.zeros(res.shape)
     for k, (slug, _label) in enumerate(_channels(ctx)):
-        out[f"days_since_last_interaction_{slug}"] = res.days_since(
-            res.value(f"last_interaction_us_{k}")
-        )
+        last = res.value(f"last_interaction_us_{k}")
+        used += ~np.isnan(last)
+        out[f"days_since_last_interaction_{slug}"] = res.days_since(last)
+    out["distinct_interaction_channels"] = used
     return out
 
 

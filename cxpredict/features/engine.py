@@ -82,8 +82,9 @@ class Aggregate:
 
     ``sum`` is over an integer expression and is also computed over each of ``windows`` (days
     before the cutoff); ``max`` and ``min`` are over all rows before the cutoff; ``last`` is
-    the expression's value on the latest row (ties broken by the larger value), skipping rows
-    where it is missing unless ``keep_missing``.
+    the expression's value on the row with the largest ``order`` (an integer, unique per
+    customer so that the result is deterministic: ``us`` when a customer has one row per
+    instant, else :func:`last_order` to break ties), over the rows where it is not missing.
     """
 
     source: str
@@ -91,7 +92,17 @@ class Aggregate:
     kind: Kind
     expr: str
     windows: tuple[int, ...] = ()
-    keep_missing: bool = False
+    order: str = "us"
+
+
+#: Customers become known at their first order: every build asks for this aggregate.
+ENTRY = "entry_us"
+
+
+def last_order(code: str, n_codes: int) -> str:
+    """An ``order`` for a ``last`` aggregate over a small code: ties go to the larger code."""
+    bits = max(1, int(n_codes + 1).bit_length())
+    return f"(us * {2**bits} + COALESCE({code}, 0) + 1)"
 
 
 @dataclass(frozen=True)
@@ -254,6 +265,7 @@ class Session:
         self.schemas: dict[str, dict[str, str]] = {}
         self.kinds: dict[str, dict[str, str | None]] = {}
         self.prepared: int | None = None
+        self._arrow: dict[str, pa.Table] = {}
         for name, value in self._sources.items():
             self._register(name, value)
 
@@ -275,6 +287,7 @@ class Session:
                 )
             relation = f"src_{name}"
             self.con.register(relation, arrow)
+            self._arrow[name] = arrow
             schema = {f.name: str(f.type) for f in arrow.schema}
             self.kinds[name] = {f.name: _arrow_kind(f.type) for f in arrow.schema}
         required = COLUMNS[name][0]
@@ -313,11 +326,14 @@ class Session:
         for name in TABLE_NAMES:
             if name not in self.relations:
                 continue
-            relation = self.relations[name]
             names = list(self.schemas[name])
-            checks = ", ".join(f'count("{c}") > 0' for c in names) or "true"
-            row = self.con.execute(f"SELECT {checks} FROM (SELECT * FROM {relation})").fetchone()
-            present = tuple(c for c, ok in zip(names, row or (), strict=False) if ok)
+            arrow = self._arrow.get(name)
+            if arrow is not None:
+                present = tuple(c for c in names if arrow.column(c).null_count < len(arrow))
+            else:
+                checks = ", ".join(f"count({ident(c)}) > 0" for c in names) or "true"
+                row = self.con.execute(f"SELECT {checks} FROM {self.relations[name]}").fetchone()
+                present = tuple(c for c, ok in zip(names, row or (), strict=False) if ok)
             columns.append((name, present))
         attributes: list[tuple[str, str]] = []
         if "customers" in self.relations:
@@ -478,9 +494,8 @@ class Results:
     _sums: dict[str, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = field(
         default_factory=dict
     )
-    _values: dict[str, tuple[Kind | Literal["cutoff"], np.ndarray, np.ndarray, np.ndarray]] = field(
-        default_factory=dict
-    )
+    _values: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _cache: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -494,13 +509,24 @@ class Results:
 
     def total(self, name: str) -> np.ndarray:
         """The lifetime sum ``name`` (int64): rows before each cutoff."""
-        cid, j, values = self._sums[name][0]
-        return np.cumsum(self._dense(cid, j, values, 0), axis=1)
+        key = (name, 0)
+        if key not in self._cache:
+            cid, j, values = self._sums[name][0]
+            self._cache[key] = np.cumsum(self._dense(cid, j, values, 0), axis=1)
+        return self._cache[key]
 
     def window(self, name: str, days: int) -> np.ndarray:
         """The sum ``name`` (int64) over ``[cutoff - days, cutoff)``."""
-        cid, j, values = self._sums[name][days]
-        return self.total(name) - np.cumsum(self._dense(cid, j, values, 0), axis=1)
+        key = (name, days)
+        if key not in self._cache:
+            cid, j, values = self._sums[name][days]
+            exits = np.cumsum(self._dense(cid, j, values, 0), axis=1)
+            self._cache[key] = self.total(name) - exits
+        return self._cache[key]
+
+    def clear(self) -> None:
+        """Forget the dense arrays computed so far (they are as large as the output)."""
+        self._cache.clear()
 
     def value(self, name: str) -> np.ndarray:
         """A ``max``, ``min``, ``last`` or per-cutoff aggregate as float64 (NaN: no rows)."""
@@ -591,9 +617,12 @@ def _base_views(s: Session, cmax: int) -> None:
         )
 
 
-def _dimension(s: Session, cmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Customers known before the latest cutoff, sorted by id, with their entry instant."""
-    parts = ["SELECT customer_id, us FROM orders"]
+def _dimension(s: Session, cmax: int, first_orders: str) -> tuple[np.ndarray, np.ndarray]:
+    """Customers known before the latest cutoff, sorted by id, with their entry instant.
+
+    ``first_orders`` is a table of ``customer_id`` and ``entry_us`` (first order instants).
+    """
+    parts = [f"SELECT customer_id, {ENTRY} AS us FROM {first_orders}"]
     if "customers" in s.relations:
         parts.append(f"SELECT customer_id, signup_us AS us FROM customers WHERE signup_us < {cmax}")
     s.con.execute(
@@ -612,8 +641,8 @@ def _level_one(agg: Aggregate) -> str:
         return f"sum({agg.expr})::BIGINT AS {name}"
     if agg.kind in ("max", "min"):
         return f"{agg.kind}({agg.expr}) AS {name}"
-    where = "" if agg.keep_missing else f" FILTER (WHERE ({agg.expr}) IS NOT NULL)"
-    return f"max({{'us': us, 'v': {agg.expr}}}){where} AS {name}"
+    order = f"CASE WHEN ({agg.expr}) IS NOT NULL THEN {agg.order} END"
+    return f"arg_max({agg.expr}, {order}) AS {name}, max({order}) AS {ident(agg.name + '__at')}"
 
 
 def _level_two(agg: Aggregate) -> str:
@@ -622,7 +651,7 @@ def _level_two(agg: Aggregate) -> str:
         return f"sum({name})::BIGINT AS {name}"
     if agg.kind in ("max", "min"):
         return f"{agg.kind}({name}) AS {name}"
-    return f"max({name}).v AS {name}"
+    return f"arg_max({name}, {ident(agg.name + '__at')}) AS {name}"
 
 
 def per_cutoff_rows(source: str, columns: str = "", *, empty: bool = False) -> str:
@@ -645,16 +674,10 @@ def merge_aggregates(aggregates: Sequence[Aggregate]) -> list[Aggregate]:
         key = (agg.source, agg.name)
         if key in merged:
             known = merged[key]
-            if (known.kind, known.expr, known.keep_missing) != (
-                agg.kind,
-                agg.expr,
-                agg.keep_missing,
-            ):
+            if (known.kind, known.expr, known.order) != (agg.kind, agg.expr, agg.order):
                 raise ValueError(f"two different definitions of the aggregate {agg.name!r}")
             windows = tuple(sorted(set(known.windows) | set(agg.windows)))
-            merged[key] = Aggregate(
-                agg.source, agg.name, agg.kind, agg.expr, windows, agg.keep_missing
-            )
+            merged[key] = Aggregate(agg.source, agg.name, agg.kind, agg.expr, windows, agg.order)
         else:
             merged[key] = agg
     return list(merged.values())
@@ -681,13 +704,14 @@ def run(
         con.execute(sql)
 
     s.prepare(cmax)
-    ids, entry = _dimension(s, cmax)
-    results = Results(customer_ids=ids, entry=entry, cutoffs=cutoffs)
     sources = [r for r in requests if isinstance(r, Source)]
     aggregates = merge_aggregates([r for r in requests if isinstance(r, Aggregate)])
     per_cutoff = list(
         {(r.source, r.name): r for r in requests if isinstance(r, PerCutoff)}.values()
     )
+    entry_source = [a.source for a in aggregates if a.name == ENTRY]
+    if not entry_source:
+        raise ValueError(f"no aggregate named {ENTRY!r}: the first order of each customer")
 
     seen: dict[str, str] = {}
     for source in sources:
@@ -707,22 +731,37 @@ def run(
     con.register("slot_keys", grid.lookup())
     con.register("slot_info", grid.slots())
 
+    # First pass: every source reduced to one row per (customer, slot), keyed by the raw id.
     by_source: dict[str, list[Aggregate]] = {}
     for agg in aggregates:
         by_source.setdefault(agg.source, []).append(agg)
-    for index, (source, aggs) in enumerate(by_source.items()):
-        table = f"slotted_{index}"
-        level_one = ", ".join(_level_one(a) for a in aggs)
+    order = sorted(by_source, key=lambda name: name != entry_source[0])
+    tables = {source: f"slotted_{i}" for i, source in enumerate(order)}
+    for source in order:
+        level_one = ", ".join(_level_one(a) for a in by_source[source])
         execute(
-            f"CREATE TEMP TABLE {table} AS SELECT d.cid, r.* EXCLUDE (customer_id) FROM ("
+            f"CREATE TEMP TABLE {tables[source]}_raw AS "
             f"SELECT customer_id, COALESCE(k.slot, 0) AS slot, {level_one} "
             f"FROM {ident(source)} e LEFT JOIN slot_keys k ON k.k = {grid.key_sql('e.us')} "
-            f"GROUP BY ALL) r JOIN dim d USING (customer_id)"
+            "GROUP BY ALL"
         )
+        if source == entry_source[0]:
+            ids, entry = _dimension(s, cmax, f"{tables[source]}_raw")
+            results = Results(customer_ids=ids, entry=entry, cutoffs=cutoffs)
+        execute(
+            f"CREATE TEMP TABLE {tables[source]} AS SELECT d.cid, r.* EXCLUDE (customer_id) "
+            f"FROM {tables[source]}_raw r JOIN dim d USING (customer_id)"
+        )
+        execute(f"DROP TABLE {tables[source]}_raw")
+
+    # Second pass: per (customer, first cutoff after the slot) and per window exit.
+    n = len(cutoffs)
+    for source in order:
+        aggs, table = by_source[source], tables[source]
         level_two = ", ".join(_level_two(a) for a in aggs)
         got = s.fetch(
             f"SELECT cid, a AS j, {level_two} FROM {table} JOIN slot_info USING (slot) "
-            f"GROUP BY cid, a HAVING a < {len(cutoffs)}"
+            f"WHERE a < {n} GROUP BY cid, a"
         )
         cid, j = _filled(got["cid"], 0), _filled(got["j"], 0)
         for agg in aggs:
@@ -730,21 +769,20 @@ def run(
             if agg.kind == "sum":
                 results._sums[agg.name] = {0: (cid, j, _filled(values, 0).astype(np.int64))}
             else:
-                mask = np.ma.getmaskarray(values)
-                keep = ~mask
+                keep = ~np.ma.getmaskarray(values)
                 raw = np.asarray(_filled(values, 0))
                 results._values[agg.name] = (agg.kind, cid[keep], j[keep], raw[keep])
         summed = [a for a in aggs if a.kind == "sum" and a.windows]
         for w in sorted({w for a in summed for w in a.windows}):
             names = [a.name for a in summed if w in a.windows]
-            cols = ", ".join(f"sum({ident(n)})::BIGINT AS {ident(n)}" for n in names)
+            cols = ", ".join(f"sum({ident(m)})::BIGINT AS {ident(m)}" for m in names)
             got = s.fetch(
                 f"SELECT cid, b_{w} AS j, {cols} FROM {table} JOIN slot_info USING (slot) "
-                f"GROUP BY cid, b_{w} HAVING b_{w} < {len(cutoffs)}"
+                f"WHERE b_{w} < {n} GROUP BY cid, b_{w}"
             )
             cid_w, j_w = _filled(got["cid"], 0), _filled(got["j"], 0)
-            for n in names:
-                results._sums[n][w] = (cid_w, j_w, _filled(got[n], 0).astype(np.int64))
+            for m in names:
+                results._sums[m][w] = (cid_w, j_w, _filled(got[m], 0).astype(np.int64))
         execute(f"DROP TABLE {table}")
 
     by_cutoff_source: dict[tuple[str, str, str], list[PerCutoff]] = {}

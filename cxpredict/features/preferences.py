@@ -5,8 +5,8 @@ over the purchase lines (non-negative amount, a value present) strictly before t
 
 - ``share_category_<value>`` / ``share_order_channel_<value>``: share of the lines with that
   value, one column per vocabulary value and ``other`` for the rest (NaN without lines);
-- ``distinct_categories`` / ``distinct_order_channels``: number of different values bought,
-  counting every raw value, not only the vocabulary;
+- ``distinct_categories`` / ``distinct_order_channels``: number of vocabulary values bought,
+  all values outside the vocabulary counting as one (``other``);
 - ``category_entropy`` / ``order_channel_entropy``: entropy in bits of the shares (0: always
   the same, higher: more varied; NaN without lines);
 - ``last_category_is_<value>`` / ``last_order_channel_is_<value>``: 1 for the value of the
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxpredict.features.engine import Aggregate, Request, Results, Source, ident
+from cxpredict.features.engine import Aggregate, Request, Results, last_order
 from cxpredict.features.family import Context, Family, FeatureDef, feature, shares_and_entropy
 from cxpredict.features.rfm import order_lines
 from cxpredict.features.vocabulary import ORDER_CATEGORY, ORDER_CHANNEL, OTHER
@@ -59,7 +59,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
             feature(
                 NAME,
                 f"distinct_{plural}",
-                f"Number of different values of {words} the customer has bought.",
+                f"Number of different {words} values the customer has bought (rare ones as one).",
                 "count",
                 f"bought with {{distinct_{plural}:.0f}} different {words} values",
                 why,
@@ -107,18 +107,13 @@ def _requests(ctx: Context) -> list[Request]:
             )
         out.append(
             Aggregate(
-                "order_lines", f"{stem}_last", "last", f"CASE WHEN amount >= 0 THEN {code} END"
+                "order_lines",
+                f"{stem}_last",
+                "last",
+                f"CASE WHEN amount >= 0 THEN {code} END",
+                order=last_order(code, len(_slugs(ctx, key))),
             )
         )
-        first = f"{stem}_first_seen"
-        out.append(
-            Source(
-                first,
-                f"SELECT customer_id, min(us) AS us FROM orders WHERE amount >= 0 AND "
-                f"{ident(column)} IS NOT NULL GROUP BY customer_id, {ident(column)}",
-            )
-        )
-        out.append(Aggregate(first, f"distinct_{stem}", "sum", "1"))
     return out
 
 
@@ -132,7 +127,7 @@ def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
         shares, entropy = shares_and_entropy(counts)
         for slug, share in zip(slugs, shares, strict=True):
             out[f"share_{stem}_{slug}"] = share
-        out[f"distinct_{plural}"] = res.total(f"distinct_{stem}").astype(np.float64)
+        out[f"distinct_{plural}"] = sum((c > 0).astype(np.float64) for c in counts)
         out[f"{stem}_entropy"] = entropy
         last = res.value(f"{stem}_last")
         for k, slug in enumerate(slugs):

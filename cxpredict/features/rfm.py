@@ -21,7 +21,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxpredict.features.engine import MONEY_SCALE, Aggregate, Request, Results, Source, code_sql
+from cxpredict.features.engine import (
+    ENTRY,
+    MONEY_SCALE,
+    Aggregate,
+    Request,
+    Results,
+    Source,
+    code_sql,
+)
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio
 from cxpredict.features.vocabulary import ORDER_CATEGORY, ORDER_CHANNEL
 
@@ -146,6 +154,7 @@ def _requests(ctx: Context) -> list[Request]:
     return [
         *order_sources(ctx),
         order_lines(ctx),
+        Aggregate("order_lines", ENTRY, "min", "us"),
         Aggregate("order_level", "orders", "sum", "1", windows),
         Aggregate(
             "order_complete",

@@ -30,6 +30,7 @@ from cxpredict.features.engine import (
     Source,
     code_sql,
     ident,
+    last_order,
 )
 from cxpredict.features.family import Context, Family, FeatureDef, feature
 from cxpredict.features.vocabulary import OTHER, attribute_key, slugify
@@ -109,8 +110,10 @@ def _requests(ctx: Context) -> list[Request]:
     for i, column in enumerate(vocabulary.attributes()):
         if _attribute_why(ctx, column):
             continue
-        code = f"COALESCE({code_sql(ident(column), vocabulary.get(attribute_key(column)))}, -1)"
-        out.append(Aggregate("customer_history", f"attribute_code_{i}", "last", code))
+        known = vocabulary.get(attribute_key(column))
+        code = f"COALESCE({code_sql(ident(column), known)}, -1)"
+        order = last_order(code, len(known) + 2)
+        out.append(Aggregate("customer_history", f"attribute_code_{i}", "last", code, order=order))
     for i, column in enumerate(vocabulary.numeric):
         if _attribute_why(ctx, column):
             continue
