@@ -64,11 +64,6 @@ KIND_CHANNELS: dict[str, tuple[str, ...]] = {
 _DAY_S = 86_400
 _YEAR = 365.25
 _BLOCK_DAYS = 28
-_TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "orders": ("customer_id", "order_id", "timestamp", "amount", "quantity", "category", "channel"),
-    "interactions": ("customer_id", "timestamp", "channel", "kind", "responded_at", "rating"),
-    "customers": ("customer_id", "signup_at", "country", "segment", "acquisition_channel"),
-}
 
 
 @dataclass(frozen=True)
@@ -161,6 +156,7 @@ _ACQUISITION_HAZARD = np.array([1.0, 1.2, 1.7, 0.6, 1.1, 0.8])
 _ANSWER_SHARE = np.array([0.9, 0.9, 0.8, 0.55, 0.95, 0.97, 0.97])
 _ANSWER_HOURS = np.array([6.0, 6.0, 20.0, 30.0, 0.25, 0.05, 1.0])
 _ANSWER_SIGMA = 1.1
+#: Complaints are answered a little less often than other messages.
 _COMPLAINT_ANSWER_FACTOR = 0.9
 
 
@@ -168,7 +164,7 @@ def generate_sample(
     n_customers: int,
     *,
     seed: int = 0,
-    start: str = "2024-01-01",
+    start: str | pd.Timestamp = "2024-01-01",
     days: int = 730,
     mechanisms: Mechanisms = DEFAULT_MECHANISMS,
 ) -> Tables:
@@ -532,7 +528,8 @@ class _CareEvents:
 
         size = owner.size
         backlog = cal.backlog[np.minimum(t.astype(np.int64), cal.days - 1)]
-        share = _ANSWER_SHARE[channel] * np.where(kind == KINDS.index("complaint"), 0.9, 1.0)
+        complaint = kind == KINDS.index("complaint")
+        share = _ANSWER_SHARE[channel] * np.where(complaint, _COMPLAINT_ANSWER_FACTOR, 1.0)
         share = share - m.backlog_answer_drop * backlog
         hours = _ANSWER_HOURS[channel] * np.exp(_ANSWER_SIGMA * rng.standard_normal(size))
         hours *= np.where(backlog, m.backlog_delay_factor, 1.0)
@@ -576,22 +573,27 @@ def _simulate_lapses(
     bounds = np.searchsorted(care.t, 7.0 * np.arange(weeks + 1))
     complaint, review = KINDS.index("complaint"), KINDS.index("review")
     lapse_shape = 2.0
+    active = np.ones(n, bool)
     for w in range(weeks):
         lo, hi = 7.0 * w, min(7.0 * (w + 1), float(cal.days))
-        begin = np.maximum(lo, people.signup)
-        exposure = np.clip(hi - begin, 0.0, None)
+        # Customers are numbered in signup order: those who joined before ``hi`` are a prefix.
+        joined = int(np.searchsorted(people.signup, hi))
+        begin = np.maximum(lo, people.signup[:joined])
+        exposure = hi - begin
         block = min(w * 7 // _BLOCK_DAYS, len(engagement_factor) - 1)
-        rate = people.hazard * engagement_factor[block] + care_rate * frustration
-        step = np.where(np.isinf(people.drift), rate * exposure, 0.0)
-        now = spent + step
-        starting = np.flatnonzero((now >= clock) & (step > 0))
+        rate = people.hazard[:joined] * engagement_factor[block, :joined]
+        rate += care_rate * frustration[:joined]
+        step = np.where(active[:joined], rate * exposure, 0.0)
+        now = spent[:joined] + step
+        starting = np.flatnonzero((now >= clock[:joined]) & (step > 0))
         if starting.size:
             fraction = (clock[starting] - spent[starting]) / step[starting]
             drift = begin[starting] + fraction * exposure[starting]
             people.drift[starting] = drift
             weeks_left = rng.gamma(lapse_shape, m.disengaged_weeks / lapse_shape, starting.size)
             people.lapse[starting] = drift + 7.0 * weeks_left
-        spent = now
+            active[starting] = False
+        spent[:joined] = now
 
         window = slice(bounds[w], bounds[w + 1])
         owner, t, kind = care.owner[window], care.t[window], care.kind[window]
@@ -614,7 +616,7 @@ def _simulate_lapses(
         care.rating[window] = stars
 
         effect = _care_effect(kind, care.answered[window] - t, care.delay_hours[window], stars, m)
-        frustration *= decay
+        frustration[:joined] *= decay
         np.add.at(frustration, owner[keep], effect[keep])
     people.lapse[people.lapse >= cal.days] = np.inf
     people.drift[people.drift >= cal.days] = np.inf
@@ -688,9 +690,9 @@ def _orders(
         copy=False,
         data={
             "customer_id": _strings(ids.take(owner[order])),
-            "order_id": _strings(_fixed_ids(np.where(refund, b"R", b"O"), number[order], width)),
             "timestamp": _stamps(cal, seconds[order]),
             "amount": columns["amount"][order],
+            "order_id": _strings(_fixed_ids(np.where(refund, b"R", b"O"), number[order], width)),
             "quantity": quantity,
             "category": _labels(columns["category"][order], CATEGORIES),
             "channel": _labels(columns["channel"][order], ORDER_CHANNELS),
