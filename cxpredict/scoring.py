@@ -164,7 +164,8 @@ def bin_shares(edges: Sequence[float], values: np.ndarray) -> tuple[np.ndarray, 
 def reference_from_values(values: np.ndarray, *, n_bins: int = 10) -> Reference:
     """The :class:`Reference` of ``values``: quantile edges, at most ``n_bins`` bins.
 
-    Edges are the distinct inner quantiles of the non-missing values, so a discrete variable
+    Edges are the distinct inner quantiles of the non-missing values (observed values, not
+    interpolated), so a discrete variable
     (a count, a flag) gets one bin per value rather than empty duplicates.
     """
     values = np.asarray(values, dtype=np.float64)
@@ -172,7 +173,7 @@ def reference_from_values(values: np.ndarray, *, n_bins: int = 10) -> Reference:
     if len(present) == 0:
         edges: tuple[float, ...] = ()
     else:
-        quantiles = np.quantile(present, np.linspace(0, 1, n_bins + 1)[1:-1])
+        quantiles = np.quantile(present, np.linspace(0, 1, n_bins + 1)[1:-1], method="lower")
         edges = tuple(float(q) for q in np.unique(quantiles))
     shares, missing = bin_shares(edges, values)
     return Reference(edges, tuple(float(s) for s in shares), missing)

@@ -1,0 +1,337 @@
+"""Batch scoring: drift, ranking, tiers, lifecycle, actions, locking and atomic writes."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxpredict.errors import ConfigError, DriftFailed, OutputLocked
+from cxpredict.io import atomic_path
+from cxpredict.scoring import (
+    LOCK_NAME,
+    LifecycleRules,
+    OutputLock,
+    Reference,
+    assign_tiers,
+    check_drift,
+    drift_report,
+    lifecycle_stages,
+    psi,
+    ranked,
+    reference_from_values,
+    suggest_actions,
+    task_list,
+    write_list,
+)
+
+AS_OF = pd.Timestamp("2025-06-01", tz="UTC")
+
+# ------------------------------------------------------------------------------ drift
+
+
+def test_psi_matches_a_hand_computed_example() -> None:
+    # Training: half at or below 1, half above. Now: three quarters at or below 1.
+    reference = Reference(edges=(1.0,), proportions=(0.5, 0.5))
+    expected = 0.25 * math.log(0.75 / 0.5) + (-0.25) * math.log(0.25 / 0.5)
+    assert psi(reference, np.array([0.0, 0.5, 1.0, 2.0])) == pytest.approx(expected)
+    assert expected == pytest.approx(0.274653, abs=1e-6)
+
+
+def test_psi_counts_missing_values_as_their_own_bin() -> None:
+    reference = Reference(edges=(1.0,), proportions=(0.5, 0.5), missing=0.0)
+    # Half the values are now missing: the missing bin goes from 0 (floored at 1e-4) to 0.5.
+    values = np.array([0.0, 2.0, np.nan, np.nan])
+    expected = 2 * (0.25 - 0.5) * math.log(0.25 / 0.5) + (0.5 - 1e-4) * math.log(0.5 / 1e-4)
+    assert psi(reference, values) == pytest.approx(expected)
+
+
+def test_psi_of_the_training_values_against_their_own_reference_is_zero() -> None:
+    values = np.random.default_rng(0).gamma(2.0, 10.0, size=5000)
+    assert psi(reference_from_values(values), values) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_discrete_variable_gets_one_bin_per_value_not_empty_duplicates() -> None:
+    reference = reference_from_values(np.array([0.0] * 70 + [1.0] * 20 + [2.0] * 10))
+    assert reference.edges == (0.0, 1.0)
+    assert reference.proportions == pytest.approx((0.7, 0.2, 0.1))
+
+
+def test_a_reference_survives_its_json_form() -> None:
+    reference = reference_from_values(np.array([1.0, 2.0, np.nan, 4.0, 8.0]), n_bins=4)
+    assert Reference.from_dict(reference.to_dict()) == reference
+
+
+def test_a_reference_with_the_wrong_number_of_proportions_is_refused() -> None:
+    with pytest.raises(ValueError, match="2 edges needs 3 proportions; got 2"):
+        Reference(edges=(1.0, 2.0), proportions=(0.5, 0.5))
+
+
+def test_a_shifted_feature_is_flagged_and_a_large_shift_fails_the_run() -> None:
+    rng = np.random.default_rng(1)
+    train = rng.normal(0.0, 1.0, 20_000)
+    references = {"a": reference_from_values(train), "b": reference_from_values(train)}
+    current = {
+        "a": rng.normal(0.0, 1.0, 20_000),  # same distribution
+        "b": rng.normal(0.4, 1.0, 20_000),  # a moderate shift: PSI about 0.16
+        "c": rng.normal(0.0, 1.0, 20_000),  # no reference stored
+    }
+    report = drift_report("churn", references, current, warn=0.1, fail=0.25)
+    assert report.set_index("variable")["status"].to_dict() == {
+        "a": "ok",
+        "b": "warn",
+        "c": "not checked",
+    }
+    check_drift(report, fail=0.25)  # warnings do not stop the run
+    current["b"] = rng.normal(1.5, 1.0, 20_000)
+    report = drift_report("churn", references, current, warn=0.1, fail=0.25)
+    with pytest.raises(DriftFailed, match=r"churn/b \(\d+\.\d\d\).*drift.csv"):
+        check_drift(report, fail=0.25)
+
+
+# ------------------------------------------------------------------------------ ranking
+
+
+def test_ranks_break_ties_by_customer_id_and_tied_scores_share_a_percentile() -> None:
+    scores = pd.DataFrame({"customer_id": ["c", "a", "b", "d"], "score": [0.5, 0.9, 0.5, 0.1]})
+    out = ranked(scores)
+    assert out["customer_id"].tolist() == ["a", "b", "c", "d"]
+    assert out["rank"].tolist() == [1, 2, 3, 4]
+    assert out["percentile"].tolist() == [1.0, 0.75, 0.75, 0.25]
+
+
+def test_scores_equal_after_rounding_are_ties() -> None:
+    scores = pd.DataFrame({"customer_id": ["b", "a"], "score": [0.3000000001, 0.3]})
+    assert ranked(scores)["customer_id"].tolist() == ["a", "b"]
+
+
+def test_tiers_cut_the_percentile_so_the_top_fifth_is_high() -> None:
+    percentile = 1 - np.arange(10) / 10  # ranks 1..10 of 10
+    tiers = assign_tiers(percentile, (0.8, 0.5))
+    assert tiers.tolist() == ["high"] * 2 + ["medium"] * 3 + ["low"] * 5
+
+
+def test_tier_cuts_in_the_wrong_order_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"scoring.tier_cuts .* got \[0.5, 0.8\]"):
+        assign_tiers(np.array([0.3]), (0.5, 0.8))
+
+
+def test_a_task_list_has_the_documented_columns_in_priority_order() -> None:
+    scored = pd.DataFrame({"customer_id": ["x", "y"], "score": [0.2, 0.7]})
+    reasons = pd.DataFrame({"reason_1": ["no order for 90 days"]}, index=["y"])
+    out = task_list(
+        scored,
+        kind="churn",
+        model_version="4",
+        as_of=AS_OF,
+        tier_cuts=(0.8, 0.5),
+        reasons=reasons,
+    )
+    expected = pd.DataFrame(
+        {
+            "customer_id": ["y", "x"],
+            "rank": [1, 2],
+            "score": [0.7, 0.2],
+            "percentile": [1.0, 0.5],
+            "tier": ["high", "low"],
+            "reason_1": ["no order for 90 days", ""],
+            "reason_2": ["", ""],
+            "reason_3": ["", ""],
+            "model_version": ["4", "4"],
+            "as_of": ["2025-06-01", "2025-06-01"],
+        }
+    )
+    pd.testing.assert_frame_equal(out, expected, check_dtype=False)
+
+
+def test_a_preference_list_carries_the_top_three_values_with_probabilities() -> None:
+    scored = pd.DataFrame(
+        {
+            "customer_id": ["x"],
+            "score": [0.6],
+            "pref_1": ["books"],
+            "pref_1_probability": [0.6],
+            "pref_2": ["toys"],
+            "pref_2_probability": [0.3],
+        }
+    )
+    out = task_list(scored, kind="preference", model_version="1", as_of=AS_OF, tier_cuts=(0.8, 0.5))
+    assert out.columns[-6:].tolist() == [
+        "pref_1",
+        "pref_1_probability",
+        "pref_2",
+        "pref_2_probability",
+        "pref_3",
+        "pref_3_probability",
+    ]
+    assert out.loc[0, "pref_3"] == ""
+    assert np.isnan(out.loc[0, "pref_3_probability"])
+
+
+# ------------------------------------------------------------------------------ lifecycle
+
+
+def test_lifecycle_stages_follow_each_customers_own_rhythm() -> None:
+    features = pd.DataFrame(
+        {
+            "days_since_first_order": [20, 400, 400, 400, 400, np.nan, np.nan, 100],
+            "days_since_last_order": [20, 40, 100, 200, 40, np.nan, np.nan, 100],
+            "gap_mean_days": [np.nan, 30, 50, 50, 10, np.nan, np.nan, np.nan],
+            "days_since_signup": [25, 500, 500, 500, 500, 10, 300, 300],
+        },
+        index=pd.Index(["new", "active", "risk", "lapsed", "floor", "fresh", "never", "once"]),
+    )
+    stages = lifecycle_stages(features, LifecycleRules())
+    assert stages.to_dict() == {
+        "new": "new",  # first order 20 days ago
+        "active": "active",  # 40 days since last, usual gap 30: 1.33 gaps
+        "risk": "at risk",  # 100 / 50 = 2 gaps
+        "lapsed": "lapsed",  # 200 / 50 = 4 gaps
+        "floor": "at risk",  # usual gap 10 raised to the 14-day floor: 40 / 14 = 2.9
+        "fresh": "new",  # no order yet, signed up 10 days ago
+        "never": "lapsed",  # no order, signed up 300 days ago
+        # one purchase day: the median usual gap of the others (30, 50, 50, 10 -> 40) applies
+        "once": "at risk",  # 100 / 40 = 2.5 gaps
+    }
+
+
+def test_suggested_action_is_the_first_rule_that_applies() -> None:
+    customers = pd.DataFrame(
+        {
+            "lifecycle_stage": ["at risk", "at risk", "lapsed", "lapsed", "new", "active"],
+            "value_tier": ["high", "high", "high", "low", "low", "high"],
+            "open_issues": [2, 0, 0, 5, 0, 0],
+            "preferred_category_1": ["books", "toys", None, "home", "beauty", "sports"],
+            "best_channel": ["email", "app", "web", None, "email", "app"],
+        }
+    )
+    out = suggest_actions(customers)
+    assert out["action"].tolist() == [
+        "care call",
+        "retention offer",
+        "win-back",
+        "win-back",  # low value: complaints alone do not warrant a call
+        "welcome",
+        "loyalty",
+    ]
+    assert out.loc[0, "contact_channel"] == "phone"
+    assert out.loc[2, "offer"] == "win-back offer in their usual categories"
+    assert out.loc[3, "contact_channel"] == "email"
+
+
+# ------------------------------------------------------------------------------ locking
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_naming_the_holder_pid(
+    tmp_path: Path,
+) -> None:
+    with OutputLock(tmp_path), pytest.raises(OutputLocked, match=f"pid={os.getpid()}"):
+        OutputLock(tmp_path).__enter__()
+
+
+def test_a_lock_held_by_another_live_process_is_refused(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys, time
+                from cxpredict.scoring import OutputLock
+                with OutputLock({str(tmp_path)!r}):
+                    print("locked", flush=True)
+                    time.sleep(60)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(
+            OutputLocked, match=f"locked by another scoring run \\(pid={holder.pid}"
+        ):
+            OutputLock(tmp_path).__enter__()
+    finally:
+        holder.kill()
+        holder.wait()
+    with OutputLock(tmp_path) as lock:  # released by the kernel when the holder died
+        assert lock.took_over == holder.pid
+
+
+def test_a_lock_file_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(f"pid={dead.pid} host=elsewhere as_of=2025-01-01\n")
+    with OutputLock(tmp_path) as lock:
+        assert lock.took_over == dead.pid
+        assert (tmp_path / LOCK_NAME).read_text().startswith(f"pid={os.getpid()} ")
+
+
+# ------------------------------------------------------------------------------ atomic writes
+
+
+def _frame(n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"customer_id": [f"C{i:07d}" for i in range(n)], "score": 1 / (1 + np.arange(n))}
+    )
+
+
+def test_the_same_list_is_written_to_the_same_bytes(tmp_path: Path) -> None:
+    for suffix in ("csv", "parquet"):
+        a = write_list(_frame(100), tmp_path / f"a.{suffix}")
+        b = write_list(_frame(100), tmp_path / f"b.{suffix}")
+        assert a.read_bytes() == b.read_bytes()
+    assert (tmp_path / "a.csv").read_text().splitlines()[1] == "C0000000,1.000000"
+
+
+def test_a_failure_while_writing_leaves_the_previous_file_intact(tmp_path: Path) -> None:
+    target = write_list(_frame(3), tmp_path / "churn.csv")
+    before = target.read_bytes()
+    with pytest.raises(RuntimeError, match="disk full"), atomic_path(target) as temporary:
+        temporary.write_text("customer_id,score\nhalf a li")
+        raise RuntimeError("disk full")
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["churn.csv"]
+
+
+def test_a_run_killed_while_writing_leaves_the_previous_file_intact(tmp_path: Path) -> None:
+    target = write_list(_frame(3), tmp_path / "churn.csv")
+    before = target.read_bytes()
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import time
+                from pathlib import Path
+                from cxpredict.io import atomic_path
+                with atomic_path(Path({str(target)!r})) as temporary:
+                    with open(temporary, "w") as handle:
+                        handle.write("customer_id,score\\n")
+                        handle.flush()
+                        print("writing", flush=True)
+                        time.sleep(60)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    time.sleep(0.05)
+    assert target.read_bytes() == before
