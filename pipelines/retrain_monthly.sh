@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Monthly retraining: train a challenger for every task, promote it when it beats the champion.
+#
+#   CONFIG=path/to/cxpredict.yaml pipelines/retrain_monthly.sh          # as of today (UTC)
+#   CONFIG=... AS_OF=2026-01-01 TASKS="churn value" pipelines/retrain_monthly.sh
+#
+# Each task is trained as a new registered version (alias "challenger"), then `promote`
+# compares it with the champion on the same backtest cutoffs and data and moves "champion"
+# only if it is better. A refused promotion (exit code 11) is the normal outcome when the
+# new model is no better: the champion stays and the job goes on. Any other failure stops
+# the job with that command's exit code; tasks already promoted stay promoted.
+set -euo pipefail
+
+CONFIG=${CONFIG:?set CONFIG to the project config file}
+AS_OF=${AS_OF:-$(date -u +%Y-%m-%d)}
+PROMOTION_REFUSED=11
+
+if [[ -z "${TASKS:-}" ]]; then
+    TASKS=$(python -c 'import sys; from cxpredict.config import load_config
+print(" ".join(load_config(sys.argv[1]).tasks))' "$CONFIG")
+fi
+
+for task in $TASKS; do
+    echo "== $task: train as of $AS_OF"
+    cxpredict train --config "$CONFIG" --as-of "$AS_OF" --task "$task"
+    echo "== $task: promote if better than the champion"
+    status=0
+    cxpredict promote --config "$CONFIG" --task "$task" || status=$?
+    if [[ $status -eq $PROMOTION_REFUSED ]]; then
+        echo "$task: challenger not better; champion kept"
+    elif [[ $status -ne 0 ]]; then
+        exit "$status"
+    fi
+done

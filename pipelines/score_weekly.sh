@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Weekly batch scoring: every task's champion scores every customer as of a date.
+#
+#   CONFIG=path/to/cxpredict.yaml pipelines/score_weekly.sh            # as of today (UTC)
+#   CONFIG=... AS_OF=2026-01-05 OUT_ROOT=/srv/scores TASKS="churn value" pipelines/score_weekly.sh
+#
+# Writes OUT_ROOT/<as-of>/ (ranked lists, customers.csv, report.html, drift.csv, manifest.json)
+# and then points OUT_ROOT/latest at it in one rename, so readers never see a half-written week.
+# Rerunning for the same date rewrites the same bytes. The exit code is the command's:
+# 0 ok, 3 config, 4 unreadable data, 5 too many rejected rows, 6 no champion, 8 feature
+# mismatch, 9 drift beyond scoring.drift_fail_psi, 10 another run holds the folder.
+set -euo pipefail
+
+CONFIG=${CONFIG:?set CONFIG to the project config file}
+AS_OF=${AS_OF:-$(date -u +%Y-%m-%d)}
+OUT_ROOT=${OUT_ROOT:-scores}
+OUT="$OUT_ROOT/$AS_OF"
+
+task_args=()
+for task in ${TASKS:-}; do  # empty: every configured task
+    task_args+=(--task "$task")
+done
+
+mkdir -p "$OUT_ROOT"
+cxpredict score --config "$CONFIG" --as-of "$AS_OF" --out "$OUT" ${task_args[@]+"${task_args[@]}"}
+
+# Swap the "latest" link atomically: make the new link beside it, then rename over the old one.
+ln -sfn "$AS_OF" "$OUT_ROOT/.latest.tmp"
+mv -Tf "$OUT_ROOT/.latest.tmp" "$OUT_ROOT/latest"
+echo "scores as of $AS_OF: $OUT (also $OUT_ROOT/latest)"
