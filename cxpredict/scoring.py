@@ -43,16 +43,26 @@ import json
 import math
 import os
 import socket
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
+from cxpredict.config import ProjectConfig, ScoringConfig
 from cxpredict.errors import ConfigError, DriftFailed, OutputLocked
-from cxpredict.io import atomic_path
+from cxpredict.features import (
+    Vocabulary,
+    build_features,
+    catalogue_version,
+    feature_catalogue,
+)
+from cxpredict.io import atomic_path, check_rejects, load_tables, write_validation
+from cxpredict.schemas import to_utc
 
 #: Decimals kept for every float written (scores, probabilities, values, percentiles).
 DECIMALS = 6
@@ -165,8 +175,8 @@ def reference_from_values(values: np.ndarray, *, n_bins: int = 10) -> Reference:
     """The :class:`Reference` of ``values``: quantile edges, at most ``n_bins`` bins.
 
     Edges are the distinct inner quantiles of the non-missing values (observed values, not
-    interpolated), so a discrete variable
-    (a count, a flag) gets one bin per value rather than empty duplicates.
+    interpolated), so a discrete variable (a count, a flag) gets one bin per value rather
+    than empty duplicates.
     """
     values = np.asarray(values, dtype=np.float64)
     present = values[~np.isnan(values)]
@@ -832,3 +842,561 @@ def manifest(
         },
     }
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+# ------------------------------------------------------------------------------ eligibility
+
+
+def eligible(features: pd.DataFrame, task: Any) -> np.ndarray:
+    """Which customers a task scores: the population its labels were defined on.
+
+    Window: events strictly before the cutoff. Every task needs an order (non-negative
+    amount) before the cutoff; churn also needs one within its ``active_days``
+    (``days_since_last_order <= active_days``, the label's ``[cutoff - active_days, cutoff)``).
+    """
+    last = _column(features, "days_since_last_order")
+    mask = np.isfinite(last)
+    if task.kind == "churn":
+        mask &= last <= float(task.active_days)
+    return mask
+
+
+# ------------------------------------------------------------------------------ predictions
+
+_SCORE_NAMES: dict[str, tuple[str, ...]] = {
+    "churn": ("score", "probability", "churn_probability"),
+    "repurchase": ("score", "probability", "repurchase_probability"),
+    "value": ("score", "expected_spend", "spend", "expected_value"),
+}
+
+
+def normalise_predictions(
+    predictions: pd.DataFrame, ids: pd.Index, *, kind: str, top_k: int = N_PREFERENCES
+) -> pd.DataFrame:
+    """A model's output as ``customer_id``, ``score`` and the kind's extra columns.
+
+    Parameters
+    ----------
+    predictions
+        One row per customer, in the order of ``ids``: a probability (churn, repurchase), an
+        expected spend and order count (value), or for a preference either ``pref_k`` /
+        ``pref_k_probability`` columns or one probability column per value.
+    ids
+        The customers, in the order of the rows.
+    """
+    out = pd.DataFrame({"customer_id": np.asarray(ids, dtype=object).astype(str)})
+    columns = [str(c) for c in predictions.columns if str(c) != "customer_id"]
+    values = predictions.reset_index(drop=True)
+    if kind in _SCORE_NAMES:
+        name = next((c for c in _SCORE_NAMES[kind] if c in columns), None)
+        if name is None:
+            numeric = [c for c in columns if pd.api.types.is_numeric_dtype(values[c].dtype)]
+            if not numeric:
+                raise ValueError(f"the {kind} model returned no numeric column: {columns}")
+            name = numeric[0]
+        out["score"] = values[name].to_numpy(dtype=np.float64)
+        if kind == "value":
+            orders = next((c for c in ("expected_orders", "orders") if c in columns), None)
+            if orders is not None:
+                out["expected_orders"] = values[orders].to_numpy(dtype=np.float64)
+        return out
+    if "pref_1" in columns or "top_1" in columns:
+        prefix = "pref" if "pref_1" in columns else "top"
+        for k in range(1, top_k + 1):
+            label, probability = f"{prefix}_{k}", f"{prefix}_{k}_probability"
+            if label in columns:
+                out[f"pref_{k}"] = values[label].astype(object).to_numpy()
+                out[f"pref_{k}_probability"] = values[probability].to_numpy(dtype=np.float64)
+    else:
+        matrix = values[columns].to_numpy(dtype=np.float64)
+        # Highest probability first; equal probabilities in the column order (value names).
+        order = np.argsort(-matrix, axis=1, kind="stable")[:, :top_k]
+        names = np.asarray(columns, dtype=object)
+        for k in range(min(top_k, len(columns))):
+            out[f"pref_{k + 1}"] = names[order[:, k]]
+            out[f"pref_{k + 1}_probability"] = np.take_along_axis(matrix, order[:, [k]], 1)[:, 0]
+    out["score"] = out.get("pref_1_probability", pd.Series(np.nan, index=out.index))
+    return out
+
+
+# ------------------------------------------------------------------------------ the job
+
+
+class LoadedModel(Protocol):
+    """What the job needs of a task's champion (:class:`cxpredict.registry.Champion`)."""
+
+    name: str
+    version: str
+    catalogue_version: str
+    features: tuple[str, ...]
+
+    @property
+    def bundle(self) -> Any: ...
+
+    def check_features(self, features: pd.DataFrame, *, catalogue_version: str) -> None: ...
+
+
+ModelLoader = Callable[..., LoadedModel]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One task's scores and what the report and the run log need about them."""
+
+    name: str
+    kind: str
+    version: str
+    frame: pd.DataFrame
+    drift: pd.DataFrame
+    calibration: pd.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class ScoringRun:
+    """What a scoring run wrote and measured.
+
+    ``timings`` are seconds per stage; ``warnings`` are sentences also shown in the report.
+    """
+
+    out_dir: Path
+    as_of: pd.Timestamp
+    files: tuple[Path, ...]
+    versions: dict[str, str]
+    rows_in: dict[str, int]
+    rows_out: dict[str, int]
+    drift: pd.DataFrame
+    warnings: tuple[str, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+
+
+class _Stopwatch:
+    """Seconds spent per stage (durations only: no moment of the run is recorded)."""
+
+    def __init__(self, progress: Callable[[str], None] | None) -> None:
+        self.timings: dict[str, float] = {}
+        self._progress = progress
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self._progress is not None:
+            self._progress(name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self._start
+
+
+def resolve_tasks(config: ProjectConfig, tasks: Sequence[str] | None) -> list[str]:
+    """The tasks to score: ``tasks`` in config order, or every configured task."""
+    if not config.tasks:
+        raise ConfigError(
+            "no task is configured; add at least one under 'tasks:' in the config "
+            "(for instance churn: {kind: churn, horizon_days: 90})"
+        )
+    if not tasks:
+        return list(config.tasks)
+    for name in tasks:
+        config.task(name)  # a ConfigError naming the configured tasks
+    return [name for name in config.tasks if name in set(tasks)]
+
+
+def _vocabulary(model: LoadedModel) -> Vocabulary | None:
+    vocabulary = getattr(model.bundle, "vocabulary", None)
+    if vocabulary is None or isinstance(vocabulary, Vocabulary):
+        return vocabulary
+    return Vocabulary.from_dict(vocabulary)
+
+
+def _references(model: LoadedModel) -> dict[str, Reference]:
+    """The training reference stored with the model: per feature and ``score``."""
+    stored = getattr(model.bundle, "reference", None) or getattr(
+        model.bundle, "drift_reference", None
+    )
+    if not stored:
+        return {}
+    out = {name: Reference.from_dict(r) for name, r in (stored.get("features") or {}).items()}
+    if stored.get("score"):
+        out["score"] = Reference.from_dict(stored["score"])
+    return out
+
+
+def _calibration(model: LoadedModel) -> pd.DataFrame | None:
+    table = getattr(model.bundle, "calibration", None)
+    if table is None:
+        return None
+    frame = pd.DataFrame(table)
+    needed = {"bin", "n", "mean_score", "actual_rate"}
+    if not needed <= set(frame.columns):
+        return None
+    if "cutoff" in frame.columns:  # several backtest cutoffs: the latest one
+        frame = frame[frame["cutoff"] == frame["cutoff"].max()]
+    return frame[["bin", "n", "mean_score", "actual_rate"]].reset_index(drop=True)
+
+
+def _reasons(model: LoadedModel, X: pd.DataFrame, catalogue: pd.DataFrame) -> pd.DataFrame | None:
+    """``reason_1`` .. ``reason_3`` for the rows of ``X`` (indexed by customer), if possible."""
+    explain = getattr(model.bundle, "explain", None)
+    if explain is None:
+        return None
+    return explain(X, catalogue=catalogue, top=N_REASONS)
+
+
+def score_task(
+    name: str,
+    task: Any,
+    model: LoadedModel,
+    features: pd.DataFrame,
+    *,
+    catalogue: pd.DataFrame,
+    catalogue_version: str,
+    as_of: pd.Timestamp,
+    settings: ScoringConfig,
+    reasons_for: str,
+) -> TaskResult:
+    """Score one task's eligible customers; rank them, explain the top ones, measure drift.
+
+    Window: the features' (events strictly before ``as_of``).
+    """
+    model.check_features(features, catalogue_version=catalogue_version)
+    X = features.loc[eligible(features, task), list(model.features)]
+    predictions = model.bundle.predict(X)
+    scored = normalise_predictions(
+        predictions, X.index, kind=task.kind, top_k=min(getattr(task, "top_k", 3), 3)
+    )
+    frame = ranked(scored)
+    explained = frame["customer_id"]
+    if reasons_for == "top":
+        explained = explained.head(math.ceil(len(frame) * settings.reasons_top_fraction))
+    reasons = None
+    if task.kind != "preference" and len(explained):
+        reasons = _reasons(model, X.loc[explained.to_numpy()], catalogue)
+    listed = task_list(
+        frame,
+        kind=task.kind,
+        model_version=model.version,
+        as_of=as_of,
+        tier_cuts=settings.tier_cuts,
+        reasons=reasons,
+    )
+    references = _references(model)
+    current = {f: X[f].to_numpy(dtype=np.float64, na_value=np.nan) for f in model.features}
+    current["score"] = scored["score"].to_numpy(dtype=np.float64)
+    drift = drift_report(
+        name,
+        references,
+        current,
+        kinds={"score": "score"},
+        warn=settings.drift_warn_psi,
+        fail=settings.drift_fail_psi,
+    )
+    return TaskResult(name, task.kind, model.version, listed, drift, _calibration(model))
+
+
+def run_scoring(
+    config: ProjectConfig,
+    *,
+    as_of: pd.Timestamp,
+    out_dir: str | Path,
+    run_at: pd.Timestamp,
+    tasks: Sequence[str] | None = None,
+    tracking_uri: str | None = None,
+    load_model: ModelLoader | None = None,
+    log_run: bool = True,
+    reasons_for: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ScoringRun:
+    """Score every eligible customer with each task's champion and write the outputs.
+
+    Window: features see the events strictly before ``as_of``; nothing at or after it is
+    read.
+
+    Parameters
+    ----------
+    config
+        The project.
+    as_of
+        The instant scored at.
+    out_dir
+        The output folder (locked for the length of the run; see the module docstring).
+    run_at
+        The moment of the run: timestamps after it are bad rows. Recorded in the MLflow run
+        and the validation report only, never in the lists.
+    tasks
+        Task names to score; every configured task when ``None``.
+    tracking_uri
+        The MLflow store of the champions and of this run's log.
+    load_model
+        ``load_model(config, task, tracking_uri=...)``; :func:`cxpredict.registry.load_champion`
+        by default.
+    log_run
+        Whether to log the run to MLflow.
+    reasons_for
+        ``"all"`` or ``"top"``; ``scoring.reasons_for`` when ``None``.
+    progress
+        Called with the name of each stage as it starts.
+
+    Raises
+    ------
+    ConfigError, DataError, ValidationFailed, ModelNotFound, FeatureMismatch, DriftFailed,
+    OutputLocked
+        Each with its own exit code; outputs of an earlier run stay as they were, except
+        ``drift.csv`` on a drift failure.
+    """
+    from cxpredict import registry
+
+    settings = config.scoring
+    check_tier_cuts(settings.tier_cuts)
+    names = resolve_tasks(config, tasks)
+    reasons_for = reasons_for or settings.reasons_for
+    if reasons_for not in ("all", "top"):
+        raise ConfigError(f"reasons_for must be 'all' or 'top'; got {reasons_for!r}")
+    load = load_model or registry.load_champion
+    as_of = to_utc(as_of)
+    out = Path(out_dir)
+    watch = _Stopwatch(progress)
+    with OutputLock(out, label=f"as_of={as_of_text(as_of)}"):
+        with watch.stage("reading and validating tables"):
+            loaded = load_tables(config, run_at=run_at, as_of=as_of)
+            write_validation(loaded, out / "validation")
+            check_rejects(loaded, max_reject_fraction=config.validation.max_reject_fraction)
+        with watch.stage("loading champions"):
+            models = {name: load(config, name, tracking_uri=tracking_uri) for name in names}
+        results: dict[str, TaskResult] = {}
+        features: pd.DataFrame | None = None
+        for group in _by_vocabulary(models):
+            vocabulary = _vocabulary(models[group[0]])
+            with watch.stage("building features"):
+                features = build_features(
+                    loaded.tables, as_of, settings=config.features, vocabulary=vocabulary
+                )
+                catalogue = feature_catalogue(
+                    loaded.tables, settings=config.features, vocabulary=vocabulary
+                )
+                version = catalogue_version(catalogue)
+            for name in group:
+                with watch.stage("scoring and explaining"):
+                    results[name] = score_task(
+                        name,
+                        config.task(name),
+                        models[name],
+                        features,
+                        catalogue=catalogue,
+                        catalogue_version=version,
+                        as_of=as_of,
+                        settings=settings,
+                        reasons_for=reasons_for,
+                    )
+        assert features is not None  # at least one task was resolved
+        results = {name: results[name] for name in names}
+        drift = pd.concat([r.drift for r in results.values()], ignore_index=True)
+        versions = {name: r.version for name, r in results.items()}
+        rows_in = {name: r.rows_accepted for name, r in loaded.reports.items()}
+        rows_out = {name: len(r.frame) for name, r in results.items()}
+        files: list[Path] = []
+        with watch.stage("writing lists"):
+            files.append(write_list(drift, out / "drift.csv"))
+            try:
+                check_drift(drift, fail=settings.drift_fail_psi)
+            except DriftFailed:
+                if log_run:
+                    _log_run(
+                        config,
+                        as_of=as_of,
+                        run_at=run_at,
+                        tracking_uri=tracking_uri,
+                        results=results,
+                        drift=drift,
+                        rows_in=rows_in,
+                        files=files,
+                        timings=watch.timings,
+                        total=watch.total,
+                        status="FAILED",
+                    )
+                raise
+            lists = {name: r.frame for name, r in results.items()}
+            for name, frame in lists.items():
+                files.append(write_list(frame, out / f"{name}.csv"))
+                files.append(write_list(frame, out / f"{name}.parquet"))
+            customers = customer_table(
+                features, lists, config.tasks, as_of=as_of, tier_cuts=settings.tier_cuts
+            )
+            files.append(write_list(customers, out / "customers.csv"))
+            files.append(write_list(customers, out / "customers.parquet"))
+        warnings = _warnings(drift, results, settings)
+        with watch.stage("writing the report"):
+            from cxpredict.report import ReportData, write_report
+
+            report = ReportData(
+                project=config.project,
+                as_of=as_of_text(as_of),
+                lists=lists,
+                kinds={name: r.kind for name, r in results.items()},
+                customers=customers,
+                drift=drift,
+                model_versions=versions,
+                calibration={
+                    n: r.calibration for n, r in results.items() if r.calibration is not None
+                },
+                tier_cuts=tuple(settings.tier_cuts),  # type: ignore[arg-type]
+                drift_warn=settings.drift_warn_psi,
+                drift_fail=settings.drift_fail_psi,
+                notes=warnings,
+            )
+            files.append(write_report(report, out / "report.html"))
+            files.append(
+                write_document(
+                    manifest(files, as_of=as_of, versions=versions, root=out),
+                    out / "manifest.json",
+                )
+            )
+        run_id = None
+        if log_run:
+            with watch.stage("logging the run"):
+                run_id = _log_run(
+                    config,
+                    as_of=as_of,
+                    run_at=run_at,
+                    tracking_uri=tracking_uri,
+                    results=results,
+                    drift=drift,
+                    rows_in=rows_in,
+                    files=files,
+                    timings=watch.timings,
+                    total=watch.total,
+                    status="FINISHED",
+                )
+    return ScoringRun(
+        out_dir=out,
+        as_of=as_of,
+        files=tuple(files),
+        versions=versions,
+        rows_in=rows_in,
+        rows_out=rows_out,
+        drift=drift,
+        warnings=warnings,
+        timings=dict(watch.timings),
+        mlflow_run_id=run_id,
+    )
+
+
+def _by_vocabulary(models: Mapping[str, LoadedModel]) -> list[list[str]]:
+    """Tasks grouped by feature catalogue version: one feature build per group."""
+    groups: dict[str, list[str]] = {}
+    for name, model in models.items():
+        groups.setdefault(model.catalogue_version, []).append(name)
+    return list(groups.values())
+
+
+def _warnings(
+    drift: pd.DataFrame, results: Mapping[str, TaskResult], settings: ScoringConfig
+) -> tuple[str, ...]:
+    notes = []
+    unchecked = [
+        str(task)
+        for task, part in drift.groupby("task", sort=False)
+        if (part["status"] == "not checked").all()
+    ]
+    if unchecked:
+        notes.append(
+            f"drift not checked for {', '.join(unchecked)}: "
+            + ("its model stores" if len(unchecked) == 1 else "their models store")
+            + " no training reference distribution"
+        )
+    for task, part in drift.groupby("task", sort=False):
+        flagged = part[part["status"] == "warn"].sort_values("psi", ascending=False)
+        if len(flagged):
+            top = ", ".join(f"{r.variable} ({r.psi:.2f})" for r in flagged.head(5).itertuples())
+            notes.append(
+                f"{task}: {len(flagged)} variable(s) drifted above "
+                f"PSI {settings.drift_warn_psi:g}: {top}"
+            )
+    return tuple(notes)
+
+
+def _metric_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-/ " else "_" for c in text).replace(" ", "_")
+
+
+def _log_run(
+    config: ProjectConfig,
+    *,
+    as_of: pd.Timestamp,
+    run_at: pd.Timestamp,
+    tracking_uri: str | None,
+    results: Mapping[str, TaskResult],
+    drift: pd.DataFrame,
+    rows_in: Mapping[str, int],
+    files: Sequence[Path],
+    timings: Mapping[str, float],
+    total: float,
+    status: str,
+) -> str:
+    """Log the scoring run to MLflow: versions, row counts, score distribution, drift, runtime.
+
+    Only aggregates are logged (counts, quantiles, PSI per variable): no customer row.
+    """
+    import mlflow
+
+    from cxpredict import registry
+
+    uri = tracking_uri or registry.default_tracking_uri(config)
+    params: dict[str, Any] = {
+        "job": "scoring",
+        "as_of": as_of.isoformat(),
+        "run_at": to_utc(run_at).isoformat(),
+        "tasks": ",".join(results),
+        "tier_cuts": ",".join(f"{c:g}" for c in config.scoring.tier_cuts),
+        "drift_warn_psi": config.scoring.drift_warn_psi,
+        "drift_fail_psi": config.scoring.drift_fail_psi,
+    }
+    metrics: dict[str, float] = {f"rows_in.{t}": float(n) for t, n in rows_in.items()}
+    for name, result in results.items():
+        params[f"model.{name}"] = f"{registry.model_name(config, name)} v{result.version}"
+        score = result.frame["score"].to_numpy(dtype=np.float64)
+        score = score[np.isfinite(score)]
+        metrics[f"rows_out.{name}"] = float(len(result.frame))
+        if len(score):
+            for q in (0.1, 0.5, 0.9):
+                metrics[f"score.{name}.p{int(q * 100)}"] = float(np.quantile(score, q))
+            metrics[f"score.{name}.mean"] = float(score.mean())
+        for tier, n in result.frame["tier"].value_counts().items():
+            metrics[f"tier.{name}.{tier}"] = float(n)
+        part = drift[(drift["task"] == name) & drift["psi"].notna()]
+        if len(part):
+            metrics[f"drift.{name}.max_psi"] = float(part["psi"].max())
+            metrics[f"drift.{name}.score_psi"] = float(
+                part.loc[part["variable"] == "score", "psi"].max()
+            )
+    metrics["drift.warnings"] = float((drift["status"] == "warn").sum())
+    metrics["drift.failures"] = float((drift["status"] == "fail").sum())
+    metrics["runtime.total_seconds"] = total
+    for stage, seconds in timings.items():
+        metrics[f"runtime.{_metric_name(stage)}_seconds"] = seconds
+    metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+    with registry.tracking(uri) as client:
+        experiment_id = registry.ensure_experiment(client, registry.experiment_name(config), uri)
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=f"score as of {as_of_text(as_of)}",
+            tags={"job": "scoring", "project": config.project},
+        )
+        try:
+            mlflow.log_params({k: str(v) for k, v in params.items()})
+            mlflow.log_metrics(metrics)
+            mlflow.log_text(drift.to_csv(index=False), "scoring/drift.csv")
+            for path in files:
+                if path.name in ("manifest.json", "validation_report.json"):
+                    mlflow.log_artifact(str(path), "scoring")
+            report = files[0].parent / "validation" / "validation_report.json"
+            if report.is_file():
+                mlflow.log_artifact(str(report), "scoring")
+        finally:
+            mlflow.end_run(status=status)
+    return str(run.info.run_id)
