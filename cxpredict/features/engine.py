@@ -224,6 +224,22 @@ def _parquet_sql(path: str | os.PathLike[str]) -> str:
     return f"read_parquet('{quoted}', union_by_name = true)"
 
 
+def _arrow_column(series: pd.Series) -> pa.Array | pa.ChunkedArray:
+    if isinstance(series.dtype, pd.DatetimeTZDtype):
+        # Naive UTC: the engine reads naive instants as UTC.
+        return pa.array(series.dt.tz_convert(None).to_numpy(), from_pandas=True)
+    if hasattr(series.array, "__arrow_array__"):
+        return pa.array(series.array)
+    if isinstance(series.dtype, np.dtype):
+        return pa.array(series.to_numpy(), from_pandas=True)
+    return pa.Array.from_pandas(series)
+
+
+def arrow_table(frame: pd.DataFrame) -> pa.Table:
+    """``frame`` as an Arrow table without copying its string and number columns."""
+    return pa.table({str(c): _arrow_column(frame[c]) for c in frame.columns})
+
+
 def _schema_of(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
     rows = con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
     return {str(r[0]): str(r[1]) for r in rows}
@@ -276,7 +292,7 @@ class Session:
             self.kinds[name] = {c: _duck_kind(t) for c, t in schema.items()}
         else:
             if isinstance(value, pd.DataFrame):
-                arrow = pa.Table.from_pandas(value, preserve_index=False)
+                arrow = arrow_table(value)
             elif isinstance(value, pa.Table):
                 arrow = value
             else:
@@ -743,7 +759,7 @@ def run(
             f"CREATE TEMP TABLE {tables[source]}_raw AS "
             f"SELECT customer_id, COALESCE(k.slot, 0) AS slot, {level_one} "
             f"FROM {ident(source)} e LEFT JOIN slot_keys k ON k.k = {grid.key_sql('e.us')} "
-            "GROUP BY ALL"
+            f"WHERE e.us < {cmax} GROUP BY ALL"
         )
         if source == entry_source[0]:
             ids, entry = _dimension(s, cmax, f"{tables[source]}_raw")
