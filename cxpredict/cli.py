@@ -221,6 +221,60 @@ def features(
     )
 
 
+@app.command()
+@reported
+def score(
+    config_path: ConfigOption,
+    as_of: AsOfOption,
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Folder for the ranked lists, customers.csv and report.html.",
+            show_default=False,
+        ),
+    ],
+    task: Annotated[
+        list[str] | None,
+        typer.Option("--task", help="Score only this task (repeatable); default: every task."),
+    ] = None,
+    reasons_for: Annotated[
+        str | None,
+        typer.Option(
+            "--reasons-for",
+            help="'all' customers or the 'top' share (scoring.reasons_top_fraction) get "
+            "reasons; default: scoring.reasons_for.",
+        ),
+    ] = None,
+) -> None:
+    """Score every customer with each task's champion: ranked lists, customers and report."""
+    if reasons_for not in (None, "all", "top"):
+        raise typer.BadParameter("use all or top", param_hint="--reasons-for")
+    now = run_moment()
+    cutoff = parse_as_of(as_of, now=now)
+    config = load_config(config_path)
+    from cxpredict.registry import resolve_tracking_uri
+    from cxpredict.scoring import run_scoring
+
+    with progress_bar() as progress:
+        step = progress.add_task("scoring", total=None)
+        run = run_scoring(
+            config,
+            as_of=cutoff,
+            out_dir=out_dir,
+            run_at=now,
+            tasks=task,
+            tracking_uri=resolve_tracking_uri(config, os.environ),
+            reasons_for=reasons_for,
+            progress=lambda stage: progress.update(step, description=stage),
+        )
+    for name, rows in run.rows_out.items():
+        out.print(f"{name:<16} v{run.versions[name]:<4} {rows:>10,} customers", highlight=False)
+    for warning in run.warnings:
+        console.print(f"[yellow]warning[/]: {warning}", highlight=False, soft_wrap=True)
+    out.print(f"lists, customers.csv and report.html: {out_dir}", highlight=False)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     """Run the command line."""
     app()

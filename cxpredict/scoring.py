@@ -1162,12 +1162,12 @@ def run_scoring(
     out = Path(out_dir)
     watch = _Stopwatch(progress)
     with OutputLock(out, label=f"as_of={as_of_text(as_of)}"):
+        with watch.stage("loading champions"):  # first: a missing model fails fast
+            models = {name: load(config, name, tracking_uri=tracking_uri) for name in names}
         with watch.stage("reading and validating tables"):
             loaded = load_tables(config, run_at=run_at, as_of=as_of)
             write_validation(loaded, out / "validation")
             check_rejects(loaded, max_reject_fraction=config.validation.max_reject_fraction)
-        with watch.stage("loading champions"):
-            models = {name: load(config, name, tracking_uri=tracking_uri) for name in names}
         results: dict[str, TaskResult] = {}
         features: pd.DataFrame | None = None
         for group in _by_vocabulary(models):
