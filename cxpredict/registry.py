@@ -441,10 +441,13 @@ def _card_metrics(metric: str, available: list[str]) -> list[str]:
 # ------------------------------------------------------------------------------ plots
 
 
-def _figure(width: float = 6.0, height: float = 4.0) -> Any:
+def _figure(width: float = 6.0, height: float = 4.0, *, left: float = 0.12) -> Any:
+    """A headless figure with fixed margins (a layout engine would double the drawing time)."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    figure = Figure(figsize=(width, height), dpi=100)
+    figure.subplots_adjust(left=left, right=0.97, bottom=0.15, top=0.9, wspace=0.3)
+    return figure
 
 
 def gains_figure(metrics: pd.DataFrame) -> Any | None:
@@ -503,7 +506,7 @@ def per_cutoff_figure(metrics: pd.DataFrame, metric: str) -> Any | None:
     ax.set(xlabel="backtest cutoff", ylabel=metric)
     ax.set_title(f"{metric} per backtest cutoff")
     ax.legend(fontsize="small")
-    fig.autofmt_xdate()
+    ax.tick_params(axis="x", labelrotation=20)
     return fig
 
 
@@ -512,7 +515,7 @@ def importance_figure(importance: pd.Series, *, top: int = 25) -> Any | None:
     if importance is None or len(importance) == 0:
         return None
     shown = importance.sort_values(ascending=False).head(top)[::-1]
-    fig = _figure(7.0, 0.25 * len(shown) + 1.2)
+    fig = _figure(8.0, 0.25 * len(shown) + 1.5, left=0.4)
     ax = fig.subplots()
     ax.barh([str(i) for i in shown.index], shown.to_numpy(dtype=float))
     ax.set(xlabel="total gain")
