@@ -282,8 +282,12 @@ class Session:
         self.kinds: dict[str, dict[str, str | None]] = {}
         self.prepared: int | None = None
         self._arrow: dict[str, pa.Table] = {}
-        for name, value in self._sources.items():
-            self._register(name, value)
+        try:
+            for name, value in self._sources.items():
+                self._register(name, value)
+        except BaseException:
+            self.close()
+            raise
 
     def _register(self, name: str, value: TableSource) -> None:
         if isinstance(value, str | os.PathLike):

@@ -1,0 +1,256 @@
+"""The feature API: cutoff boundaries, many cutoffs at once, the contract of every family,
+vocabulary, catalogue, Parquet sources and agreement with the BTYD reference."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import CUTOFF
+
+from cxpredict.baselines import btyd_summary
+from cxpredict.config import FeaturesConfig
+from cxpredict.errors import DataError
+from cxpredict.features import (
+    FAMILIES,
+    Vocabulary,
+    build_features,
+    build_training_features,
+    catalogue_version,
+    feature_catalogue,
+    learn_vocabulary,
+)
+from cxpredict.sample import generate_sample
+from cxpredict.schemas import Tables
+from cxpredict.spine import population, spine
+
+MICROSECOND = pd.Timedelta(microseconds=1)
+
+
+@pytest.fixture(scope="module")
+def shop() -> Tables:
+    """A small synthetic shop: 150 customers over 400 days."""
+    return generate_sample(150, seed=3, start="2024-01-01", days=400)
+
+
+# -- the cutoff instant ----------------------------------------------------------------------
+
+
+def test_an_order_at_the_cutoff_instant_is_not_a_feature(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    at = build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary)
+    after = build_features(tiny, CUTOFF + MICROSECOND, vocabulary=tiny_vocabulary)
+    assert at.loc["c1", "orders_lifetime"] == 3
+    assert after.loc["c1", "orders_lifetime"] == 4
+    assert at.loc["c1", "visits_7d"] == 2
+    assert after.loc["c1", "visits_7d"] == 3
+
+
+def test_an_order_one_microsecond_before_the_cutoff_is_a_feature(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    before = build_features(tiny, CUTOFF - MICROSECOND, vocabulary=tiny_vocabulary)
+    at = build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary)
+    assert "c2" not in before.index or before.loc["c2", "orders_lifetime"] == 0
+    assert at.loc["c2", "orders_lifetime"] == 1
+    assert at.loc["c2", "days_since_last_order"] == pytest.approx(1 / 86_400_000_000)
+
+
+def test_an_answer_given_one_microsecond_before_the_cutoff_is_an_answer(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    interactions = tiny.interactions.copy()
+    late = interactions["kind"] == "complaint"
+    interactions.loc[late, "responded_at"] = CUTOFF - MICROSECOND
+    tables = Tables(tiny.orders, interactions, tiny.customers)
+    got = build_features(tables, CUTOFF, vocabulary=tiny_vocabulary)
+    assert got.loc["c1", "unanswered_messages_lifetime"] == 0
+    assert got.loc["c1", "response_hours_max"] == pytest.approx(36.0 - 1 / 3_600_000_000)
+
+
+def test_customers_are_those_with_a_first_order_or_signup_before_the_cutoff(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    got = build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary)
+    assert list(got.index) == ["c1", "c2", "c3"]
+    pd.testing.assert_index_equal(got.index, population(tiny, CUTOFF))
+
+
+def test_a_cutoff_is_always_given() -> None:
+    with pytest.raises(TypeError):
+        build_features(Tables(pd.DataFrame()))  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="no cutoff given"):
+        build_training_features(Tables(pd.DataFrame()), [])
+
+
+# -- many cutoffs ----------------------------------------------------------------------------
+
+
+def test_features_at_one_cutoff_equal_those_built_among_many(shop: Tables) -> None:
+    cutoffs = [
+        pd.Timestamp("2024-06-01", tz="UTC"),
+        pd.Timestamp("2024-08-17 13:45:10", tz="UTC"),
+        pd.Timestamp("2024-10-01", tz="UTC"),
+        pd.Timestamp("2025-01-01 06:00", tz="UTC"),
+    ]
+    vocabulary = learn_vocabulary(shop, cutoffs[-1])
+    many = build_training_features(shop, cutoffs, vocabulary=vocabulary)
+    assert many.index.names == ["customer_id", "cutoff"]
+    for cutoff in cutoffs:
+        alone = build_features(shop, cutoff, vocabulary=vocabulary)
+        pd.testing.assert_frame_equal(many.xs(cutoff, level="cutoff"), alone, check_exact=True)
+
+
+def test_a_training_set_has_the_rows_of_the_spine(shop: Tables) -> None:
+    cutoffs = ["2024-05-01", "2024-09-01", "2025-01-01"]
+    got = build_training_features(shop, cutoffs)
+    pd.testing.assert_index_equal(got.index, spine(shop, cutoffs))
+
+
+# -- the contract of every family ------------------------------------------------------------
+
+
+def _family_names(tables: Tables, vocabulary: Vocabulary, family: str) -> list[str]:
+    catalogue = feature_catalogue(tables, vocabulary=vocabulary)
+    chosen = catalogue[(catalogue["family"] == family) & catalogue["available"]]
+    return list(chosen["name"])
+
+
+@pytest.mark.parametrize("family", [f.name for f in FAMILIES])
+def test_every_family_keeps_the_feature_contract(shop: Tables, family: str) -> None:
+    cutoff = pd.Timestamp("2024-11-01", tz="UTC")
+    frames = {
+        name: copy.deepcopy(shop.get(name)) for name in ("orders", "interactions", "customers")
+    }
+    vocabulary = learn_vocabulary(shop, cutoff)
+    got = build_features(shop, cutoff, vocabulary=vocabulary)
+    names = _family_names(shop, vocabulary, family)
+    assert names, f"family {family} has no available feature on the sample"
+    part = got[names]
+    assert part.index.name == "customer_id"
+    assert part.index.dtype == "str"
+    assert part.index.is_unique and part.index.is_monotonic_increasing
+    assert all(dtype == np.float64 for dtype in part.dtypes)
+    pd.testing.assert_index_equal(part.index, population(shop, cutoff))
+    catalogue = feature_catalogue(shop, vocabulary=vocabulary)
+    assert list(catalogue.loc[catalogue["available"], "name"]) == list(got.columns)
+    for name in ("orders", "interactions", "customers"):
+        pd.testing.assert_frame_equal(shop.get(name), frames[name])
+
+
+@pytest.mark.parametrize("family", [f.name for f in FAMILIES])
+def test_every_family_works_without_the_optional_tables(shop: Tables, family: str) -> None:
+    cutoff = pd.Timestamp("2024-11-01", tz="UTC")
+    orders_only = Tables(shop.orders.drop(columns=["category", "channel"]))
+    vocabulary = learn_vocabulary(orders_only, cutoff)
+    got = build_features(orders_only, cutoff, vocabulary=vocabulary)
+    catalogue = feature_catalogue(orders_only, vocabulary=vocabulary)
+    mine = catalogue[catalogue["family"] == family]
+    assert set(mine.loc[mine["available"], "name"]) <= set(got.columns)
+    missing = mine[~mine["available"]]
+    assert not set(missing["name"]) & set(got.columns)
+    assert (missing["why_not"] != "").all()
+    pd.testing.assert_index_equal(got.index, population(orders_only, cutoff))
+
+
+def test_a_skipped_family_says_which_table_or_column_is_missing(shop: Tables) -> None:
+    catalogue = feature_catalogue(Tables(shop.orders.drop(columns=["category"])))
+    why = catalogue.set_index("name")["why_not"]
+    assert why["share_category_other"] == "orders has no category values"
+    assert why["visits_30d"] == "no interactions table"
+    assert why["days_since_signup"] == "no customers table"
+    assert why["orders_30d"] == ""
+
+
+# -- vocabulary ------------------------------------------------------------------------------
+
+
+def test_the_vocabulary_keeps_the_most_frequent_values_before_the_instant(tiny: Tables) -> None:
+    vocabulary = learn_vocabulary(tiny, CUTOFF, max_values=1)
+    assert vocabulary.get("orders.category") == ("shoes",)
+    assert vocabulary.get("customers.segment") == ("gold",)
+    assert vocabulary.numeric == ("age",)
+    earlier = learn_vocabulary(tiny, "2024-01-01", max_values=5)
+    assert earlier.get("orders.category") == ("shoes",)
+
+
+def test_a_vocabulary_round_trips_through_json(tiny_vocabulary: Vocabulary) -> None:
+    text = tiny_vocabulary.to_json()
+    assert json.loads(text)["values"]["orders.category"] == ["shoes", "bags"]
+    assert Vocabulary.from_json(text) == tiny_vocabulary
+
+
+def test_values_outside_the_vocabulary_count_as_other(tiny: Tables) -> None:
+    vocabulary = Vocabulary(values=(("orders.category", ("bags",)),))
+    got = build_features(tiny, CUTOFF, vocabulary=vocabulary)
+    assert got.loc["c1", "share_category_other"] == 0.75
+    assert "share_category_shoes" not in got.columns
+
+
+def test_slugs_are_unique_and_never_other() -> None:
+    vocabulary = Vocabulary(values=(("orders.channel", ("Web Shop", "web-shop", "other")),))
+    assert vocabulary.slugs("orders.channel") == ("web_shop", "web_shop_2", "other_2")
+
+
+# -- catalogue -------------------------------------------------------------------------------
+
+
+def test_every_reason_formats_with_a_feature_row(tiny: Tables, tiny_vocabulary: Vocabulary) -> None:
+    got = build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary)
+    catalogue = feature_catalogue(tiny, vocabulary=tiny_vocabulary)
+    row = got.loc["c1"].to_dict()
+    for reason in catalogue.loc[catalogue["available"], "reason"]:
+        assert reason.format(**row)
+    assert catalogue.set_index("name").loc["overdue_ratio", "reason"].format(**row) == (
+        "no order for 20 days; usually orders every 26"
+    )
+
+
+def test_the_catalogue_version_changes_with_the_columns(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    one = catalogue_version(feature_catalogue(tiny, vocabulary=tiny_vocabulary))
+    again = catalogue_version(feature_catalogue(tiny, vocabulary=tiny_vocabulary))
+    other = catalogue_version(
+        feature_catalogue(tiny, vocabulary=tiny_vocabulary, settings=FeaturesConfig(windows=(7,)))
+    )
+    assert one == again != other
+    assert one.startswith("features-")
+
+
+# -- sources ---------------------------------------------------------------------------------
+
+
+def test_parquet_sources_give_the_same_features(
+    tiny: Tables, tiny_vocabulary: Vocabulary, tmp_path
+) -> None:
+    paths = {}
+    for name in ("orders", "interactions", "customers"):
+        folder = tmp_path / name
+        folder.mkdir()
+        tiny.get(name).to_parquet(folder / "part-0.parquet")
+        paths[name] = folder
+    from_files = build_features(paths, CUTOFF, vocabulary=tiny_vocabulary)
+    in_memory = build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary)
+    pd.testing.assert_frame_equal(from_files, in_memory)
+
+
+def test_a_missing_column_is_reported_with_the_columns_found(tiny: Tables) -> None:
+    orders = tiny.orders.rename(columns={"amount": "revenue"})
+    with pytest.raises(DataError, match=r"orders: column\(s\) \['amount'\] not found.*revenue"):
+        build_features(Tables(orders), CUTOFF)
+
+
+def test_btyd_features_agree_with_the_reference_summary(shop: Tables) -> None:
+    cutoff = pd.Timestamp("2024-12-01", tz="UTC")
+    got = build_features(shop, cutoff)
+    purchases = shop.orders[shop.orders["amount"] >= 0]
+    reference = btyd_summary(purchases, cutoff)
+    mine = got.loc[reference.index, ["btyd_frequency", "btyd_recency_weeks", "btyd_t_weeks"]]
+    np.testing.assert_array_equal(mine["btyd_frequency"], reference["frequency"])
+    np.testing.assert_allclose(mine["btyd_recency_weeks"], reference["recency"], rtol=1e-12)
+    np.testing.assert_allclose(mine["btyd_t_weeks"], reference["T"], rtol=1e-12)
