@@ -180,7 +180,8 @@ def generate_sample(
     seed
         Seed of every random draw; the same arguments give the same tables.
     start
-        First instant of the history (a date or an instant; naive values are UTC).
+        First instant of the history (a date or an instant; naive values are UTC; a fraction
+        of a second is rounded up).
     days
         Length of the history in days.
     mechanisms
@@ -198,7 +199,7 @@ def generate_sample(
     if int(days) < 1:
         raise ValueError(f"days must be at least 1; got {days!r}")
     n, days = int(n_customers), int(days)
-    origin = to_utc(start)
+    origin = to_utc(start).ceil("s")
     seeds = np.random.SeedSequence(seed).spawn(5)
     streams = iter(np.random.default_rng(s) for s in seeds[:3])
     calendar = _Calendar.build(origin, days, mechanisms)
@@ -938,13 +939,14 @@ def _categorical(rng: np.random.Generator, shares: np.ndarray, n: int) -> np.nda
 
 
 def _seconds(t: np.ndarray) -> np.ndarray:
-    """Whole seconds since the origin of day offsets ``t`` (finite values only)."""
-    return np.floor(t * _DAY_S).astype(np.int64)
+    """Whole seconds since the origin of non-negative, finite day offsets ``t`` (rounded down)."""
+    return (t * _DAY_S).astype(np.int64)
 
 
 def _stamps(cal: _Calendar, seconds: np.ndarray) -> pd.Series:
     """UTC instants, in microseconds, of whole seconds since the origin."""
-    micros = cal.origin.value // 1000 + seconds * 1_000_000
+    micros = seconds * 1_000_000
+    micros += cal.origin.value // 1000
     return pd.Series(micros.view("datetime64[us]"), copy=False).dt.tz_localize("UTC")
 
 
