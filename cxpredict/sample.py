@@ -983,16 +983,15 @@ def _fixed_ids(prefix: str | np.ndarray, numbers: np.ndarray, width: int) -> pa.
     size = numbers.size
     chunks = -(-width // 4)
     chars = np.empty((size, 1 + 4 * chunks), np.uint8)
-    chars[:, 0] = np.frombuffer(np.broadcast_to(np.asarray(prefix, "S1"), size).tobytes(), np.uint8)
+    chars[:, 0] = np.asarray(prefix, "S1").view(np.uint8)
     rest = numbers.astype(np.int64)
     for chunk in range(chunks, 0, -1):
         chars[:, 4 * chunk - 3 : 4 * chunk + 1] = _DIGITS[rest % 10_000]
         rest = rest // 10_000
-    chars = np.ascontiguousarray(np.delete(chars, np.s_[1 : 1 + 4 * chunks - width], axis=1))
+    if 4 * chunks > width:
+        chars = np.ascontiguousarray(np.delete(chars, np.s_[1 : 1 + 4 * chunks - width], axis=1))
     offsets = np.arange(size + 1, dtype=np.int64) * (1 + width)
-    return pa.LargeStringArray.from_buffers(
-        size, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes())
-    )
+    return pa.LargeStringArray.from_buffers(size, pa.py_buffer(offsets), pa.py_buffer(chars))
 
 
 def _strings(values: pa.Array | pa.ChunkedArray) -> pd.Series:
