@@ -9,26 +9,42 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from typer.testing import CliRunner
 
-from cxpredict.errors import ConfigError, DriftFailed, OutputLocked
-from cxpredict.io import atomic_path
+from cxpredict import serving
+from cxpredict.cli import app
+from cxpredict.config import ProjectConfig, parse_config
+from cxpredict.errors import ConfigError, DriftFailed, ModelNotFound, OutputLocked
+from cxpredict.features import build_features
+from cxpredict.io import atomic_path, load_tables
+from cxpredict.sample import generate_sample, write_sample
+from cxpredict.schemas import Tables
 from cxpredict.scoring import (
+    CUSTOMER_COLUMNS,
+    LIST_COLUMNS,
     LOCK_NAME,
+    PREFERENCE_COLUMNS,
     LifecycleRules,
     OutputLock,
     Reference,
+    ScoringRun,
     assign_tiers,
     check_drift,
     drift_report,
+    eligible,
     lifecycle_stages,
     psi,
     ranked,
     reference_from_values,
+    run_scoring,
     suggest_actions,
     task_list,
     write_list,
@@ -335,3 +351,248 @@ def test_a_run_killed_while_writing_leaves_the_previous_file_intact(tmp_path: Pa
     assert writer.returncode == -signal.SIGKILL
     time.sleep(0.05)
     assert target.read_bytes() == before
+
+
+# ------------------------------------------------------------------------------ the job
+# Stand-in champions score with fixed formulas, so that these tests exercise the job itself
+# (files, locking, drift, idempotence) in seconds; the trained models are tested end to end
+# in the slow test below.
+
+STANDIN_FEATURES = (
+    "days_since_last_order",
+    "orders_lifetime",
+    "spend_lifetime",
+    "complaints_90d",
+)
+
+
+@dataclass
+class StandInBundle:
+    kind: str
+    values: tuple[str, ...] = ()
+    reference: dict[str, Any] | None = None
+    features: tuple[str, ...] = STANDIN_FEATURES
+    vocabulary: None = None
+
+    def _churn(self, X: pd.DataFrame) -> np.ndarray:
+        z = (X["days_since_last_order"] - 90) / 40 - 0.2 * np.sqrt(X["orders_lifetime"])
+        return 1 / (1 + np.exp(-z.to_numpy(dtype=float)))
+
+    def predict(self, X: pd.DataFrame) -> pd.DataFrame:
+        if self.kind in ("churn", "repurchase"):
+            p = self._churn(X) if self.kind == "churn" else 1 - self._churn(X)
+            return pd.DataFrame({"probability": p}, index=X.index)
+        if self.kind == "value":
+            spend = X["spend_lifetime"].to_numpy(dtype=float) / 4 * (1 - self._churn(X))
+            return pd.DataFrame({"spend": spend, "orders": spend / 50}, index=X.index)
+        digits = np.array([int(c[-1]) for c in X.index])  # a fixed, id-driven preference
+        matrix = np.stack([(digits + 3 * k) % 10 + 1.0 for k in range(len(self.values))], 1)
+        return pd.DataFrame(
+            matrix / matrix.sum(1, keepdims=True), index=X.index, columns=self.values
+        )
+
+    def explain(self, X: pd.DataFrame, *, catalogue: pd.DataFrame, top: int) -> pd.DataFrame:
+        reason = catalogue.set_index("name")["reason"]
+        return pd.DataFrame(
+            {
+                "reason_1": [reason["days_since_last_order"].format(**r) for _, r in X.iterrows()],
+                "reason_2": [reason["orders_lifetime"].format(**r) for _, r in X.iterrows()],
+            },
+            index=X.index,
+        )
+
+
+@dataclass
+class StandInChampion:
+    name: str
+    version: str
+    bundle: StandInBundle
+    catalogue_version: str = "stand-in"
+    features: tuple[str, ...] = STANDIN_FEATURES
+
+    def check_features(self, features: pd.DataFrame, *, catalogue_version: str) -> None:
+        serving.check_columns(features, self.features, model=self.name)
+
+
+def standin_loader(reference: pd.DataFrame | None = None) -> Any:
+    def load(config: ProjectConfig, task: str, *, tracking_uri: str | None = None) -> Any:
+        spec = config.task(task)
+        values = ("books", "home", "toys") if spec.kind == "preference" else ()
+        if spec.kind == "preference" and spec.attribute == "channel":
+            values = ("app", "email", "web")
+        stored = None
+        if reference is not None:  # like training: the distribution over the task's population
+            population = reference[eligible(reference, spec)]
+            stored = {
+                "features": {
+                    f: reference_from_values(population[f].to_numpy(dtype=float)).to_dict()
+                    for f in STANDIN_FEATURES
+                }
+            }
+        return StandInChampion(f"shop-{task}", "3", StandInBundle(spec.kind, values, stored))
+
+    return load
+
+
+SHOP_AS_OF = pd.Timestamp("2025-10-01", tz="UTC")
+RUN_AT = pd.Timestamp("2025-10-02 06:00", tz="UTC")
+SHOP_TASKS = {
+    "churn": {"kind": "churn", "horizon_days": 90},
+    "repurchase": {"kind": "repurchase", "horizon_days": 90},
+    "next_category": {"kind": "preference", "attribute": "category", "horizon_days": 90},
+    "best_channel": {
+        "kind": "preference",
+        "attribute": "channel",
+        "table": "interactions",
+        "horizon_days": 90,
+    },
+    "value": {"kind": "value", "horizon_days": 180},
+}
+
+
+def shop_project(folder: Path, *, spend_factor: float = 1.0) -> ProjectConfig:
+    """A 400-customer synthetic shop written as CSV files, with its config."""
+    tables = generate_sample(400, seed=5, start="2024-01-01", days=640)
+    orders = tables.orders.assign(amount=tables.orders["amount"] * spend_factor)
+    write_sample(Tables(orders, tables.interactions, tables.customers), folder)
+    raw = {
+        "project": "shop",
+        "data": {
+            "orders": {"path": "orders.csv"},
+            "interactions": {"path": "interactions.csv"},
+            "customers": {"path": "customers.csv"},
+        },
+        "tasks": SHOP_TASKS,
+    }
+    return parse_config(raw, root=folder)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> ProjectConfig:
+    return shop_project(tmp_path_factory.mktemp("shop"))
+
+
+def score_shop(config: ProjectConfig, out: Path, **options: Any) -> ScoringRun:
+    return run_scoring(
+        config,
+        as_of=SHOP_AS_OF,
+        out_dir=out,
+        run_at=RUN_AT,
+        load_model=options.pop("load_model", standin_loader()),
+        log_run=False,
+        **options,
+    )
+
+
+def test_a_rerun_with_the_same_inputs_writes_byte_identical_files(
+    shop: ProjectConfig, tmp_path: Path
+) -> None:
+    first = score_shop(shop, tmp_path / "a")
+    second = score_shop(shop, tmp_path / "b")
+    names = sorted(p.name for p in first.files)
+    assert names == sorted(p.name for p in second.files)
+    assert {"churn.csv", "customers.parquet", "report.html", "manifest.json"} <= set(names)
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    third = score_shop(shop, tmp_path / "a")  # into the same folder: the same bytes again
+    assert (tmp_path / "a" / "manifest.json").read_bytes() == (
+        tmp_path / "b" / "manifest.json"
+    ).read_bytes()
+    assert third.versions == {name: "3" for name in SHOP_TASKS}
+    text = (tmp_path / "a" / "churn.csv").read_text() + (tmp_path / "a" / "report.html").read_text()
+    assert "2025-10-02" not in text  # the moment of the run is nowhere in the outputs
+
+
+def test_the_lists_have_the_documented_columns_and_every_eligible_customer(
+    shop: ProjectConfig, tmp_path: Path
+) -> None:
+    run = score_shop(shop, tmp_path)
+    churn = pd.read_csv(tmp_path / "churn.csv", dtype={"customer_id": str})
+    assert churn.columns.tolist() == list(LIST_COLUMNS)
+    assert churn["rank"].tolist() == list(range(1, len(churn) + 1))
+    assert churn["score"].is_monotonic_decreasing
+    assert (churn["reason_1"].str.startswith("no order for")).all()
+    parquet = pd.read_parquet(tmp_path / "churn.parquet")
+    assert parquet["customer_id"].tolist() == churn["customer_id"].tolist()
+    category = pd.read_csv(tmp_path / "next_category.csv")
+    assert category.columns[-6:].tolist() == list(PREFERENCE_COLUMNS)
+    customers = pd.read_csv(tmp_path / "customers.csv", dtype={"customer_id": str})
+    assert customers.columns.tolist() == list(CUSTOMER_COLUMNS)
+    assert customers["customer_id"].is_unique and len(customers) >= run.rows_out["repurchase"]
+    at_risk = customers["churn_probability"] * customers["expected_value"]
+    assert np.allclose(customers["value_at_risk"], at_risk, equal_nan=True, atol=1e-5)
+
+
+def test_the_report_shows_the_top_customers_of_the_customer_list(
+    shop: ProjectConfig, tmp_path: Path
+) -> None:
+    score_shop(shop, tmp_path)
+    customers = pd.read_csv(tmp_path / "customers.csv", dtype={"customer_id": str})
+    html = (tmp_path / "report.html").read_text()
+    table = html[html.index('id="top-customers"') :].split("</table>")[0]
+    for customer in customers["customer_id"].head(25):
+        assert f">{customer}<" in table
+
+
+def test_a_run_into_a_folder_another_run_holds_is_refused(
+    shop: ProjectConfig, tmp_path: Path
+) -> None:
+    with OutputLock(tmp_path), pytest.raises(OutputLocked, match=f"pid={os.getpid()}"):
+        score_shop(shop, tmp_path)
+    assert not (tmp_path / "churn.csv").exists()
+
+
+def test_a_shifted_dataset_raises_a_drift_warning(shop: ProjectConfig, tmp_path: Path) -> None:
+    reference = build_features(
+        load_tables(shop, run_at=RUN_AT, as_of=SHOP_AS_OF).tables, SHOP_AS_OF
+    )
+    same = score_shop(shop, tmp_path / "same", load_model=standin_loader(reference))
+    assert set(same.drift.loc[same.drift["kind"] == "feature", "status"]) == {"ok"}
+    assert not same.warnings
+    # Every amount doubled: spend moves about one decile (PSI near 0.2), counts do not move.
+    shifted = shop_project(tmp_path / "shifted", spend_factor=2.0)
+    run = score_shop(shifted, tmp_path / "out", load_model=standin_loader(reference))
+    flagged = run.drift[run.drift["status"].isin(["warn", "fail"])]
+    assert set(flagged["variable"]) == {"spend_lifetime"}
+    assert set(flagged["status"]) == {"warn"}
+    assert any("spend_lifetime" in w for w in run.warnings)
+    assert "spend_lifetime" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_drift_beyond_the_fail_level_stops_the_run_and_keeps_the_previous_lists(
+    shop: ProjectConfig, tmp_path: Path
+) -> None:
+    reference = build_features(
+        load_tables(shop, run_at=RUN_AT, as_of=SHOP_AS_OF).tables, SHOP_AS_OF
+    )
+    score_shop(shop, tmp_path / "out")
+    before = (tmp_path / "out" / "churn.csv").read_bytes()
+    shifted = shop_project(tmp_path / "shifted", spend_factor=4.0)
+    with pytest.raises(DriftFailed, match=r"spend_lifetime \(\d+\.\d\d\)"):
+        score_shop(shifted, tmp_path / "out", load_model=standin_loader(reference))
+    assert (tmp_path / "out" / "churn.csv").read_bytes() == before
+    drift = pd.read_csv(tmp_path / "out" / "drift.csv")
+    assert "fail" in set(drift["status"])
+
+
+def test_scoring_without_a_champion_exits_with_the_missing_model_code(
+    shop: ProjectConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = Path(shop.root) / "cxpredict.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "project": "shop",
+                "data": {"orders": {"path": "orders.csv"}},
+                "tasks": {"churn": SHOP_TASKS["churn"]},
+            }
+        )
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    args = ["score", "--config", str(config), "--as-of", "2025-10-01", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == ModelNotFound.exit_code == 6, result.output
+    assert "no champion of task 'churn'" in result.output
+    result = CliRunner().invoke(app, [*args, "--task", "churm"])
+    assert result.exit_code == 3
+    assert "did you mean 'churn'" in result.output
