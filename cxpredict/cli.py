@@ -275,6 +275,85 @@ def score(
     out.print(f"lists, customers.csv and report.html: {out_dir}", highlight=False)
 
 
+TaskOption = Annotated[
+    str, typer.Option("--task", "-t", help="The task (a key under 'tasks:').", show_default=False)
+]
+
+
+@app.command()
+@reported
+def promote(
+    config_path: ConfigOption,
+    task: TaskOption,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if not better; needs --reason.")
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (recorded on the version).")
+    ] = None,
+) -> None:
+    """Make the challenger the champion if it beats it on the same backtest cutoffs and data."""
+    now = run_moment()
+    config = load_config(config_path)
+    config.task(task)
+    from cxpredict import registry
+
+    result = registry.promote(
+        config,
+        task,
+        force=force,
+        reason=reason,
+        at=now,
+        tracking_uri=registry.resolve_tracking_uri(config, os.environ),
+    )
+    out.print(result.message, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@reported
+def rollback(config_path: ConfigOption, task: TaskOption) -> None:
+    """Point the champion back at the previous champion."""
+    now = run_moment()
+    config = load_config(config_path)
+    config.task(task)
+    from cxpredict import registry
+
+    result = registry.rollback(
+        config, task, at=now, tracking_uri=registry.resolve_tracking_uri(config, os.environ)
+    )
+    out.print(result.message, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@reported
+def serve(
+    config_path: ConfigOption,
+    task: TaskOption,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 5001,
+    host: Annotated[
+        str, typer.Option("--host", help="Interface to bind; the default answers locally only.")
+    ] = "127.0.0.1",
+) -> None:
+    """Serve the task's champion over HTTP: POST JSON rows to /invocations (Ctrl-C stops)."""
+    config = load_config(config_path)
+    config.task(task)
+    from cxpredict import registry, serving
+
+    tracking_uri = registry.resolve_tracking_uri(config, os.environ)
+    model_uri = registry.champion_uri(config, task, tracking_uri=tracking_uri)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(
+            f"[yellow]warning[/]: binding {host}: the scoring server has no authentication; "
+            "anyone who can reach this port can score and read the model's answers",
+            highlight=False,
+        )
+    console.print(f"serving {model_uri} on http://{host}:{port}/invocations", highlight=False)
+    code = serving.run_server(
+        model_uri, tracking_uri=tracking_uri, environ=os.environ, host=host, port=port
+    )
+    raise typer.Exit(code)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     """Run the command line."""
     app()

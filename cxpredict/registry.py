@@ -266,47 +266,59 @@ class RunFacts:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _optional(result: Any, *names: str) -> Any:
-    for name in names:
-        value = getattr(result, name, None)
-        if value is not None:
-            return value
+def _attr(names: str, *sources: Any) -> Any:
+    """The first attribute among ``names`` (space-separated) that a source has, not None."""
+    for source in sources:
+        for name in names.split():
+            value = getattr(source, name, None)
+            if value is not None:
+                return value
     return None
 
 
 def run_facts(config: ProjectConfig, task_name: str, result: Any) -> RunFacts:
-    """Gather what is logged from a training result (see :class:`TrainedTask`)."""
+    """Gather what is logged from a training result (see :class:`TrainedTask`).
+
+    Facts the result does not carry are looked up on its ``bundle``.
+    """
     bundle = getattr(result, "bundle", None)
     metrics = result.metrics.copy()
     metrics["cutoff"] = pd.to_datetime(metrics["cutoff"], utc=True)
-    training_cutoffs = _optional(result, "training_cutoffs") or _optional(
-        bundle, "training_cutoffs"
-    )
-    catalogue = _optional(result, "catalogue_version") or _optional(bundle, "catalogue_version")
-    features = _optional(result, "features") or _optional(bundle, "features") or ()
-    importance = _optional(result, "feature_importance", "importance")
-    if importance is None and bundle is not None and hasattr(bundle, "feature_importance"):
+    training_cutoffs = _attr("training_cutoffs", result, bundle)
+    validation = _attr("validation_cutoff valid_cutoff", result, bundle)
+    importance = _attr("feature_importance importance", result)
+    if importance is None and hasattr(bundle, "feature_importance"):
         importance = bundle.feature_importance()
-    params = _optional(result, "params") or dict(config.training.lightgbm)
+    if callable(importance):
+        importance = importance()
+    params = _attr("params lightgbm_params", result, bundle)
     return RunFacts(
         task_name=task_name,
         task=config.task(task_name),
         as_of=to_utc(result.as_of),
         metrics=metrics,
-        training_cutoffs=tuple(to_utc(c) for c in training_cutoffs or ()),
-        validation_cutoff=(
-            to_utc(v)
-            if (v := _optional(result, "validation_cutoff") or _optional(bundle, "valid"))
-            else None
-        ),
+        training_cutoffs=tuple(to_utc(c) for c in _listed(training_cutoffs)),
+        validation_cutoff=None if validation is None else to_utc(validation),
         backtest_cutoffs=tuple(sorted(metrics["cutoff"].unique())),
-        catalogue_version=str(catalogue),
-        features=tuple(str(f) for f in features),
-        params=dict(params),
+        catalogue_version=str(_attr("catalogue_version", result, bundle) or ""),
+        features=tuple(str(f) for f in _listed(_attr("features", result, bundle))),
+        params=dict(config.training.lightgbm if params is None else params),
         importance=importance,
-        calibration=_optional(result, "calibration"),
-        details=dict(_optional(result, "details") or {}),
+        calibration=_calibration_frame(_attr("calibration", result, bundle)),
+        details=dict(_attr("details", result) or {}),
     )
+
+
+def _listed(values: Any) -> list[Any]:
+    return [] if values is None else list(values)
+
+
+def _calibration_frame(table: Any) -> pd.DataFrame | None:
+    """An aggregated reliability table (``mean_score``, ``actual_rate``), or ``None``."""
+    if table is None:
+        return None
+    frame = pd.DataFrame(table)
+    return frame if {"mean_score", "actual_rate"} <= set(frame.columns) else None
 
 
 # ------------------------------------------------------------------------------ model card
@@ -1098,6 +1110,30 @@ class Champion:
         return self.model.predict(frame[columns], params={"catalogue_version": catalogue_version})
 
 
+def champion_uri(config: ProjectConfig, task: str, *, tracking_uri: str | None = None) -> str:
+    """``models:/<project>-<task>@champion``, after checking that the champion exists.
+
+    Raises
+    ------
+    ModelNotFound
+        When the task has no champion: run ``cxpredict train`` first.
+    """
+    uri = _uri(config, tracking_uri)
+    name = model_name(config, task)
+    with tracking(uri) as client:
+        if _alias_version(client, name, CHAMPION) is None:
+            raise ModelNotFound(_no_champion(task, name, uri))
+    return f"models:/{name}@{CHAMPION}"
+
+
+def _no_champion(task: str, name: str, uri: str) -> str:
+    return (
+        f"no champion of task {task!r} (registered model {name!r}) in {uri}; run "
+        f"`cxpredict train --config <config> --task {task}` first, or point "
+        "MLFLOW_TRACKING_URI / mlflow.tracking_uri at the store it was logged to"
+    )
+
+
 def load_champion(config: ProjectConfig, task: str, *, tracking_uri: str | None = None) -> Champion:
     """Load ``models:/<project>-<task>@champion``.
 
@@ -1115,11 +1151,7 @@ def load_champion(config: ProjectConfig, task: str, *, tracking_uri: str | None 
         try:
             version = client.get_model_version_by_alias(name, CHAMPION)
         except MlflowException:
-            raise ModelNotFound(
-                f"no champion of task {task!r} (registered model {name!r}) in {uri}; run "
-                f"`cxpredict train --config <config> --task {task}` first, or point "
-                "MLFLOW_TRACKING_URI / mlflow.tracking_uri at the store it was logged to"
-            ) from None
+            raise ModelNotFound(_no_champion(task, name, uri)) from None
         model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
     bundle = model.unwrap_python_model().bundle
     return Champion(

@@ -360,16 +360,41 @@ def start_server(
     environ: Mapping[str, str],
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
-    log: Any = None,
+    output: Any = subprocess.DEVNULL,
 ) -> subprocess.Popen[bytes]:
-    """Start the scoring server in its own process group; stop it with :func:`stop_server`."""
+    """Start the scoring server in its own process group; stop it with :func:`stop_server`.
+
+    ``output`` receives the server's stdout and stderr (``None``: this process's own).
+    """
     return subprocess.Popen(
         server_command(model_uri, host=host, port=port),
         env=server_environment(tracking_uri, environ),
-        stdout=log if log is not None else subprocess.DEVNULL,
-        stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT if output is not None else None,
         start_new_session=True,
     )
+
+
+def run_server(
+    model_uri: str,
+    *,
+    tracking_uri: str,
+    environ: Mapping[str, str],
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+) -> int:
+    """Run the scoring server in the foreground until it exits or is interrupted (Ctrl-C).
+
+    Returns the server's exit code (0 after an interruption).
+    """
+    process = start_server(
+        model_uri, tracking_uri=tracking_uri, environ=environ, host=host, port=port, output=None
+    )
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        stop_server(process)
+        return 0
 
 
 def wait_until_ready(process: subprocess.Popen[bytes], url: str, *, timeout: float = 60.0) -> None:
