@@ -202,7 +202,7 @@ def generate_sample(
     origin = to_utc(start).ceil("s")
     seeds = np.random.SeedSequence(seed).spawn(5)
     streams = iter(np.random.default_rng(s) for s in seeds[:3])
-    calendar = _Calendar.build(origin, days, mechanisms)
+    calendar = _Calendar.build(origin, days)
     people = _Population.draw(next(streams), n, calendar, mechanisms)
     care = _CareEvents.draw(next(streams), people, calendar, mechanisms)
     _simulate_lapses(next(streams), people, care, calendar, mechanisms)
@@ -348,7 +348,7 @@ class _Calendar:
     backlog: np.ndarray
 
     @classmethod
-    def build(cls, origin: pd.Timestamp, days: int, m: Mechanisms) -> _Calendar:
+    def build(cls, origin: pd.Timestamp, days: int) -> _Calendar:
         dates = np.datetime64(origin.tz_localize(None).floor("D"), "D") + np.arange(days)
         month_start = dates.astype("datetime64[M]")
         month = month_start.astype(np.int64) % 12
@@ -626,7 +626,7 @@ def _simulate_lapses(
 def _care_effect(
     kind: np.ndarray, wait_days: np.ndarray, hours: np.ndarray, stars: np.ndarray, m: Mechanisms
 ) -> np.ndarray:
-    """Log-hazard increment of each care event (see the README's table)."""
+    """Units of care frustration each event adds (the README's table of effects)."""
     message, complaint, review = (KINDS.index(k) for k in ("message", "complaint", "review"))
     unanswered = np.isnan(wait_days)
     answer = np.where(
