@@ -160,7 +160,7 @@ def test_every_family_works_without_the_optional_tables(shop: Tables, family: st
 def test_a_skipped_family_says_which_table_or_column_is_missing(shop: Tables) -> None:
     catalogue = feature_catalogue(Tables(shop.orders.drop(columns=["category"])))
     why = catalogue.set_index("name")["why_not"]
-    assert why["share_category_other"] == "orders has no category values"
+    assert why["share_category_other"] == "orders has no category column"
     assert why["visits_30d"] == "no interactions table"
     assert why["days_since_signup"] == "no customers table"
     assert why["orders_30d"] == ""

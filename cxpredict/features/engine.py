@@ -135,8 +135,7 @@ class Availability:
     Parameters
     ----------
     columns
-        ``(table, columns)`` pairs of the tables present; a column counts when it exists and
-        has at least one value.
+        ``(table, columns)`` pairs of the tables present and their columns.
     attributes
         ``(column, "categorical" | "numeric")`` pairs of the customer attribute columns.
     """
@@ -149,7 +148,7 @@ class Availability:
         return name in dict(self.columns)
 
     def has(self, table: str, column: str) -> bool:
-        """Whether ``table`` is present and its ``column`` has at least one value."""
+        """Whether ``table`` is present and has ``column``."""
         return column in dict(self.columns).get(table, ())
 
     def why_not(self, table: str, column: str | None = None) -> str:
@@ -157,7 +156,7 @@ class Availability:
         if not self.table(table):
             return f"no {table} table"
         if column is not None and not self.has(table, column):
-            return f"{table} has no {column} values"
+            return f"{table} has no {column} column"
         return ""
 
 
@@ -341,19 +340,14 @@ class Session:
         return self.con.execute(sql, params).fetchnumpy()
 
     def availability(self) -> Availability:
-        """Which tables and columns have values, and the customer attribute types."""
+        """Which tables and columns are present, and the customer attribute types."""
         columns = []
         for name in TABLE_NAMES:
             if name not in self.relations:
                 continue
-            names = list(self.schemas[name])
-            arrow = self._arrow.get(name)
-            if arrow is not None:
-                present = tuple(c for c in names if arrow.column(c).null_count < len(arrow))
-            else:
-                checks = ", ".join(f"count({ident(c)}) > 0" for c in names) or "true"
-                row = self.con.execute(f"SELECT {checks} FROM {self.relations[name]}").fetchone()
-                present = tuple(c for c, ok in zip(names, row or (), strict=False) if ok)
+            # A column counts when the table has it, whatever its values: availability must
+            # not depend on rows, or rows after a cutoff could change the columns built.
+            present = tuple(self.schemas[name])
             columns.append((name, present))
         attributes: list[tuple[str, str]] = []
         if "customers" in self.relations:
