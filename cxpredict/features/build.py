@@ -166,8 +166,9 @@ def _build(
         defs = available_definitions(ctx, chosen)
         requests = [r for family in FAMILIES for r in family.requests(ctx)]
         requests += sql_requests(ctx, chosen)
-        results = run(s, micros, requests)
+        s.prepare(int(micros[-1]))
         fills = sql_fills(s, ctx, chosen)
+        results = run(s, micros, requests)
     return _assemble(tables, ctx, results, defs, chosen, fills)
 
 
@@ -179,7 +180,9 @@ def _assemble(
     extensions: Sequence[Extension],
     fills: Mapping[str, float],
 ) -> pd.DataFrame:
-    columns = [d for d in defs if d.available]
+    python = [e for e in extensions if isinstance(e, PythonFeature)]
+    declared = {c for e in python for c in e.columns}
+    columns = [d for d in defs if d.available and d.name not in declared]
     position = {d.name: k for k, d in enumerate(columns)}
     # Rows in cutoff-major order: the transpose's non-zeros run over customers per cutoff.
     jj, ii = np.nonzero(results.population.T)
@@ -198,7 +201,8 @@ def _assemble(
     ids = pd.Index(results.customer_ids, dtype="str", name="customer_id")
     index = pd.MultiIndex(levels=[ids, stamps], codes=[ii, jj], names=["customer_id", "cutoff"])
     frame = pd.DataFrame(block.T, index=index, columns=[d.name for d in columns], copy=False)
-    python = [e for e in extensions if isinstance(e, PythonFeature)]
     if python:
         python_columns(frame, tables, python, stamps)
+        order = [d.name for d in defs if d.available]
+        frame = frame[order + [c for c in frame.columns if c not in set(order)]]
     return frame

@@ -34,15 +34,7 @@ import pandas as pd
 
 from cxpredict.config import FeaturesConfig
 from cxpredict.errors import ConfigError, DataError
-from cxpredict.features.engine import (
-    DAY_US,
-    PerCutoff,
-    Request,
-    Results,
-    Session,
-    Source,
-    per_cutoff_rows,
-)
+from cxpredict.features.engine import DAY_US, PerCutoff, Request, Results, Session, Source
 from cxpredict.features.family import Context, FeatureDef, feature
 from cxpredict.schemas import TABLE_NAMES, Tables
 
@@ -216,10 +208,17 @@ def sql_fills(s: Session, ctx: Context, extensions: Sequence[Extension]) -> dict
     """
     fills: dict[str, float] = {}
     for extension in _sql(ctx, extensions):
-        rows = per_cutoff_rows(
-            f"extension_{extension.table}", _columns(extension.table), empty=True
-        )
+        columns = "0::INTEGER AS j, 0::BIGINT AS c, make_timestamp(0::BIGINT) AS cutoff"
+        if extension.table == "interactions":
+            columns += ", NULL::TIMESTAMP AS responded_at"
+        source = _source(extension.table).sql
+        rows = f"SELECT e.*, {columns} FROM ({source}) e WHERE false"
         try:
+            # Grouped, a non-aggregate expression fails to bind; ungrouped, an aggregate over
+            # no rows gives the value of customers without rows.
+            s.con.execute(
+                f"SELECT ({extension.expression}) FROM ({rows}) GROUP BY customer_id, j"
+            ).fetchall()
             value = s.con.execute(f"SELECT ({extension.expression}) FROM ({rows})").fetchone()
         except duckdb.Error as exc:
             raise ValueError(

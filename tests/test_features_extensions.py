@@ -1,0 +1,153 @@
+"""Extensions: features added in SQL or pandas are point-in-time like the built-in ones."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from conftest import CUTOFF
+
+from cxpredict.config import FeaturesConfig, PythonFeatureConfig, SqlFeatureConfig
+from cxpredict.features import (
+    PythonFeature,
+    SqlFeature,
+    Vocabulary,
+    build_features,
+    build_training_features,
+    feature_catalogue,
+)
+from cxpredict.schemas import Tables
+
+STORE_SPEND = SqlFeature(
+    "store_spend_30d",
+    "orders",
+    "sum(amount)",
+    "Money spent in stores in the last 30 days.",
+    where="channel = 'store'",
+    window_days=30,
+)
+LATE_ANSWERS = SqlFeature(
+    "late_answers",
+    "interactions",
+    "count(*) FILTER (WHERE responded_at IS NULL OR responded_at > timestamp + INTERVAL 12 HOUR)",
+    "Messages answered after 12 hours, or not at all.",
+    where="kind IN ('message', 'complaint')",
+)
+LATEST_ORDER_AGE = SqlFeature(
+    "hours_since_latest_line",
+    "orders",
+    "date_diff('hour', max(timestamp), max(cutoff))",
+    "Hours since the latest order line.",
+)
+
+
+def orders_per_weekday(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Orders on Saturdays and Sundays, per customer (a pandas extension)."""
+    orders = tables.orders
+    weekend = orders["timestamp"].dt.day_of_week >= 5
+    counts = orders.assign(weekend=weekend).groupby("customer_id")["weekend"].sum()
+    return counts.astype("float64").to_frame("weekend_order_lines")
+
+
+def test_a_sql_feature_is_an_aggregate_over_rows_before_the_cutoff(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    got = build_features(
+        tiny,
+        CUTOFF,
+        vocabulary=tiny_vocabulary,
+        extensions=[STORE_SPEND, LATE_ANSWERS, LATEST_ORDER_AGE],
+    )
+    want = pd.DataFrame(
+        {
+            # c1's store order of 80 on 2024-02-10; nobody else bought in a store.
+            "store_spend_30d": [80.0, float("nan"), float("nan")],
+            # c1's complaint is answered only at the cutoff: not yet; c2's message never.
+            "late_answers": [1.0, 1.0, 0.0],
+            # c1's order at the cutoff is not seen; c2's one a microsecond before is.
+            "hours_since_latest_line": [231.0, 1.0, float("nan")],
+        },
+        index=pd.Index(["c1", "c2", "c3"], dtype="str", name="customer_id"),
+    )
+    pd.testing.assert_frame_equal(got[list(want.columns)], want)
+
+
+def test_sql_features_come_from_the_settings_too(tiny: Tables, tiny_vocabulary: Vocabulary) -> None:
+    settings = FeaturesConfig(
+        sql=(
+            SqlFeatureConfig(
+                name="store_spend_30d",
+                table="orders",
+                expression="sum(amount)",
+                description="Money spent in stores in the last 30 days.",
+                where="channel = 'store'",
+                window_days=30,
+            ),
+        )
+    )
+    from_settings = build_features(tiny, CUTOFF, settings=settings, vocabulary=tiny_vocabulary)
+    passed = build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[STORE_SPEND])
+    pd.testing.assert_frame_equal(from_settings, passed)
+    catalogue = feature_catalogue(tiny, settings=settings, vocabulary=tiny_vocabulary)
+    row = catalogue.set_index("name").loc["store_spend_30d"]
+    assert row["family"] == "extensions"
+    assert row["description"] == "Money spent in stores in the last 30 days."
+
+
+def test_sql_features_are_the_same_alone_and_among_many_cutoffs(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    cutoffs = [pd.Timestamp("2024-02-11", tz="UTC"), CUTOFF]
+    extensions = [STORE_SPEND, LATE_ANSWERS, LATEST_ORDER_AGE]
+    many = build_training_features(tiny, cutoffs, vocabulary=tiny_vocabulary, extensions=extensions)
+    for cutoff in cutoffs:
+        alone = build_features(tiny, cutoff, vocabulary=tiny_vocabulary, extensions=extensions)
+        pd.testing.assert_frame_equal(many.xs(cutoff, level="cutoff"), alone)
+
+
+def test_a_sql_feature_that_is_not_an_aggregate_is_refused(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    broken = SqlFeature("broken", "orders", "amount", "Not an aggregate.")
+    with pytest.raises(ValueError, match="'broken'.*not an aggregate over orders"):
+        build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[broken])
+
+
+def test_a_python_feature_sees_only_the_tables_before_the_cutoff(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    feature = PythonFeature(
+        orders_per_weekday, "Order lines placed on a weekend.", ("weekend_order_lines",)
+    )
+    got = build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[feature])
+    # 2023-12-20 Wed, 2024-01-01 Mon, 2024-02-10 Sat (two lines), 2024-02-20 Tue for c1; the
+    # order at the cutoff (a Friday) is not seen. c2 ordered on Thursday 2024-02-29.
+    want = pd.Series(
+        [2.0, 0.0, float("nan")],
+        index=pd.Index(["c1", "c2", "c3"], dtype="str", name="customer_id"),
+        name="weekend_order_lines",
+    )
+    pd.testing.assert_series_equal(got["weekend_order_lines"], want)
+    catalogue = feature_catalogue(tiny, vocabulary=tiny_vocabulary, extensions=[feature])
+    assert "weekend_order_lines" in set(catalogue["name"])
+
+
+def test_python_features_come_from_the_settings_as_module_and_function(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    settings = FeaturesConfig(
+        python=(PythonFeatureConfig(function="test_features_extensions:orders_per_weekday"),)
+    )
+    got = build_training_features(
+        tiny, ["2024-02-11", CUTOFF], settings=settings, vocabulary=tiny_vocabulary
+    )
+    weekend = got["weekend_order_lines"]
+    assert weekend.loc[("c1", pd.Timestamp("2024-02-11", tz="UTC"))] == 2.0
+    assert weekend.loc[("c1", CUTOFF)] == 2.0
+
+
+def test_a_python_feature_must_return_its_declared_columns(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    feature = PythonFeature(orders_per_weekday, "Weekend lines.", ("something_else",))
+    with pytest.raises(ValueError, match="declares"):
+        build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[feature])
