@@ -563,6 +563,7 @@ def log_training_run(
     tables: Tables,
     bundle_dir: str | os.PathLike[str],
     tracking_uri: str | None = None,
+    loader: str | None = None,
 ) -> RegisteredVersion:
     """Log a training run, register its model as ``challenger`` (and ``champion`` if first).
 
@@ -582,6 +583,9 @@ def log_training_run(
         The tables the run was trained on (only fingerprints are logged).
     bundle_dir
         The saved model bundle (booster text and JSON metadata).
+    loader
+        The function that reads ``bundle_dir`` (``"module:attribute"``), recorded with the
+        model; the trainer's by default.
     """
     import mlflow
 
@@ -593,7 +597,8 @@ def log_training_run(
     metric, _ = promotion_metric(config, facts.task.kind)
     fingerprint = data_fingerprint(tables)
     keys = {c.isoformat(): evaluation_key(tables, c, facts.task) for c in facts.backtest_cutoffs}
-    bundle = serving.load_bundle(bundle_dir)
+    loader = loader or serving.DEFAULT_LOADER
+    bundle = serving.load_bundle(bundle_dir, loader)
     if list(bundle.features) != list(facts.features or bundle.features):
         raise ValueError("the bundle's features differ from the training result's features")
     facts = _with_bundle(facts, bundle)
@@ -605,7 +610,7 @@ def log_training_run(
             tags={"task": task_name, "kind": facts.task.kind, "project": config.project},
         ) as run:
             _log_run_contents(config, facts, fingerprint, keys, metric)
-            info = serving.log_pyfunc(bundle_dir, bundle, registered_model_name=name)
+            info = serving.log_pyfunc(bundle_dir, bundle, registered_model_name=name, loader=loader)
         version = str(info.registered_model_version)
         card = model_card(facts, fingerprint, metric=metric, name=name, version=version)
         client.update_model_version(name, version, description=card)

@@ -17,6 +17,7 @@ otherwise, with this interpreter's ``bin`` folder first on ``PATH`` so that it f
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -60,11 +61,21 @@ class ScoringBundle(Protocol):
         ...
 
 
-def load_bundle(path: str | os.PathLike[str]) -> ScoringBundle:
-    """Read a bundle directory written by :mod:`cxpredict.training`."""
-    from cxpredict.training import ModelBundle
+#: The function that reads a bundle directory, recorded in each logged model's config.
+DEFAULT_LOADER = "cxpredict.training:ModelBundle.load"
 
-    return ModelBundle.load(Path(path))
+
+def load_bundle(path: str | os.PathLike[str], loader: str | None = None) -> ScoringBundle:
+    """Read a bundle directory with ``loader`` (``"module:attribute"``, default the trainer's).
+
+    Each logged model records its loader in its model config, so a model keeps loading with
+    the function it was logged with.
+    """
+    module_name, _, attribute = (loader or DEFAULT_LOADER).partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return target(Path(path))
 
 
 # ------------------------------------------------------------------------------ validation
@@ -202,8 +213,9 @@ class ScoringModel(PythonModel):
     """An MLflow pyfunc that scores customer features with a cxpredict model bundle."""
 
     def load_context(self, context: Any) -> None:
-        """Read the bundle from the model's ``bundle`` artifact."""
-        self.bundle = load_bundle(context.artifacts["bundle"])
+        """Read the bundle from the model's ``bundle`` artifact with the recorded loader."""
+        loader = (context.model_config or {}).get("loader")
+        self.bundle = load_bundle(context.artifacts["bundle"], loader)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None):
         """Validate ``model_input`` and score it; problems become HTTP 400, never a trace.
@@ -295,11 +307,13 @@ def log_pyfunc(
     bundle: ScoringBundle,
     *,
     registered_model_name: str | None = None,
+    loader: str = DEFAULT_LOADER,
 ) -> Any:
     """Log the bundle as a pyfunc model in the active run (optionally registering it).
 
     The model is logged from code (no pickle): a three-line entry point that builds
-    :class:`ScoringModel`; the bundle directory is its artifact.
+    :class:`ScoringModel`; the bundle directory is its artifact and ``loader`` (the function
+    that reads it, ``"module:attribute"``) is recorded in its model config.
     """
     import mlflow
 
@@ -314,6 +328,7 @@ def log_pyfunc(
             signature=signature(bundle, example),
             input_example=example,
             pip_requirements=requirements(),
+            model_config={"loader": loader},
             registered_model_name=registered_model_name,
         )
 
@@ -361,17 +376,20 @@ def start_server(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     output: Any = subprocess.DEVNULL,
+    own_group: bool = True,
 ) -> subprocess.Popen[bytes]:
-    """Start the scoring server in its own process group; stop it with :func:`stop_server`.
+    """Start the scoring server; stop it with :func:`stop_server`.
 
-    ``output`` receives the server's stdout and stderr (``None``: this process's own).
+    ``output`` receives the server's stdout and stderr (``None``: this process's own). With
+    ``own_group`` the server leads a new process group, which :func:`stop_server` signals as
+    a whole; otherwise it shares this process's group (and its Ctrl-C).
     """
     return subprocess.Popen(
         server_command(model_uri, host=host, port=port),
         env=server_environment(tracking_uri, environ),
         stdout=output,
         stderr=subprocess.STDOUT if output is not None else None,
-        start_new_session=True,
+        start_new_session=own_group,
     )
 
 
@@ -383,18 +401,32 @@ def run_server(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
 ) -> int:
-    """Run the scoring server in the foreground until it exits or is interrupted (Ctrl-C).
+    """Run the scoring server in the foreground until it exits, Ctrl-C or SIGTERM.
 
-    Returns the server's exit code (0 after an interruption).
+    The server stays in this process's group so that Ctrl-C reaches it; a SIGTERM sent to
+    this process alone is passed on to it. Returns the server's exit code (0 when stopped).
     """
     process = start_server(
-        model_uri, tracking_uri=tracking_uri, environ=environ, host=host, port=port, output=None
+        model_uri,
+        tracking_uri=tracking_uri,
+        environ=environ,
+        host=host,
+        port=port,
+        output=None,
+        own_group=False,
     )
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         return process.wait()
     except KeyboardInterrupt:
         stop_server(process)
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def wait_until_ready(process: subprocess.Popen[bytes], url: str, *, timeout: float = 60.0) -> None:
@@ -420,14 +452,26 @@ def wait_until_ready(process: subprocess.Popen[bytes], url: str, *, timeout: flo
 
 
 def stop_server(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
-    """Stop a server started by :func:`start_server`: its process group, by id."""
+    """Stop a server started by :func:`start_server`, by its process id.
+
+    A server leading its own group is stopped with its group; otherwise the server process
+    is terminated and MLflow's worker, which dies with its parent, follows.
+    """
     if process.poll() is not None:
         return
+
+    def send(sig: int) -> None:
+        try:
+            if os.getpgid(process.pid) == process.pid:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    send(signal.SIGTERM)
     try:
-        os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        send(signal.SIGKILL)
         process.wait(timeout=timeout)
-    except ProcessLookupError:
-        pass

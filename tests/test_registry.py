@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxpredict import registry, serving
+from cxpredict import registry
 from cxpredict.config import ProjectConfig, parse_config
 from cxpredict.errors import FeatureMismatch, ModelNotFound
 from cxpredict.models import LightGBMClassifier, booster_from_dict, booster_to_dict
@@ -114,9 +114,12 @@ def backtest_metrics(pr_auc: float, cutoffs: list[pd.Timestamp] = BACKTEST) -> p
     return pd.DataFrame(rows)
 
 
+#: Reads the stand-in bundles, in this process and in a scoring server run with tests/ on its path.
+LOADER = "test_registry:TinyBundle.load"
+
+
 @pytest.fixture(autouse=True)
-def _bundles_load_as_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(serving, "load_bundle", TinyBundle.load)
+def _no_store_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
@@ -146,7 +149,9 @@ def log(config: ProjectConfig, task: str, tables, *, pr_auc: float, seed: int = 
         catalogue_version=CATALOGUE,
         bundle=bundle,
     )
-    return registry.log_training_run(config, task, result, tables=tables, bundle_dir=bundle_dir)
+    return registry.log_training_run(
+        config, task, result, tables=tables, bundle_dir=bundle_dir, loader=LOADER
+    )
 
 
 @dataclass
@@ -179,7 +184,6 @@ def template(tmp_path_factory: pytest.TempPathFactory, tables) -> Template:
     ]
     logged = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(serving, "load_bundle", TinyBundle.load)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         for task, data, pr_auc, cutoffs in plan:
             n = sum(1 for key in logged if key[0] == task)

@@ -1,0 +1,280 @@
+"""The served model: input validation, error mapping, and the real scoring server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.exceptions import MlflowException
+from test_registry import AS_OF, CATALOGUE, FEATURES, LOADER, Trained, tiny_bundle
+from test_registry import backtest_metrics as metrics_for
+
+from cxpredict import registry, serving
+from cxpredict.config import load_config
+from cxpredict.errors import FeatureMismatch
+from cxpredict.sample import generate_sample
+from cxpredict.serving import InvalidInput, ScoringModel, validate_input
+
+TESTS = Path(__file__).resolve().parent
+
+
+def frame(**columns: list) -> pd.DataFrame:
+    base = {f: [1.0, 2.0] for f in FEATURES}
+    return pd.DataFrame({**base, **columns})
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def test_valid_input_becomes_floats_in_training_order_with_ids_kept() -> None:
+    given = frame(customer_id=["a", "b"], orders_lifetime=[True, None])[
+        ["spend_lifetime", "customer_id", "orders_lifetime", "days_since_last_order"]
+    ]
+    out = validate_input(given, FEATURES)
+    assert list(out.columns) == ["customer_id", *FEATURES]
+    assert list(out["customer_id"]) == ["a", "b"]
+    np.testing.assert_array_equal(out["orders_lifetime"], [1.0, np.nan])
+    assert all(out[f].dtype == float for f in FEATURES)
+
+
+def test_numbers_sent_as_text_are_read_as_numbers() -> None:
+    out = validate_input(frame(spend_lifetime=["12.5", None]), FEATURES)
+    np.testing.assert_array_equal(out["spend_lifetime"], [12.5, np.nan])
+
+
+def test_an_empty_payload_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="empty payload: no rows to score"):
+        validate_input(frame().iloc[:0], FEATURES)
+
+
+def test_a_missing_column_is_named() -> None:
+    with pytest.raises(FeatureMismatch, match=r"missing column\(s\) 'orders_lifetime'"):
+        validate_input(frame().drop(columns="orders_lifetime"), FEATURES)
+
+
+@pytest.mark.parametrize("bad", ["many", [1, 2], {"a": 1}])
+def test_a_value_of_the_wrong_type_is_named_with_its_column(bad: object) -> None:
+    with pytest.raises(InvalidInput, match=r"column 'spend_lifetime': expected a number or null"):
+        validate_input(frame(spend_lifetime=[1.0, bad]), FEATURES)
+
+
+def test_infinite_values_and_unknown_columns_are_refused() -> None:
+    with pytest.raises(InvalidInput, match="column 'orders_lifetime': infinite value in row 1"):
+        validate_input(frame(orders_lifetime=[1.0, np.inf]), FEATURES)
+    with pytest.raises(InvalidInput, match="'email' are not inputs of the model"):
+        validate_input(frame(email=["x", "y"]), FEATURES)
+
+
+def test_another_catalogue_is_a_feature_mismatch() -> None:
+    serving.check_catalogue(CATALOGUE, None)
+    serving.check_catalogue(CATALOGUE, "")
+    with pytest.raises(FeatureMismatch, match="built with 'features-1-other'"):
+        serving.check_catalogue(CATALOGUE, "features-1-other")
+
+
+class _Context:
+    artifacts: dict[str, str] = {}
+    model_config: dict[str, str] = {}
+
+
+def scoring_model(bundle) -> ScoringModel:
+    model = ScoringModel()
+    model.bundle = bundle
+    return model
+
+
+def test_input_problems_become_400_without_a_stack_trace() -> None:
+    model = scoring_model(tiny_bundle())
+    with pytest.raises(MlflowException) as caught:
+        model.predict(_Context(), frame(spend_lifetime=["x", 1.0]))
+    assert caught.value.get_http_status_code() == 400
+    body = caught.value.serialize_as_json()
+    assert "spend_lifetime" in body and "stack_trace" not in body and "Traceback" not in body
+    with pytest.raises(MlflowException, match="built with 'other'") as caught:
+        model.predict(_Context(), frame(), params={"catalogue_version": "other"})
+    assert caught.value.get_http_status_code() == 400
+
+
+def test_a_fault_of_the_bundle_becomes_500_without_a_stack_trace() -> None:
+    class Broken:
+        kind = "churn"
+        features = FEATURES
+        catalogue_version = CATALOGUE
+
+        def predict(self, X: pd.DataFrame) -> pd.DataFrame:
+            raise KeyError("booster")
+
+    with pytest.raises(MlflowException, match="scoring failed") as caught:
+        scoring_model(Broken()).predict(_Context(), frame())
+    assert caught.value.get_http_status_code() == 500
+    assert "stack_trace" not in caught.value.serialize_as_json()
+
+
+def test_the_input_example_is_made_up() -> None:
+    example = serving.input_example(tiny_bundle())
+    assert list(example["customer_id"]) == ["example-1", "example-2"]
+    assert list(example.columns) == ["customer_id", *FEATURES]
+
+
+def test_the_server_runs_from_this_environment_on_loopback() -> None:
+    command = serving.server_command("models:/shop-churn@champion", port=5123)
+    assert command[:3] == [sys.executable, "-m", "mlflow"]
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--env-manager") + 1] == "local"
+    env = serving.server_environment("sqlite:////x/mlflow.db", {"PATH": "/usr/bin"})
+    assert env["PATH"].split(os.pathsep) == [str(Path(sys.executable).parent), "/usr/bin"]
+    assert env["MLFLOW_TRACKING_URI"] == "sqlite:////x/mlflow.db"
+    assert env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+
+
+# ------------------------------------------------------------------------------ the server
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def post(url: str, body: str | bytes) -> tuple[int, str]:
+    data = body.encode() if isinstance(body, str) else body
+    request = urllib.request.Request(
+        f"{url}/invocations", data=data, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """``cxpredict serve`` on a free loopback port, run without the virtualenv on PATH."""
+    root = tmp_path_factory.mktemp("served")
+    raw = {
+        "project": "shop",
+        "data": {"orders": {"path": "orders.csv"}},
+        "tasks": {"churn": {"kind": "churn", "horizon_days": 56}},
+    }
+    config_path = root / "cxpredict.yaml"
+    config_path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    config = load_config(config_path)
+    bundle = tiny_bundle()
+    result = Trained(AS_OF, metrics_for(0.5), [AS_OF], CATALOGUE, bundle)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        registry.log_training_run(
+            config,
+            "churn",
+            result,
+            tables=generate_sample(300, seed=1),
+            bundle_dir=bundle.save(root / "bundle"),
+            loader=LOADER,
+        )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PATH="/usr/bin:/bin", PYTHONPATH=str(TESTS))
+    log = (root / "server.log").open("wb")
+    cli = Path(sys.executable).parent / "cxpredict"
+    process = subprocess.Popen(
+        [str(cli), "serve", "--config", str(config_path), "--task", "churn", "--port", str(port)],
+        env=env,
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            serving.wait_until_ready(process, url, timeout=80)
+        except RuntimeError as exc:
+            log.flush()
+            pytest.fail(f"{exc}:\n{(root / 'server.log').read_text(errors='replace')}")
+        yield url, process, bundle
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        log.close()
+        output = (root / "server.log").read_text(errors="replace")
+        assert process.returncode is not None, output
+
+
+def split(columns: list[str], rows: list[list]) -> str:
+    return json.dumps({"dataframe_split": {"columns": columns, "data": rows}})
+
+
+def assert_clean(body: str) -> None:
+    assert "Traceback" not in body and "stack_trace" not in body, body
+
+
+@pytest.mark.slow
+def test_the_server_scores_valid_rows(server) -> None:
+    url, _, bundle = server
+    rows = [["c-1", 3.0, 1.0, 10.0], ["c-2", -1.0, None, 0.0]]
+    status, body = post(url, split(["customer_id", *FEATURES], rows))
+    assert status == 200, body
+    predictions = json.loads(body)["predictions"]
+    assert [p["customer_id"] for p in predictions] == ["c-1", "c-2"]
+    X = pd.DataFrame([r[1:] for r in rows], columns=FEATURES, dtype=float)
+    expected = bundle.predict(X)["probability"].to_numpy()
+    np.testing.assert_allclose([p["probability"] for p in predictions], expected)
+    records = json.dumps({"dataframe_records": [dict(zip(FEATURES, [1.0, 2.0, 3.0], strict=True))]})
+    status, body = post(url, records)
+    assert status == 200 and len(json.loads(body)["predictions"]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        pytest.param(split(FEATURES, []), "empty payload", id="no rows"),
+        pytest.param("{}", "dataframe_split", id="empty object"),
+        pytest.param("", "valid JSON", id="empty body"),
+        pytest.param("not json", "valid JSON", id="not JSON"),
+        pytest.param(split(FEATURES[:2], [[1.0, 2.0]]), "spend_lifetime", id="missing column"),
+        pytest.param(split(FEATURES, [[1.0, 2.0, "many"]]), "spend_lifetime", id="text"),
+        pytest.param(split(FEATURES, [[1.0, [2], 3.0]]), "orders_lifetime", id="list"),
+        pytest.param(
+            json.dumps(
+                {
+                    "dataframe_split": {"columns": FEATURES, "data": [[1.0, 2.0, 3.0]]},
+                    "params": {"catalogue_version": "features-1-other"},
+                }
+            ),
+            "features-1-other",
+            id="other catalogue",
+        ),
+    ],
+)
+def test_bad_requests_get_400_naming_the_problem_and_no_trace(
+    server, payload: str, named: str
+) -> None:
+    url, _, _ = server
+    status, body = post(url, payload)
+    assert status == 400, body
+    assert named in body
+    assert_clean(body)
+
+
+@pytest.mark.slow
+def test_the_server_stops_by_its_process_id(server) -> None:
+    url, process, _ = server
+    assert process.poll() is None
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=20)
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{url}/ping", timeout=2)
