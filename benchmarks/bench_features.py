@@ -1,0 +1,266 @@
+"""Feature pipeline benchmark: wall time, throughput and peak memory, with references.
+
+Scenarios, each run in its own child process (spawned) so that peak RSS is its own:
+
+- ``full_1_cutoff``: every family at one cutoff (``build_features``);
+- ``full_12_cutoffs``: a training set at 12 monthly cutoffs (``build_training_features``);
+- ``rfm_duckdb``: a plain DuckDB query computing only the RFM subset at one cutoff (orders and
+  net spend per window and lifetime, days since first and last order);
+- ``rfm_pandas``: the same RFM subset with idiomatic pandas ``groupby``.
+
+Data come from :func:`cxpredict.sample.generate_sample`, written once to Parquet and read by
+each child (reading time is not counted; its memory is, in peak RSS). Ratios printed:
+full/plain-RFM (same cutoff, same data) and pandas/DuckDB for the RFM subset.
+
+Usage::
+
+    python benchmarks/bench_features.py                      # 500k customers, ~9M events
+    python benchmarks/bench_features.py --customers 50000    # quicker
+    python benchmarks/bench_features.py --parquet --memory-limit 1GB --events 50000000
+
+The ``--parquet`` mode writes the sample in chunks to Parquet folders, then builds one cutoff
+from the files with DuckDB's memory limit, spilling to a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+CUTOFF = "2025-12-01"
+WINDOWS = (7, 30, 90, 180, 365)
+TARGETS = {"full_1_cutoff": 5.0, "full_12_cutoffs": 30.0}
+RSS_TARGET_GB = 3.0
+
+
+def _peak_rss_gb() -> float:
+    # ru_maxrss is in kilobytes on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def _read(folder: Path) -> Any:
+    from cxpredict.schemas import Tables
+
+    frames = {
+        name: pd.read_parquet(folder / f"{name}.parquet")
+        for name in ("orders", "interactions", "customers")
+    }
+    return Tables(frames["orders"], frames["interactions"], frames["customers"])
+
+
+def _rfm_duckdb(tables: Any, cutoff: pd.Timestamp) -> pd.DataFrame:
+    import duckdb
+
+    from cxpredict.features.engine import arrow_table
+
+    cut = cutoff.value // 1000
+    day = 86_400_000_000
+    parts = []
+    for w in WINDOWS:
+        since = f"us >= {cut - w * day}"
+        parts.append(
+            f"count(DISTINCT order_id) FILTER (WHERE amount >= 0 AND {since}) AS orders_{w}d"
+        )
+        parts.append(f"sum(amount) FILTER (WHERE {since}) AS spend_{w}d")
+    parts += [
+        "count(DISTINCT order_id) FILTER (WHERE amount >= 0) AS orders_lifetime",
+        "sum(amount) AS spend_lifetime",
+        f"({cut} - min(us) FILTER (WHERE amount >= 0)) / {day} AS days_since_first_order",
+        f"({cut} - max(us) FILTER (WHERE amount >= 0)) / {day} AS days_since_last_order",
+    ]
+    con = duckdb.connect()
+    con.register("orders_arrow", arrow_table(tables.orders))
+    sql = (
+        f"SELECT customer_id, {', '.join(parts)} FROM (SELECT customer_id, order_id, amount, "
+        f"epoch_us(timestamp) AS us FROM orders_arrow) WHERE us < {cut} GROUP BY customer_id"
+    )
+    frame = con.execute(sql).df().set_index("customer_id").sort_index()
+    con.close()
+    return frame
+
+
+def _rfm_pandas(tables: Any, cutoff: pd.Timestamp) -> pd.DataFrame:
+    orders = tables.orders
+    orders = orders[orders["timestamp"] < cutoff]
+    purchases = orders[orders["amount"] >= 0]
+    out = {}
+    for w in WINDOWS:
+        start = cutoff - pd.Timedelta(days=w)
+        recent = orders[orders["timestamp"] >= start]
+        recent_purchases = purchases[purchases["timestamp"] >= start]
+        out[f"orders_{w}d"] = recent_purchases.groupby("customer_id")["order_id"].nunique()
+        out[f"spend_{w}d"] = recent.groupby("customer_id")["amount"].sum()
+    grouped = purchases.groupby("customer_id")["timestamp"]
+    out["orders_lifetime"] = purchases.groupby("customer_id")["order_id"].nunique()
+    out["spend_lifetime"] = orders.groupby("customer_id")["amount"].sum()
+    out["days_since_first_order"] = (cutoff - grouped.min()) / pd.Timedelta(days=1)
+    out["days_since_last_order"] = (cutoff - grouped.max()) / pd.Timedelta(days=1)
+    return pd.DataFrame(out).sort_index()
+
+
+def _scenario(name: str, source: str, options: dict[str, Any], queue: Any) -> None:
+    from cxpredict.config import FeaturesConfig
+    from cxpredict.features import build_features, build_training_features
+    from cxpredict.spine import training_cutoffs
+
+    cutoff = pd.Timestamp(CUTOFF, tz="UTC")
+    settings = FeaturesConfig(
+        duckdb_memory_limit=options.get("memory_limit"), duckdb_threads=options.get("threads")
+    )
+    if options.get("parquet"):
+        tables: Any = {n: Path(source) / n for n in ("orders", "interactions", "customers")}
+    else:
+        tables = _read(Path(source))
+    start = time.perf_counter()
+    if name == "full_1_cutoff":
+        frame = build_features(
+            tables, cutoff, settings=settings, temp_directory=options.get("temp_directory")
+        )
+    elif name == "full_12_cutoffs":
+        cutoffs = training_cutoffs(cutoff, n=12, step_days=30)
+        frame = build_training_features(tables, cutoffs, settings=settings)
+    elif name == "rfm_duckdb":
+        frame = _rfm_duckdb(tables, cutoff)
+    elif name == "rfm_pandas":
+        frame = _rfm_pandas(tables, cutoff)
+    else:
+        raise ValueError(name)
+    seconds = time.perf_counter() - start
+    queue.put(
+        {
+            "scenario": name,
+            "seconds": seconds,
+            "rows": len(frame),
+            "columns": frame.shape[1],
+            "customers": frame.index.get_level_values(0).nunique(),
+            "peak_rss_gb": _peak_rss_gb(),
+        }
+    )
+
+
+def _run(name: str, source: str, options: dict[str, Any]) -> dict[str, Any]:
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_scenario, args=(name, source, options, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def _write_sample(folder: Path, customers: int, seed: int) -> tuple[int, int]:
+    from cxpredict.sample import generate_sample
+
+    tables = generate_sample(customers, seed=seed, start="2024-01-01", days=730)
+    for name in ("orders", "interactions", "customers"):
+        tables.get(name).to_parquet(folder / f"{name}.parquet", index=False)
+    return len(tables.orders), len(tables.interactions)
+
+
+def _write_chunks(folder: Path, events: int, seed: int) -> tuple[int, int, int]:
+    """Sample chunks of 250k customers (distinct id prefixes) until ``events`` are written."""
+    from cxpredict.sample import generate_sample
+
+    orders = interactions = customers = chunk = 0
+    for name in ("orders", "interactions", "customers"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    while orders + interactions < events:
+        tables = generate_sample(250_000, seed=seed + chunk, start="2024-01-01", days=730)
+        for name in ("orders", "interactions", "customers"):
+            frame = tables.get(name)
+            frame = frame.assign(customer_id=f"K{chunk:03d}-" + frame["customer_id"])
+            if name == "orders":
+                frame = frame.assign(order_id=f"K{chunk:03d}-" + frame["order_id"])
+            frame.to_parquet(folder / name / f"part-{chunk:03d}.parquet", index=False)
+        orders += len(tables.orders)
+        interactions += len(tables.interactions)
+        customers += 250_000
+        chunk += 1
+        print(f"  chunk {chunk}: {orders + interactions:,} events", flush=True)
+        del tables
+    return orders, interactions, customers
+
+
+def _print(results: list[dict[str, Any]], events: int) -> None:
+    print(
+        f"\n{'scenario':<18}{'wall s':>9}{'events/s':>14}{'rows/s':>12}{'peak RSS GB':>13}"
+        f"{'rows':>11}{'cols':>6}{'target':>16}"
+    )
+    for r in results:
+        target = TARGETS.get(r["scenario"])
+        note = f"<= {target:.0f} s" if target else ""
+        if r["scenario"] == "full_1_cutoff":
+            note += f", < {RSS_TARGET_GB:.0f} GB"
+        print(
+            f"{r['scenario']:<18}{r['seconds']:>9.2f}{events / r['seconds']:>14,.0f}"
+            f"{r['rows'] / r['seconds']:>12,.0f}{r['peak_rss_gb']:>13.2f}{r['rows']:>11,}"
+            f"{r['columns']:>6}{note:>16}"
+        )
+    by = {r["scenario"]: r["seconds"] for r in results}
+    if "rfm_duckdb" in by:
+        if "full_1_cutoff" in by:
+            print(
+                f"\nfull / plain-RFM (1 cutoff): {by['full_1_cutoff'] / by['rfm_duckdb']:.2f}x "
+                "(target <= 3x)"
+            )
+        if "rfm_pandas" in by:
+            print(f"pandas / duckdb (RFM subset): {by['rfm_pandas'] / by['rfm_duckdb']:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=500_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--memory-limit", default=None)
+    parser.add_argument("--parquet", action="store_true", help="build from Parquet files")
+    parser.add_argument("--events", type=int, default=50_000_000, help="events in --parquet mode")
+    parser.add_argument(
+        "--scenarios", default="full_1_cutoff,full_12_cutoffs,rfm_duckdb,rfm_pandas"
+    )
+    parser.add_argument("--keep", help="write the data here and keep them")
+    args = parser.parse_args(argv)
+    folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="cxpredict-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {"memory_limit": args.memory_limit, "threads": args.threads}
+    try:
+        start = time.perf_counter()
+        if args.parquet:
+            orders, interactions, customers = _write_chunks(folder, args.events, args.seed)
+            options["parquet"] = True
+            options["temp_directory"] = str(folder / "spill")
+            scenarios = ["full_1_cutoff"]
+        else:
+            orders, interactions = _write_sample(folder, args.customers, args.seed)
+            customers = args.customers
+            scenarios = args.scenarios.split(",")
+        print(
+            f"data: {customers:,} customers, {orders:,} orders, {interactions:,} interactions "
+            f"({time.perf_counter() - start:.0f} s to generate); {os.cpu_count()} cores; "
+            f"DuckDB memory limit {args.memory_limit or 'default'}",
+            flush=True,
+        )
+        results = []
+        for name in scenarios:
+            result = _run(name, str(folder), options)
+            print(f"  {name}: {result['seconds']:.2f} s", flush=True)
+            results.append(result)
+        _print(results, orders + interactions)
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
