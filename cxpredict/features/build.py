@@ -43,6 +43,7 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 TablesLike = Tables | Mapping[str, TableSource | None]
+_GATHER = 1 << 20
 
 
 def build_features(
@@ -186,15 +187,23 @@ def _assemble(
     position = {d.name: k for k, d in enumerate(columns)}
     # Rows in cutoff-major order: the transpose's non-zeros run over customers per cutoff.
     jj, ii = np.nonzero(results.population.T)
-    block = np.full((len(columns), len(ii)), np.nan, dtype=np.float64)
+    flat = ii * len(results.cutoffs) + jj
+    block = np.empty((len(columns), len(ii)), dtype=np.float64)
+
+    def put(name: str, dense: np.ndarray) -> None:
+        if name not in position:
+            return
+        row, values = block[position[name]], dense.reshape(-1)
+        # In slices, so that the temporaries stay small and their memory is reused.
+        for start in range(0, len(flat), _GATHER):
+            row[start : start + _GATHER] = values[flat[start : start + _GATHER]]
+
     for family in FAMILIES:
-        values = family.compute(ctx, results)
-        for name, dense in values.items():
-            if name in position:
-                block[position[name]] = dense[ii, jj]
-        del values
+        for name, dense in family.compute(ctx, results).items():
+            put(name, dense)
+        results.clear()
     for name, dense in sql_values(ctx, results, extensions, fills).items():
-        block[position[name]] = dense[ii, jj]
+        put(name, dense)
     stamps = pd.DatetimeIndex(
         pd.to_datetime(results.cutoffs, unit="us", utc=True), name="cutoff"
     ).as_unit("us")

@@ -225,8 +225,8 @@ def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
         return {}
     out: dict[str, np.ndarray] = {}
     for w in ctx.windows:
-        out[f"messages_{w}d"] = res.window("messages", w).astype(np.float64)
-        out[f"complaints_{w}d"] = res.window("complaints", w).astype(np.float64)
+        out[f"messages_{w}d"] = res.window("messages", w)
+        out[f"complaints_{w}d"] = res.window("complaints", w)
     out["days_since_last_message"] = res.days_since(res.value("last_contact_us"))
     n, total = res.total("rating_n"), res.total("rating_sum")
     recent_n, recent_total = res.window("rating_n", 90), res.window("rating_sum", 90)
@@ -235,7 +235,7 @@ def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
     recent_mean = ratio(recent_total, recent_n)
     prior_mean = ratio(total - recent_total, n - recent_n)
     out["rating_trend"] = (recent_mean - prior_mean) / RATING_SCALE
-    out["negative_ratings"] = res.total("negative_ratings").astype(np.float64)
+    out["negative_ratings"] = res.total("negative_ratings")
     if not ctx.available.has("interactions", "responded_at"):
         return out
 

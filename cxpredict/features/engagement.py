@@ -162,9 +162,9 @@ def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for stem, _kind, _words in _COUNTS:
         for w in ctx.windows:
-            out[f"{stem}_{w}d"] = res.window(stem, w).astype(np.float64)
+            out[f"{stem}_{w}d"] = res.window(stem, w)
     for w in ctx.windows:
-        out[f"sessions_{w}d"] = res.window("sessions", w).astype(np.float64)
+        out[f"sessions_{w}d"] = res.window("sessions", w)
     out["email_click_rate"] = ratio(res.total("email_clicks"), res.total("email_opens"))
     recent = res.window("visits", 30)
     out["visits_trend_30d_vs_90d"] = trend(recent, res.window("visits", 120) - recent, 3.0)

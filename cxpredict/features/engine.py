@@ -467,6 +467,15 @@ class Grid:
         parts = " + ".join(f"({tod} >= {t})::BIGINT" for t in self.tods)
         return f"(({day}) * {len(self.tods) + 1} + {parts})"
 
+    #: Up to this many boundaries, an instant's slot is a sum of comparisons (no join).
+    MAX_COMPARED = 16
+
+    def slot_sql(self, us: str) -> str | None:
+        """SQL for the slot of ``us`` when there are few boundaries, else ``None``."""
+        if len(self.boundaries) > self.MAX_COMPARED:
+            return None
+        return "(" + " + ".join(f"({us} >= {int(b)})::INTEGER" for b in self.boundaries) + ")"
+
     def lookup(self) -> pa.Table:
         """Slot of every key from the first boundary's to the last's (earlier keys: slot 0)."""
         keys = np.array([self.key(b) for b in self.boundaries], dtype=np.int64)
@@ -516,17 +525,23 @@ class Results:
         return (len(self.customer_ids), len(self.cutoffs))
 
     def _dense(self, cid: np.ndarray, j: np.ndarray, values: np.ndarray, fill: Any) -> np.ndarray:
-        dtype = np.int64 if values.dtype.kind in "iub" and fill == 0 else np.float64
-        out = np.full(self.shape, fill, dtype=dtype)
+        if values.dtype.kind in "iub" and fill == 0:
+            out = np.zeros(self.shape, dtype=np.int64)
+        else:
+            out = np.full(self.shape, fill, dtype=np.float64)
         out[cid, j] = values
         return out
+
+    # The arrays below are as large as the output; they are updated in place because fresh
+    # memory is slow to obtain on some machines.
 
     def total(self, name: str) -> np.ndarray:
         """The lifetime sum ``name`` (int64): rows before each cutoff."""
         key = (name, 0)
         if key not in self._cache:
             cid, j, values = self._sums[name][0]
-            self._cache[key] = np.cumsum(self._dense(cid, j, values, 0), axis=1)
+            dense = self._dense(cid, j, values, 0)
+            self._cache[key] = np.cumsum(dense, axis=1, out=dense)
         return self._cache[key]
 
     def window(self, name: str, days: int) -> np.ndarray:
@@ -534,30 +549,30 @@ class Results:
         key = (name, days)
         if key not in self._cache:
             cid, j, values = self._sums[name][days]
-            exits = np.cumsum(self._dense(cid, j, values, 0), axis=1)
-            self._cache[key] = self.total(name) - exits
+            exits = self._dense(cid, j, values, 0)
+            np.cumsum(exits, axis=1, out=exits)
+            self._cache[key] = np.subtract(self.total(name), exits, out=exits)
         return self._cache[key]
 
     def clear(self) -> None:
-        """Forget the dense arrays computed so far (they are as large as the output)."""
+        """Forget the dense arrays computed so far."""
         self._cache.clear()
 
     def value(self, name: str) -> np.ndarray:
         """A ``max``, ``min``, ``last`` or per-cutoff aggregate as float64 (NaN: no rows)."""
         kind, cid, j, values = self._values[name]
         dense = self._dense(cid, j, values.astype(np.float64), np.nan)
-        if kind == "cutoff":
-            return dense
         if kind == "max":
-            return np.fmax.accumulate(dense, axis=1)
-        if kind == "min":
-            return np.fmin.accumulate(dense, axis=1)
-        seen = np.zeros(self.shape, dtype=bool)
-        seen[cid, j] = True
-        position = np.where(seen, np.arange(self.shape[1])[None, :], 0)
-        latest = np.maximum.accumulate(position, axis=1)
-        filled = np.take_along_axis(dense, latest, axis=1)
-        return np.where(np.maximum.accumulate(seen, axis=1), filled, np.nan)
+            np.fmax.accumulate(dense, axis=1, out=dense)
+        elif kind == "min":
+            np.fmin.accumulate(dense, axis=1, out=dense)
+        elif kind == "last" and self.shape[1] > 1:
+            seen = np.zeros(self.shape, dtype=bool)
+            seen[cid, j] = True
+            for k in range(1, self.shape[1]):
+                carry = ~seen[:, k]
+                dense[carry, k] = dense[carry, k - 1]
+        return dense
 
     def days_since(self, instants: np.ndarray) -> np.ndarray:
         """Days (float) from each instant (microseconds) to its cutoff."""
@@ -753,11 +768,15 @@ def run(
     tables = {source: f"slotted_{i}" for i, source in enumerate(order)}
     for source in order:
         level_one = ", ".join(_level_one(a) for a in by_source[source])
+        compared = grid.slot_sql("e.us")
+        slotted = (
+            f"SELECT customer_id, {compared} AS slot, {level_one} FROM {ident(source)} e"
+            if compared is not None
+            else f"SELECT customer_id, COALESCE(k.slot, 0) AS slot, {level_one} "
+            f"FROM {ident(source)} e LEFT JOIN slot_keys k ON k.k = {grid.key_sql('e.us')}"
+        )
         execute(
-            f"CREATE TEMP TABLE {tables[source]}_raw AS "
-            f"SELECT customer_id, COALESCE(k.slot, 0) AS slot, {level_one} "
-            f"FROM {ident(source)} e LEFT JOIN slot_keys k ON k.k = {grid.key_sql('e.us')} "
-            f"WHERE e.us < {cmax} GROUP BY ALL"
+            f"CREATE TEMP TABLE {tables[source]}_raw AS {slotted} WHERE e.us < {cmax} GROUP BY ALL"
         )
         if source == entry_source[0]:
             ids, entry = _dimension(s, cmax, f"{tables[source]}_raw")

@@ -181,13 +181,13 @@ def _requests(ctx: Context) -> list[Request]:
 def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for w in ctx.windows:
-        out[f"orders_{w}d"] = res.window("orders", w).astype(np.float64)
+        out[f"orders_{w}d"] = res.window("orders", w)
     orders = res.total("orders")
-    out["orders_lifetime"] = orders.astype(np.float64)
+    out["orders_lifetime"] = orders
     for w in ctx.windows:
         out[f"spend_{w}d"] = res.window("spend_units", w) / MONEY_SCALE
     out["spend_lifetime"] = res.total("spend_units") / MONEY_SCALE
-    out["refunds_lifetime"] = res.total("refund_lines").astype(np.float64)
+    out["refunds_lifetime"] = res.total("refund_lines")
     out["refund_amount_lifetime"] = res.total("refund_units") / MONEY_SCALE
     out["order_value_mean"] = ratio(res.total("purchase_units"), orders) / MONEY_SCALE
     out["order_value_max"] = res.value("order_value_max_units") / MONEY_SCALE
