@@ -254,3 +254,17 @@ def test_btyd_features_agree_with_the_reference_summary(shop: Tables) -> None:
     np.testing.assert_array_equal(mine["btyd_frequency"], reference["frequency"])
     np.testing.assert_allclose(mine["btyd_recency_weeks"], reference["recency"], rtol=1e-12)
     np.testing.assert_allclose(mine["btyd_t_weeks"], reference["T"], rtol=1e-12)
+
+
+def test_care_without_answers_or_ratings_keeps_the_other_care_features(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    interactions = tiny.interactions.drop(columns=["responded_at", "rating"])
+    tables = Tables(tiny.orders, interactions, tiny.customers)
+    got = build_features(tables, CUTOFF, vocabulary=tiny_vocabulary)
+    catalogue = feature_catalogue(tables, vocabulary=tiny_vocabulary).set_index("name")
+    assert catalogue.loc["unanswered_share", "why_not"] == "interactions has no responded_at column"
+    assert catalogue.loc["rating_mean", "why_not"] == "interactions has no rating column"
+    assert "unanswered_share" not in got.columns and "rating_mean" not in got.columns
+    assert got.loc["c1", "messages_7d"] == 1
+    assert got.loc["c2", "days_since_last_message"] == 51

@@ -14,11 +14,13 @@ from cxpredict.features.build import (
     build_training_features,
 )
 from cxpredict.features.catalogue import catalogue_version, feature_catalogue
+from cxpredict.features.engine import Availability
 from cxpredict.features.extensions import PythonFeature, SqlFeature
 from cxpredict.features.vocabulary import Vocabulary, learn_vocabulary
 
 __all__ = [
     "FAMILIES",
+    "Availability",
     "PythonFeature",
     "SqlFeature",
     "Vocabulary",
