@@ -268,3 +268,13 @@ def test_care_without_answers_or_ratings_keeps_the_other_care_features(
     assert "unanswered_share" not in got.columns and "rating_mean" not in got.columns
     assert got.loc["c1", "messages_7d"] == 1
     assert got.loc["c2", "days_since_last_message"] == 51
+
+
+def test_attributes_without_dates_are_used_as_they_are(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    customers = tiny.customers[["customer_id", "segment", "age"]]
+    got = build_features(Tables(tiny.orders, None, customers), CUTOFF, vocabulary=tiny_vocabulary)
+    assert list(got.index) == ["c1", "c2"]
+    assert got["attr_segment_gold"].tolist() == [1.0, 0.0]
+    assert got["attr_age"].iloc[0] == 30.0

@@ -52,7 +52,7 @@ MONEY_SCALE = 10_000
 #: Ratings are summed exactly in 1/RATING_SCALE points.
 RATING_SCALE = 1_000_000
 #: The instant of facts known since always (customer attributes without ``updated_at``).
-ALWAYS_US = -(2**60)
+ALWAYS_US = -(2**52)  # about 1827: before any event, and safe to multiply by 2**10
 
 TableSource = pd.DataFrame | pa.Table | str | os.PathLike[str]
 Kind = Literal["sum", "max", "min", "last"]
