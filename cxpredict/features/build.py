@@ -190,9 +190,12 @@ def _assemble(
     flat = ii * len(results.cutoffs) + jj
     block = np.empty((len(columns), len(ii)), dtype=np.float64)
 
+    filled: set[str] = set()
+
     def put(name: str, dense: np.ndarray) -> None:
         if name not in position:
             return
+        filled.add(name)
         row, values = block[position[name]], dense.reshape(-1)
         # In slices, so that the temporaries stay small and their memory is reused.
         for start in range(0, len(flat), _GATHER):
@@ -204,6 +207,9 @@ def _assemble(
         results.clear()
     for name, dense in sql_values(ctx, results, extensions, fills).items():
         put(name, dense)
+    if len(filled) != len(position):
+        missing = sorted(set(position) - filled)
+        raise RuntimeError(f"features listed as available but not computed: {missing}")
     stamps = pd.DatetimeIndex(
         pd.to_datetime(results.cutoffs, unit="us", utc=True), name="cutoff"
     ).as_unit("us")
