@@ -683,6 +683,19 @@ def _level_two(agg: Aggregate) -> str:
     return f"arg_max({name}, {ident(agg.name + '__at')}) AS {name}"
 
 
+def _store(results: Results, aggs: Sequence[Aggregate], got: dict[str, np.ndarray]) -> None:
+    """Keep the per (customer, first cutoff) values of ``aggs`` fetched in ``got``."""
+    cid, j = _filled(got["cid"], 0), _filled(got["j"], 0)
+    for agg in aggs:
+        values = got[agg.name]
+        if agg.kind == "sum":
+            results._sums[agg.name] = {0: (cid, j, _filled(values, 0).astype(np.int64))}
+        else:
+            keep = ~np.ma.getmaskarray(values)
+            raw = np.asarray(_filled(values, 0))
+            results._values[agg.name] = (agg.kind, cid[keep], j[keep], raw[keep])
+
+
 def per_cutoff_rows(source: str, columns: str = "", *, empty: bool = False) -> str:
     """SQL pairing each row of ``source`` with every cutoff after it (``j``, ``c``, ``columns``)."""
     extra = f", {columns}" if columns else ""
@@ -781,31 +794,44 @@ def run(
         if source == entry_source[0]:
             ids, entry = _dimension(s, cmax, f"{tables[source]}_raw")
             results = Results(customer_ids=ids, entry=entry, cutoffs=cutoffs)
-        execute(
-            f"CREATE TEMP TABLE {tables[source]} AS SELECT d.cid, r.* EXCLUDE (customer_id) "
-            f"FROM {tables[source]}_raw r JOIN dim d USING (customer_id)"
-        )
-        execute(f"DROP TABLE {tables[source]}_raw")
 
     # Second pass: per (customer, first cutoff after the slot) and per window exit.
     n = len(cutoffs)
     for source in order:
         aggs, table = by_source[source], tables[source]
         level_two = ", ".join(_level_two(a) for a in aggs)
+        summed = [a for a in aggs if a.kind == "sum" and a.windows]
+        if n == 1:
+            # One cutoff: every slot is before it (a = 0), and a window's exits are the slots
+            # with b_w = 0; one query gives all, with no intermediate table.
+            exits = ", ".join(
+                f"sum({ident(a.name)}) FILTER (WHERE b_{w} = 0)::BIGINT AS {ident(f'{a.name}@{w}')}"
+                for a in summed
+                for w in a.windows
+            )
+            got = s.fetch(
+                f"SELECT d.cid, 0 AS j, {level_two}{', ' + exits if exits else ''} "
+                f"FROM {table}_raw r JOIN dim d USING (customer_id) JOIN slot_info USING (slot) "
+                "GROUP BY d.cid"
+            )
+            _store(results, aggs, got)
+            cid, j = _filled(got["cid"], 0), _filled(got["j"], 0)
+            for agg in summed:
+                for w in agg.windows:
+                    values = _filled(got[f"{agg.name}@{w}"], 0).astype(np.int64)
+                    results._sums[agg.name][w] = (cid, j, values)
+            execute(f"DROP TABLE {table}_raw")
+            continue
+        execute(
+            f"CREATE TEMP TABLE {table} AS SELECT d.cid, r.* EXCLUDE (customer_id) "
+            f"FROM {table}_raw r JOIN dim d USING (customer_id)"
+        )
+        execute(f"DROP TABLE {table}_raw")
         got = s.fetch(
             f"SELECT cid, a AS j, {level_two} FROM {table} JOIN slot_info USING (slot) "
             f"WHERE a < {n} GROUP BY cid, a"
         )
-        cid, j = _filled(got["cid"], 0), _filled(got["j"], 0)
-        for agg in aggs:
-            values = got[agg.name]
-            if agg.kind == "sum":
-                results._sums[agg.name] = {0: (cid, j, _filled(values, 0).astype(np.int64))}
-            else:
-                keep = ~np.ma.getmaskarray(values)
-                raw = np.asarray(_filled(values, 0))
-                results._values[agg.name] = (agg.kind, cid[keep], j[keep], raw[keep])
-        summed = [a for a in aggs if a.kind == "sum" and a.windows]
+        _store(results, aggs, got)
         for w in sorted({w for a in summed for w in a.windows}):
             names = [a.name for a in summed if w in a.windows]
             cols = ", ".join(f"sum({ident(m)})::BIGINT AS {ident(m)}" for m in names)
