@@ -22,6 +22,7 @@ from cxpredict.features.engine import (
     TableSource,
     cutoff_micros,
     ident,
+    quote,
     session,
 )
 from cxpredict.schemas import Tables
@@ -143,35 +144,45 @@ def learn_in_session(
     Window: rows strictly before the instant ``before`` (microseconds); customer attribute
     rows with ``updated_at`` or ``signup_at`` at or after it are not yet known.
     """
+    if max_values < 1:
+        raise ValueError(f"max_values must be at least 1, got {max_values}")
     s.prepare(before)
-    values: list[tuple[str, tuple[str, ...]]] = []
 
-    def top(relation: str, column: str, where: str) -> tuple[str, ...]:
+    def top(relation: str, columns: list[str], where: str) -> dict[str, tuple[str, ...]]:
+        # One scan per table: each row gives one (column, value) pair per column.
+        names = ", ".join(quote(c) for c in columns)
+        cells = ", ".join(f"CAST({ident(c)} AS VARCHAR)" for c in columns)
         rows = s.con.execute(
-            f"SELECT {ident(column)} AS v, count(*) AS n FROM {relation} "
-            f"WHERE {ident(column)} IS NOT NULL AND {where} GROUP BY v "
-            f"ORDER BY n DESC, v LIMIT {int(max_values)}"
+            f"SELECT k, v, count(*) AS n FROM (SELECT unnest([{names}]) AS k, "
+            f"unnest([{cells}]) AS v FROM {relation} WHERE {where}) WHERE v IS NOT NULL "
+            "GROUP BY k, v"
         ).fetchall()
-        return tuple(str(v) for v, _ in rows)
+        ranked = sorted(rows, key=lambda row: (row[0], -row[2], row[1]))
+        found: dict[str, list[str]] = {c: [] for c in columns}
+        for column, value, _count in ranked:
+            if len(found[column]) < max_values:
+                found[column].append(str(value))
+        return {c: tuple(v) for c, v in found.items()}
 
-    for key, table, column, where in (
-        (ORDER_CATEGORY, "orders", "category", "amount >= 0"),
-        (ORDER_CHANNEL, "orders", "channel", "amount >= 0"),
-        (INTERACTION_CHANNEL, "interactions", "channel", "true"),
+    values: list[tuple[str, tuple[str, ...]]] = []
+    for table, keys, where in (
+        ("orders", ((ORDER_CATEGORY, "category"), (ORDER_CHANNEL, "channel")), "amount >= 0"),
+        ("interactions", ((INTERACTION_CHANNEL, "channel"),), "true"),
     ):
-        if available.has(table, column):
-            values.append((key, top(table, column, where)))
-    numeric: list[str] = []
+        present = [(key, column) for key, column in keys if available.has(table, column)]
+        if present:
+            found = top(table, [column for _, column in present], where)
+            values += [(key, found[column]) for key, column in present]
     known = (
         f"COALESCE(updated_us, {ALWAYS_US}) < {before} "
         f"AND COALESCE(signup_us, {ALWAYS_US}) < {before}"
     )
-    for column, kind in available.attributes:
-        if kind == "categorical":
-            values.append((attribute_key(column), top("customers", column, known)))
-        else:
-            numeric.append(column)
-    return Vocabulary(values=tuple(values), numeric=tuple(numeric))
+    categorical = [column for column, kind in available.attributes if kind == "categorical"]
+    if categorical:
+        found = top("customers", categorical, known)
+        values += [(attribute_key(column), found[column]) for column in categorical]
+    numeric = tuple(column for column, kind in available.attributes if kind == "numeric")
+    return Vocabulary(values=tuple(values), numeric=numeric)
 
 
 def learn_vocabulary(
