@@ -24,7 +24,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -399,8 +399,26 @@ def model_card(
         )
         + f"; features {facts.catalogue_version} ({len(facts.features)} columns).",
         "",
-        f"**Backtest** test cutoffs {days(facts.backtest_cutoffs)}; each fold was trained only "
-        "on events before its test cutoff.",
+    ]
+    method = facts.details.get("horizon_method")
+    if method not in (None, "direct"):
+        lines += [
+            f"**Horizon** {facts.details.get('horizon_method_text', method)} "
+            f"({facts.details.get('label_horizon_days')}-day labels for a "
+            f"{facts.task.horizon_days}-day horizon).",
+            "",
+        ]
+    if facts.backtest_cutoffs:
+        lines.append(
+            f"**Backtest** test cutoffs {days(facts.backtest_cutoffs)}; each fold was trained "
+            "only on events before its test cutoff."
+        )
+    else:
+        lines.append(
+            "**Backtest** none was run: there are no figures to compare, so this version can "
+            "only become champion first or with --force."
+        )
+    lines += [
         "",
         "**Data** "
         + "; ".join(_table_line(n, t) for n, t in fingerprint["tables"].items())
@@ -409,13 +427,16 @@ def model_card(
         f"**Metrics** (mean over the backtest cutoffs; promotion metric `{metric}`)",
         "",
     ]
-    table = summary_table(facts.metrics)
+    table = summary_table(facts.metrics) if len(facts.metrics) else pd.DataFrame()
     shown = [m for m in _card_metrics(metric, list(table.index)) if m in table.index]
-    lines.append("| metric | " + " | ".join(table.columns) + " |")
-    lines.append("|---|" + "---:|" * len(table.columns))
-    for row in shown:
-        values = " | ".join(_format(table.loc[row, c]) for c in table.columns)
-        lines.append(f"| {row} | {values} |")
+    if shown:
+        lines.append("| metric | " + " | ".join(table.columns) + " |")
+        lines.append("|---|" + "---:|" * len(table.columns))
+        for row in shown:
+            values = " | ".join(_format(table.loc[row, c]) for c in table.columns)
+            lines.append(f"| {row} | {values} |")
+    else:
+        lines.append("No backtest metrics.")
     lines += ["", "**Known limitations**", ""]
     lines += [f"- {text}" for text in _LIMITATIONS[facts.task.kind] + _COMMON_LIMITATIONS]
     return "\n".join(lines) + "\n"
@@ -527,7 +548,9 @@ def importance_figure(importance: pd.Series, *, top: int = 25) -> Any | None:
     if importance is None or len(importance) == 0:
         return None
     shown = importance.sort_values(ascending=False).head(top)[::-1]
-    fig = _figure(8.0, 0.25 * len(shown) + 1.5, left=0.4)
+    height = 0.25 * len(shown) + 1.2
+    fig = _figure(8.0, height, left=0.4)
+    fig.subplots_adjust(bottom=0.55 / height, top=1 - 0.35 / height)
     ax = fig.subplots()
     ax.barh([str(i) for i in shown.index], shown.to_numpy(dtype=float))
     ax.set(xlabel="total gain")
@@ -561,7 +584,7 @@ def log_training_run(
     result: Any,
     *,
     tables: Tables,
-    bundle_dir: str | os.PathLike[str],
+    bundle_dir: str | os.PathLike[str] | None = None,
     tracking_uri: str | None = None,
     loader: str | None = None,
 ) -> RegisteredVersion:
@@ -580,14 +603,15 @@ def log_training_run(
         The training result: ``as_of``, ``metrics`` (``cutoff``, ``model``, ``metric``,
         ``value``), ``training_cutoffs``, ``catalogue_version`` and the ``bundle``.
     tables
-        The tables the run was trained on (only fingerprints are logged).
+        The tables the run was trained on; only fingerprints of their rows before the as-of
+        date (all that training reads) are logged.
     bundle_dir
-        The saved model bundle (booster text and JSON metadata).
+        The saved model bundle (booster text and JSON metadata); when ``None``,
+        ``result.bundle`` is saved to a temporary folder and logged from there.
     loader
         The function that reads ``bundle_dir`` (``"module:attribute"``), recorded with the
         model; the trainer's by default.
     """
-    import mlflow
 
     from cxpredict import serving
 
@@ -595,11 +619,37 @@ def log_training_run(
     facts = run_facts(config, task_name, result)
     name = model_name(config, task_name)
     metric, _ = promotion_metric(config, facts.task.kind)
-    fingerprint = data_fingerprint(tables)
-    keys = {c.isoformat(): evaluation_key(tables, c, facts.task) for c in facts.backtest_cutoffs}
+    known = tables.before(facts.as_of)
+    fingerprint = data_fingerprint(known)
+    keys = {c.isoformat(): evaluation_key(known, c, facts.task) for c in facts.backtest_cutoffs}
     loader = loader or serving.DEFAULT_LOADER
+    with ExitStack() as stack:
+        if bundle_dir is None:
+            bundle_dir = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "bundle"
+            result.bundle.save(bundle_dir)
+        return _log_and_register(
+            config, facts, fingerprint, keys, metric, name, uri, Path(bundle_dir), loader
+        )
+
+
+def _log_and_register(
+    config: ProjectConfig,
+    facts: RunFacts,
+    fingerprint: Mapping[str, Any],
+    keys: Mapping[str, str],
+    metric: str,
+    name: str,
+    uri: str,
+    bundle_dir: Path,
+    loader: str,
+) -> RegisteredVersion:
+    import mlflow
+
+    from cxpredict import serving
+
+    task_name = facts.task_name
     bundle = serving.load_bundle(bundle_dir, loader)
-    if list(bundle.features) != list(facts.features or bundle.features):
+    if facts.features and list(bundle.features) != list(facts.features):
         raise ValueError("the bundle's features differ from the training result's features")
     facts = _with_bundle(facts, bundle)
     with tracking(uri) as client:

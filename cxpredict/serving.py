@@ -241,13 +241,31 @@ class ScoringModel(PythonModel):
 
 
 def score(bundle: ScoringBundle, frame: pd.DataFrame) -> pd.DataFrame:
-    """The bundle's predictions for a validated frame, with ``customer_id`` first when given."""
+    """The bundle's predictions for a validated frame, with ``customer_id`` first when given.
+
+    Churn and repurchase: ``probability``; value: ``spend`` and ``orders``; preference: the
+    task's ``top_k`` values as ``top_1``, ``top_1_probability``, ``top_2``, ...
+    """
     features = frame[list(bundle.features)]
-    predictions = bundle.predict(features)
-    predictions = predictions.reset_index(drop=True)
+    predictions = bundle.predict(features).reset_index(drop=True)
+    if bundle.kind == "preference":
+        task = getattr(bundle, "task", None) or {}
+        predictions = top_choices(predictions, k=int(task.get("top_k", 3)))
     if ID_COLUMN in frame.columns:
         predictions.insert(0, ID_COLUMN, frame[ID_COLUMN].to_numpy())
     return predictions
+
+
+def top_choices(scores: pd.DataFrame, *, k: int) -> pd.DataFrame:
+    """The ``k`` highest-scored columns of each row and their scores (ties: column order)."""
+    matrix = scores.to_numpy(dtype=float)
+    names = np.asarray([str(c) for c in scores.columns], dtype=object)
+    order = np.argsort(-matrix, axis=1, kind="stable")
+    out = pd.DataFrame(index=scores.index)
+    for j in range(min(k, matrix.shape[1])):
+        out[f"top_{j + 1}"] = names[order[:, j]]
+        out[f"top_{j + 1}_probability"] = np.take_along_axis(matrix, order[:, [j]], 1)[:, 0]
+    return out
 
 
 def input_example(bundle: ScoringBundle) -> pd.DataFrame:

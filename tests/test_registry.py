@@ -140,18 +140,15 @@ def make_config(root: Path) -> ProjectConfig:
 
 
 def log(config: ProjectConfig, task: str, tables, *, pr_auc: float, seed: int = 0, **kw: Any):
-    bundle = tiny_bundle(seed)
-    bundle_dir = bundle.save(Path(config.root) / "bundles" / f"{task}-{seed}")
+    """Log a stand-in training result; its bundle is saved by the registry (no bundle_dir)."""
     result = Trained(
         as_of=AS_OF,
         metrics=backtest_metrics(pr_auc, kw.get("cutoffs", BACKTEST)),
         training_cutoffs=[AS_OF - pd.Timedelta(days=112 + 28 * j) for j in range(3)][::-1],
         catalogue_version=CATALOGUE,
-        bundle=bundle,
+        bundle=tiny_bundle(seed),
     )
-    return registry.log_training_run(
-        config, task, result, tables=tables, bundle_dir=bundle_dir, loader=LOADER
-    )
+    return registry.log_training_run(config, task, result, tables=tables, loader=LOADER)
 
 
 @dataclass
@@ -265,7 +262,7 @@ def test_the_first_version_is_challenger_and_champion_with_card_and_tags(
     version = client_for(config).get_model_version("shop-churn", "1")
     assert version.tags["catalogue_version"] == CATALOGUE
     assert version.tags["as_of"] == AS_OF.isoformat()
-    assert version.tags["data_hash"] == registry.data_fingerprint(tables)["hash"]
+    assert version.tags["data_hash"] == registry.data_fingerprint(tables.before(AS_OF))["hash"]
     card = version.description
     for text in ("churn: no order in [cutoff, cutoff + 56 days)", "2025-06-03", "Known limit"):
         assert text in card
@@ -411,3 +408,37 @@ def test_scoring_features_of_another_catalogue_raises_feature_mismatch(
         champion.predict(features, catalogue_version="features-1-ffffffffffff")
     with pytest.raises(FeatureMismatch, match=r"missing column\(s\) 'spend_lifetime'"):
         champion.predict(features.drop(columns="spend_lifetime"), catalogue_version=CATALOGUE)
+
+
+@pytest.mark.slow
+def test_a_trained_bundle_round_trips_through_the_registry(tmp_path: Path) -> None:
+    from cxpredict import training
+    from cxpredict.features import Vocabulary, build_features, catalogue_version
+    from cxpredict.features import feature_catalogue as catalogue_of
+
+    raw = {
+        "project": "shop",
+        "data": {"orders": {"path": "orders.csv"}},
+        "tasks": {"churn": {"kind": "churn", "horizon_days": 56}},
+        "training": {"n_cutoffs": 4, "step_days": 28, "min_positives": 10, "min_negatives": 10},
+    }
+    config = parse_config(raw, root=tmp_path)
+    tables = generate_sample(600, seed=1)
+    as_of = pd.Timestamp("2025-12-01", tz="UTC")
+    result = training.train_task(config, "churn", as_of=as_of, tables=tables, backtest=False)
+    logged = registry.log_training_run(config, "churn", result, tables=tables)
+    assert logged.aliases == (CHALLENGER, CHAMPION)
+    champion = registry.load_champion(config, "churn")
+    assert champion.catalogue_version == result.catalogue_version
+    known = tables.before(as_of)
+    vocabulary = Vocabulary.from_dict(champion.bundle.vocabulary)
+    features = build_features(known, as_of, settings=config.features, vocabulary=vocabulary)
+    version = catalogue_version(
+        catalogue_of(known, settings=config.features, vocabulary=vocabulary)
+    )
+    scored = champion.predict(features.head(20), catalogue_version=version)
+    expected = result.bundle.predict(features.head(20))["probability"].to_numpy()
+    np.testing.assert_allclose(scored["probability"], expected)
+    assert list(scored["customer_id"]) == list(features.index[:20])
+    card = client_for(config).get_model_version("shop-churn", "1").description
+    assert "No backtest metrics." in card

@@ -121,6 +121,15 @@ def test_a_fault_of_the_bundle_becomes_500_without_a_stack_trace() -> None:
     assert "stack_trace" not in caught.value.serialize_as_json()
 
 
+def test_preferences_are_answered_as_the_top_k_values() -> None:
+    scores = pd.DataFrame({"bags": [0.1, 0.7], "shoes": [0.5, 0.7], "toys": [0.3, 0.2]})
+    top = serving.top_choices(scores, k=2)
+    assert list(top.columns) == ["top_1", "top_1_probability", "top_2", "top_2_probability"]
+    assert list(top["top_1"]) == ["shoes", "bags"]
+    assert list(top["top_2"]) == ["toys", "shoes"]
+    np.testing.assert_allclose(top["top_2_probability"], [0.3, 0.7])
+
+
 def test_the_input_example_is_made_up() -> None:
     example = serving.input_example(tiny_bundle())
     assert list(example["customer_id"]) == ["example-1", "example-2"]
