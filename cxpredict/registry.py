@@ -195,17 +195,21 @@ def data_fingerprint(tables: Tables) -> dict[str, Any]:
     return out
 
 
-def evaluation_key(tables: Tables, cutoff: pd.Timestamp, task: TaskConfig) -> str:
-    """What a backtest fold at ``cutoff`` saw: the data before ``cutoff + horizon`` and the task.
+def evaluation_key(
+    tables: Tables, cutoff: pd.Timestamp, task: TaskConfig, *, label_days: int | None = None
+) -> str:
+    """What a backtest fold at ``cutoff`` saw: the data before its label window's end and task.
 
     A fold trains on events before the cutoff and is scored on the labels of
-    ``[cutoff, cutoff + horizon)``; two folds with the same key were evaluated on the same
+    ``[cutoff, cutoff + label_days)`` (``label_days``: the label window the run trained on,
+    the task's horizon by default); two folds with the same key were evaluated on the same
     customers with the same outcomes, whatever data arrived later.
     """
-    end = to_utc(cutoff) + pd.Timedelta(days=task.horizon_days)
+    days = label_days or task.horizon_days
+    end = to_utc(cutoff) + pd.Timedelta(days=max(days, task.horizon_days))
     seen = data_fingerprint(tables.before(end))["hash"]
     definition = json.dumps(task.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(f"{seen}\x1f{definition}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{seen}\x1f{definition}\x1f{days}".encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -621,7 +625,11 @@ def log_training_run(
     metric, _ = promotion_metric(config, facts.task.kind)
     known = tables.before(facts.as_of)
     fingerprint = data_fingerprint(known)
-    keys = {c.isoformat(): evaluation_key(known, c, facts.task) for c in facts.backtest_cutoffs}
+    label_days = facts.details.get("label_horizon_days") or _attr("label_horizon_days", result)
+    keys = {
+        c.isoformat(): evaluation_key(known, c, facts.task, label_days=label_days)
+        for c in facts.backtest_cutoffs
+    }
     loader = loader or serving.DEFAULT_LOADER
     with ExitStack() as stack:
         if bundle_dir is None:
