@@ -50,8 +50,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from cxpredict.config import ProjectConfig, ScoringConfig
 from cxpredict.errors import ConfigError, DriftFailed, OutputLocked
@@ -267,6 +270,57 @@ def check_drift(report: pd.DataFrame, *, fail: float) -> None:
     )
 
 
+# ------------------------------------------------------------------------------ text columns
+# A million-row list holds a dozen text columns; building them from Python strings costs
+# seconds each, so they are built as Arrow arrays (from codes and a small dictionary, or by
+# taking rows of another Arrow array) and handed to pandas as its ``str`` dtype.
+
+_STR = pd.StringDtype("pyarrow", na_value=np.nan)
+
+
+def _arrow_text(values: Any) -> pa.Array:
+    """Text values as one Arrow string array (zero-copy for pandas ``str`` columns)."""
+    if isinstance(values, pd.Index):
+        values = values.to_series()
+    if isinstance(values, pd.Series) and not (
+        pd.api.types.is_string_dtype(values.dtype) or pd.api.types.is_object_dtype(values.dtype)
+    ):
+        values = values.astype("str")
+    array = pa.array(values, type=pa.string(), from_pandas=True)
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def _text_series(array: pa.Array | pa.ChunkedArray) -> pd.Series:
+    """An Arrow string array as a pandas ``str`` Series, missing values as ``""``."""
+    filled = pc.fill_null(array.cast(pa.string()), "")
+    return filled.to_pandas(types_mapper={pa.string(): _STR}.get).reset_index(drop=True)
+
+
+def _from_codes(codes: np.ndarray, labels: Sequence[str]) -> pd.Series:
+    """``labels[codes]`` as a ``str`` Series; a negative code gives ``""``."""
+    codes = np.asarray(codes)
+    indices = pa.array(codes.astype(np.int32), mask=codes < 0)
+    dictionary = pa.DictionaryArray.from_arrays(indices, pa.array(list(labels), pa.string()))
+    return _text_series(dictionary)
+
+
+def _constant(text: str, n: int) -> pd.Series:
+    return _from_codes(np.zeros(n, dtype=np.int32), [text])
+
+
+def _rows_in(ids: pa.Array, of: pa.Array) -> np.ndarray:
+    """For each id of ``ids``, its row in ``of`` (-1 when absent)."""
+    where = pc.index_in(ids, value_set=of)
+    return where.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _take_text(values: Any, rows: np.ndarray) -> pd.Series:
+    """``values[rows]`` as a ``str`` Series; ``rows == -1`` gives ``""``."""
+    array = _arrow_text(values)
+    indices = pa.array(np.maximum(rows, 0), mask=rows < 0)
+    return _text_series(array.take(indices) if len(array) else pa.nulls(len(rows), pa.string()))
+
+
 # ------------------------------------------------------------------------------ ranking
 
 
@@ -275,17 +329,28 @@ def ranked(scores: pd.DataFrame, *, score: str = "score") -> pd.DataFrame:
 
     Adds ``rank`` (1 = contact first) and ``percentile``: ``1 - (r - 1) / n`` where ``r`` is
     the best rank among customers with the same score, so that equal scores share a
-    percentile (the top customer has 1, the last ``1/n`` unless tied).
+    percentile (the top customer has 1, the last ``1/n`` unless tied). Missing scores come
+    last.
     """
-    frame = scores.copy()
-    frame[score] = frame[score].astype(np.float64).round(DECIMALS)
-    frame = frame.sort_values(
-        [score, "customer_id"], ascending=[False, True], na_position="last", kind="mergesort"
-    ).reset_index(drop=True)
+    values = scores[score].to_numpy(dtype=np.float64, na_value=np.nan).round(DECIMALS)
+    keys = pa.table(
+        {"score": pa.array(values, from_pandas=True), "id": _arrow_text(scores["customer_id"])}
+    )
+    order = pc.sort_indices(
+        keys, sort_keys=[("score", "descending", "at_end"), ("id", "ascending", "at_end")]
+    ).to_numpy()
+    frame = scores.iloc[order].reset_index(drop=True)
+    sorted_values = values[order]
+    frame[score] = sorted_values
     n = len(frame)
-    frame["rank"] = np.arange(1, n + 1, dtype=np.int64)
-    best = frame.groupby(score, sort=False, dropna=False)["rank"].transform("min")
-    frame["percentile"] = (1.0 - (best.to_numpy() - 1) / max(n, 1)).round(DECIMALS)
+    rank = np.arange(1, n + 1, dtype=np.int64)
+    same = np.zeros(n, dtype=bool)
+    if n > 1:
+        a, b = sorted_values[1:], sorted_values[:-1]
+        same[1:] = (a == b) | (np.isnan(a) & np.isnan(b))
+    best = np.maximum.accumulate(np.where(same, 0, rank))
+    frame["rank"] = rank
+    frame["percentile"] = (1.0 - (best - 1) / max(n, 1)).round(DECIMALS)
     return frame
 
 
@@ -306,9 +371,13 @@ def assign_tiers(percentile: pd.Series | np.ndarray, cuts: Sequence[float]) -> n
     ``(0.8, 0.5)`` the top 20% of a list are ``high`` and the next 30% ``medium``, whatever
     the scale of the score (a probability or an amount).
     """
+    return np.asarray(TIERS, dtype=object)[_tier_codes(percentile, cuts)]
+
+
+def _tier_codes(percentile: pd.Series | np.ndarray, cuts: Sequence[float]) -> np.ndarray:
     high, medium = check_tier_cuts(cuts)
     p = np.asarray(percentile, dtype=np.float64)
-    return np.where(p > high, TIERS[0], np.where(p > medium, TIERS[1], TIERS[2])).astype(object)
+    return np.where(p > high, 0, np.where(p > medium, 1, 2))
 
 
 # ------------------------------------------------------------------------------ lifecycle
@@ -371,23 +440,26 @@ def lifecycle_stages(features: pd.DataFrame, rules: LifecycleRules = LifecycleRu
     Series
         ``new``, ``active``, ``at risk`` or ``lapsed``, indexed like ``features``.
     """
+    stage = np.asarray(STAGES, dtype=object)[_stage_codes(features, rules)]
+    return pd.Series(stage, index=features.index, name="lifecycle_stage")
+
+
+def _stage_codes(features: pd.DataFrame, rules: LifecycleRules) -> np.ndarray:
+    """Positions in :data:`STAGES` of each customer's stage."""
     first = _column(features, "days_since_first_order")
     last = _column(features, "days_since_last_order")
     signup = _column(features, "days_since_signup")
     overdue = last / usual_gap_days(features, rules)
     ordered = np.isfinite(last)
     new = np.where(ordered, first < rules.new_days, signup < rules.new_days)
-    stage = np.select(
-        [
-            new,
-            ~ordered,
-            overdue <= rules.at_risk_ratio,
-            overdue <= rules.lapsed_ratio,
-        ],
-        ["new", "lapsed", "active", "at risk"],
-        default="lapsed",
+    new_, active, at_risk, lapsed = (
+        STAGES.index(s) for s in ("new", "active", "at risk", "lapsed")
     )
-    return pd.Series(stage.astype(object), index=features.index, name="lifecycle_stage")
+    return np.select(
+        [new, ~ordered, overdue <= rules.at_risk_ratio, overdue <= rules.lapsed_ratio],
+        [new_, lapsed, active, at_risk],
+        default=lapsed,
+    )
 
 
 # ------------------------------------------------------------------------------ actions
@@ -485,17 +557,25 @@ def suggest_actions(customers: pd.DataFrame) -> pd.DataFrame:
     which = np.select(conditions, list(range(len(ACTION_RULES))), default=len(ACTION_RULES) - 1)
     category = customers["preferred_category_1"].astype(object).fillna(DEFAULT_CATEGORY)
     channel = customers["best_channel"].astype(object).fillna(DEFAULT_CHANNEL)
-    rules = [ACTION_RULES[k] for k in which]
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
-            "action": [r.name for r in rules],
-            "offer": [r.offer.format(category=c) for r, c in zip(rules, category, strict=True)],
-            "contact_channel": [
-                r.channel.format(channel=c) for r, c in zip(rules, channel, strict=True)
-            ],
-        },
-        index=customers.index,
+            "action": _from_codes(which, [r.name for r in ACTION_RULES]),
+            "offer": _fill(which, category.to_numpy(), [r.offer for r in ACTION_RULES], "category"),
+            "contact_channel": _fill(
+                which, channel.to_numpy(), [r.channel for r in ACTION_RULES], "channel"
+            ),
+        }
     )
+    return out.set_axis(customers.index)
+
+
+def _fill(which: np.ndarray, values: np.ndarray, templates: list[str], key: str) -> pd.Series:
+    """``templates[which[i]].format(key=values[i])``, formatting each distinct pair once."""
+    codes, uniques = pd.factorize(values)
+    width = max(len(uniques), 1)
+    distinct, inverse = np.unique(which.astype(np.int64) * width + codes, return_inverse=True)
+    texts = [templates[int(p) // width].format(**{key: uniques[int(p) % width]}) for p in distinct]
+    return _from_codes(inverse.reshape(-1), texts)
 
 
 # ------------------------------------------------------------------------------ locking
@@ -600,7 +680,7 @@ def task_list(
         ``customer_id`` and ``score`` (a calibrated probability; for a value task the
         expected spend over the horizon; for a preference task the probability of the top
         value), plus ``pref_k`` / ``pref_k_probability`` columns for preference tasks and
-        ``expected_orders`` for value tasks.
+        ``expected_orders`` for value tasks. Already :func:`ranked` if it has a ``rank``.
     kind
         The task's kind (``churn``, ``repurchase``, ``preference``, ``value``).
     model_version
@@ -619,47 +699,46 @@ def task_list(
         :data:`LIST_COLUMNS`, then :data:`PREFERENCE_COLUMNS` (preference) or
         ``expected_orders`` (value); floats rounded to :data:`DECIMALS`.
     """
-    frame = ranked(scored[[c for c in scored.columns if c != "rank"]])
-    frame["tier"] = assign_tiers(frame["percentile"], tier_cuts)
-    reason_columns = [f"reason_{k}" for k in range(1, N_REASONS + 1)]
+    frame = scored if "rank" in scored.columns else ranked(scored)
+    n = len(frame)
+    ids = _arrow_text(frame["customer_id"])
+    out: dict[str, Any] = {
+        "customer_id": _text_series(ids),
+        "rank": frame["rank"].to_numpy(dtype=np.int64),
+        "score": frame["score"].to_numpy(dtype=np.float64),
+        "percentile": frame["percentile"].to_numpy(dtype=np.float64),
+        "tier": _from_codes(_tier_codes(frame["percentile"], tier_cuts), TIERS),
+    }
+    rows = None
     if reasons is not None and len(reasons):
-        found = reasons.reindex(frame["customer_id"].to_numpy())
-        for column in reason_columns:
-            values = found[column] if column in found.columns else None
-            frame[column] = (
-                pd.Series("", index=frame.index, dtype=object)
-                if values is None
-                else pd.Series(values.to_numpy(dtype=object), index=frame.index).fillna("")
-            )
-    else:
-        for column in reason_columns:
-            frame[column] = ""
-    frame["model_version"] = str(model_version)
-    frame["as_of"] = as_of_text(as_of)
-    extra: list[str] = []
-    if kind == "preference":
-        extra = list(PREFERENCE_COLUMNS)
-        for column in extra:
-            if column not in frame.columns:
-                frame[column] = np.nan if column.endswith("probability") else ""
-    elif kind == "value" and "expected_orders" in frame.columns:
-        extra = ["expected_orders"]
-    frame = frame[[*LIST_COLUMNS, *extra]]
-    return _tidy(frame)
-
-
-def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
-    """Floats rounded to :data:`DECIMALS`; text columns as Python strings, missing as ``""``."""
-    out = frame.copy()
-    for column in out.columns:
-        dtype = out[column].dtype
-        if pd.api.types.is_float_dtype(dtype):
-            out[column] = out[column].astype(np.float64).round(DECIMALS)
-        elif pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
-            continue
+        rows = _rows_in(ids, _arrow_text(reasons.index))
+    for k in range(1, N_REASONS + 1):
+        column = f"reason_{k}"
+        if rows is None or reasons is None or column not in reasons.columns:
+            out[column] = _constant("", n)
         else:
-            out[column] = out[column].astype(object).where(out[column].notna(), "").astype(str)
-    return out.reset_index(drop=True)
+            out[column] = _take_text(reasons[column], rows)
+    out["model_version"] = _constant(str(model_version), n)
+    out["as_of"] = _constant(as_of_text(as_of), n)
+    if kind == "preference":
+        for k in range(1, N_PREFERENCES + 1):
+            label, probability = f"pref_{k}", f"pref_{k}_probability"
+            out[label] = _text(frame[label]) if label in frame.columns else _constant("", n)
+            out[probability] = (
+                frame[probability].to_numpy(dtype=np.float64).round(DECIMALS)
+                if probability in frame.columns
+                else np.full(n, np.nan)
+            )
+    elif kind == "value" and "expected_orders" in frame.columns:
+        orders = frame["expected_orders"].to_numpy(dtype=np.float64)
+        out["expected_orders"] = orders.round(DECIMALS)
+    return pd.DataFrame(out)
+
+
+def _text(values: pd.Series) -> pd.Series:
+    """Text with missing values as ``""`` (``str`` dtype)."""
+    codes, uniques = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
+    return _from_codes(codes, [str(u) for u in uniques])
 
 
 # ------------------------------------------------------------------------------ customers
@@ -723,63 +802,87 @@ def customer_table(
         :data:`CUSTOMER_COLUMNS`; floats rounded to :data:`DECIMALS`.
     """
     roles = role_of_tasks(tasks)
-    ids = features.index.astype(str)
-    out = pd.DataFrame(index=pd.Index(ids, name="customer_id"))
+    ids = _arrow_text(features.index)
+    n = len(ids)
+    rows: dict[str, np.ndarray] = {}  # per list: the list's row of each customer, -1 if none
 
-    def pick(role: str, column: str) -> pd.Series:
+    def where(role: str, column: str) -> tuple[pd.DataFrame, np.ndarray] | None:
         name = roles[role]
-        if name is None or name not in lists:
-            return pd.Series(np.nan, index=out.index)
-        table = lists[name].set_index("customer_id")
-        return table[column].reindex(out.index)
+        if name is None or name not in lists or column not in lists[name].columns:
+            return None
+        if name not in rows:
+            rows[name] = _rows_in(ids, _arrow_text(lists[name]["customer_id"]))
+        return lists[name], rows[name]
 
-    out["churn_probability"] = pick("churn", "score").astype(np.float64)
-    out["repurchase_probability"] = pick("repurchase", "score").astype(np.float64)
-    out["expected_value"] = pick("value", "score").astype(np.float64)
-    out["value_at_risk"] = (out["churn_probability"] * out["expected_value"]).round(DECIMALS)
-    out["days_since_last_order"] = _column(features, "days_since_last_order")
-    out["usual_gap_days"] = usual_gap_days(features, rules)
-    out["lifecycle_stage"] = lifecycle_stages(features, rules).to_numpy()
+    def number(role: str, column: str) -> np.ndarray:
+        found = where(role, column)
+        if found is None:
+            return np.full(n, np.nan)
+        table, row = found
+        values = table[column].to_numpy(dtype=np.float64, na_value=np.nan)
+        picked = values[np.maximum(row, 0)] if len(values) else np.full(n, np.nan)
+        return np.where(row >= 0, picked, np.nan)
+
+    def text(role: str, column: str) -> pd.Series:
+        found = where(role, column)
+        return _constant("", n) if found is None else _take_text(found[0][column], found[1])
+
+    churn = number("churn", "score")
+    value = number("value", "score")
+    risk = (churn * value).round(DECIMALS)
+    stage = _stage_codes(features, rules)
     reason_role = "churn" if roles["churn"] in lists else "repurchase"
+    out: dict[str, Any] = {"customer_id": _text_series(ids)}
+    out["churn_probability"] = churn
+    out["repurchase_probability"] = number("repurchase", "score")
+    out["expected_value"] = value
+    out["value_at_risk"] = risk
+    out["days_since_last_order"] = _column(features, "days_since_last_order").round(DECIMALS)
+    out["usual_gap_days"] = usual_gap_days(features, rules).round(DECIMALS)
+    out["lifecycle_stage"] = _from_codes(stage, STAGES)
     for k in range(1, N_REASONS + 1):
-        out[f"reason_{k}"] = pick(reason_role, f"reason_{k}").astype(object)
+        out[f"reason_{k}"] = text(reason_role, f"reason_{k}")
     for k in range(1, N_PREFERENCES + 1):
-        out[f"preferred_category_{k}"] = pick("category", f"pref_{k}").astype(object)
-    out["best_channel"] = pick("channel", "pref_1").astype(object)
-    for column in [c for c in out.columns if c.startswith("preferred_") or c == "best_channel"]:
-        out[column] = out[column].where(out[column] != "", None)
+        out[f"preferred_category_{k}"] = text("category", f"pref_{k}")
+    out["best_channel"] = text("channel", "pref_1")
 
-    by_risk = ranked(
-        pd.DataFrame({"customer_id": out.index, "score": out["value_at_risk"].to_numpy()})
-    )
-    by_risk = by_risk.set_index("customer_id")
-    out["value_at_risk_rank"] = by_risk["rank"].reindex(out.index)
-    out["value_at_risk_rank"] = out["value_at_risk_rank"].where(out["value_at_risk"].notna())
-    out["value_at_risk_rank"] = out["value_at_risk_rank"].astype("Int64")
-    out["priority_rank"] = by_risk["rank"].reindex(out.index).astype(np.int64)
-    out["tier"] = assign_tiers(by_risk["percentile"].reindex(out.index), tier_cuts)
-    out.loc[out["value_at_risk"].isna(), "tier"] = TIERS[2]
+    ranking = pd.DataFrame({"customer_id": out["customer_id"], "score": risk})
+    by_risk = ranked(ranking)
+    position = _rows_in(ids, _arrow_text(by_risk["customer_id"]))
+    priority = by_risk["rank"].to_numpy()[position]
+    missing = np.isnan(risk)
+    out["priority_rank"] = priority
+    out["value_at_risk_rank"] = pd.array(np.where(missing, 0, priority), dtype="Int64")
+    out["value_at_risk_rank"][missing] = pd.NA
+    tier = _tier_codes(by_risk["percentile"].to_numpy()[position], tier_cuts)
+    out["tier"] = _from_codes(np.where(missing, 2, tier), TIERS)
 
-    by_value = ranked(
-        pd.DataFrame({"customer_id": out.index, "score": out["expected_value"].to_numpy()})
-    ).set_index("customer_id")
-    value_tier = assign_tiers(by_value["percentile"].reindex(out.index), tier_cuts)
+    by_value = ranked(ranking.assign(score=value))
+    value_position = _rows_in(ids, _arrow_text(by_value["customer_id"]))
+    value_tier = _tier_codes(by_value["percentile"].to_numpy()[value_position], tier_cuts)
+    stages = np.asarray(STAGES, dtype=object)
     actions = suggest_actions(
         pd.DataFrame(
             {
-                "lifecycle_stage": out["lifecycle_stage"],
-                "value_tier": np.where(out["expected_value"].notna(), value_tier, TIERS[2]),
+                "lifecycle_stage": stages[stage],
+                "value_tier": np.asarray(TIERS, dtype=object)[
+                    np.where(np.isnan(value), 2, value_tier)
+                ],
                 "open_issues": _open_issues(features),
-                "preferred_category_1": out["preferred_category_1"],
-                "best_channel": out["best_channel"],
-            },
-            index=out.index,
+                "preferred_category_1": out["preferred_category_1"]
+                .replace("", None)
+                .to_numpy(dtype=object, na_value=None),
+                "best_channel": out["best_channel"]
+                .replace("", None)
+                .to_numpy(dtype=object, na_value=None),
+            }
         )
     )
-    out = out.join(actions)
-    out["as_of"] = as_of_text(as_of)
-    out = out.reset_index().sort_values("priority_rank", kind="mergesort")
-    return _tidy(out[list(CUSTOMER_COLUMNS)])
+    for column in actions.columns:
+        out[column] = actions[column].reset_index(drop=True)
+    out["as_of"] = _constant(as_of_text(as_of), n)
+    table = pd.DataFrame(out).iloc[np.argsort(priority, kind="stable")]
+    return table[list(CUSTOMER_COLUMNS)].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------ writing
@@ -795,22 +898,45 @@ def _readable(path: Path) -> None:
 def write_list(frame: pd.DataFrame, path: Path) -> Path:
     """Write a list as CSV (``.csv``) or Parquet (``.parquet``), atomically and reproducibly.
 
-    CSV floats have exactly :data:`DECIMALS` decimals, lines end with ``\\n``, missing values
-    are empty; Parquet holds the same rounded values, without the pandas index.
+    CSV floats have exactly :data:`DECIMALS` decimals, lines end with ``\\n``, text is quoted
+    only when it must be, missing values and empty text are empty fields. Parquet holds the
+    same rounded values. The CSV is written by DuckDB, several times faster than pandas on
+    a million rows, in the frame's row order.
     """
     with atomic_path(path) as temporary:
         if path.suffix == ".csv":
-            frame.to_csv(
-                temporary,
-                index=False,
-                float_format=f"%.{DECIMALS}f",
-                lineterminator="\n",
-                encoding="utf-8",
-            )
+            _write_csv(frame, temporary)
         else:
             frame.to_parquet(temporary, index=False, engine="pyarrow", compression="zstd")
         _readable(temporary)
     return path
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    columns = []
+    for name in frame.columns:
+        quoted = '"' + str(name).replace('"', '""') + '"'
+        dtype = frame[name].dtype
+        if pd.api.types.is_float_dtype(dtype):
+            columns.append(
+                f"CAST(round({quoted}, {DECIMALS}) AS DECIMAL(38, {DECIMALS})) AS {quoted}"
+            )
+        elif pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
+            columns.append(f"nullif({quoted}, '') AS {quoted}")
+        else:
+            columns.append(quoted)
+    finite = frame.copy(deep=False)
+    for name in frame.columns:
+        if pd.api.types.is_float_dtype(frame[name].dtype):
+            values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+            finite[name] = np.where(np.isfinite(values), values, np.nan)
+    target = str(path).replace("'", "''")
+    with duckdb.connect() as connection:
+        connection.register("frame", finite)
+        connection.execute(
+            f"COPY (SELECT {', '.join(columns)} FROM frame) TO '{target}' "
+            "(FORMAT csv, HEADER, DELIMITER ',')"
+        )
 
 
 def write_document(text: str, path: Path) -> Path:
