@@ -809,6 +809,17 @@ def _history(client: Any, name: str) -> list[str]:
     return [str(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
 
 
+def _require_store(uri: str, task: str, name: str) -> None:
+    """Fail before touching a SQLite store that does not exist (MLflow would create it)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ModelNotFound(
+            f"no champion of task {task!r} (registered model {name!r}): there is no MLflow "
+            f"store at {uri}; run `cxpredict train --config <config> --task {task}` first, or "
+            "point MLFLOW_TRACKING_URI / mlflow.tracking_uri at the store the models were "
+            "logged to"
+        )
+
+
 def _require_model(client: Any, config: ProjectConfig, task: str, uri: str) -> str:
     from mlflow.exceptions import MlflowException
 
@@ -975,6 +986,7 @@ def promote(
             "without beating it; the reason is recorded on the version"
         )
     uri = _uri(config, tracking_uri)
+    _require_store(uri, task, model_name(config, task))
     with tracking(uri) as client:
         name = _require_model(client, config, task, uri)
         challenger = _alias_version(client, name, CHALLENGER)
@@ -1090,6 +1102,7 @@ def rollback(
         When the task has no registered model or no earlier champion.
     """
     uri = _uri(config, tracking_uri)
+    _require_store(uri, task, model_name(config, task))
     with tracking(uri) as client:
         name = _require_model(client, config, task, uri)
         current = _alias_version(client, name, CHAMPION)
@@ -1182,6 +1195,7 @@ def champion_uri(config: ProjectConfig, task: str, *, tracking_uri: str | None =
         When the task has no champion: run ``cxpredict train`` first.
     """
     uri = _uri(config, tracking_uri)
+    _require_store(uri, task, model_name(config, task))
     name = model_name(config, task)
     with tracking(uri) as client:
         if _alias_version(client, name, CHAMPION) is None:
@@ -1209,6 +1223,7 @@ def load_champion(config: ProjectConfig, task: str, *, tracking_uri: str | None 
     from mlflow.exceptions import MlflowException
 
     uri = _uri(config, tracking_uri)
+    _require_store(uri, task, model_name(config, task))
     name = model_name(config, task)
     with tracking(uri) as client:
         try:
