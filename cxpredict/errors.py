@@ -86,6 +86,12 @@ class OutputLocked(CxpredictError):
     exit_code = 10
 
 
+class PromotionRefused(CxpredictError):
+    """The challenger is not better than the champion on the same backtest cutoffs and data."""
+
+    exit_code = 11
+
+
 def closest(name: str, candidates: Iterable[str]) -> str | None:
     """Return the candidate closest to ``name`` (case-insensitive), or ``None``."""
     pool = list(candidates)

@@ -34,7 +34,7 @@ import pandas as pd
 import yaml
 
 from cxpredict.config import ProjectConfig, TaskConfig
-from cxpredict.errors import CxpredictError, ModelNotFound
+from cxpredict.errors import ModelNotFound, PromotionRefused
 from cxpredict.schemas import Tables, to_utc
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -58,12 +58,6 @@ HISTORY_TAG = "champion_history"
 PREVIOUS_TAG = "previous_champion"
 METRICS_ARTIFACT = "backtest/metrics.csv"
 CUTOFFS_ARTIFACT = "backtest/cutoffs.json"
-
-
-class PromotionRefused(CxpredictError):
-    """The challenger is not better than the champion on the same backtest cutoffs and data."""
-
-    exit_code = 11
 
 
 # ------------------------------------------------------------------------------ the store
