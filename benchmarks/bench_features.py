@@ -8,6 +8,10 @@ Scenarios, each run in its own child process (spawned) so that peak RSS is its o
   net spend per window and lifetime, days since first and last order);
 - ``rfm_pandas``: the same RFM subset with idiomatic pandas ``groupby``.
 
+Columns: wall time of the scenario, events (orders + interactions) per second, customers per
+second (distinct customers in the output), rows per second (customer x cutoff rows) and the
+child's peak RSS, which includes the input tables it read.
+
 Data come from :func:`cxpredict.sample.generate_sample`, written once to Parquet and read by
 each child (reading time is not counted; its memory is, in peak RSS). Ratios printed:
 full/plain-RFM (same cutoff, same data) and pandas/DuckDB for the RFM subset.
@@ -193,7 +197,8 @@ def _write_chunks(folder: Path, events: int, seed: int) -> tuple[int, int, int]:
 
 def _print(results: list[dict[str, Any]], events: int, *, targets: bool = True) -> None:
     print(
-        f"\n{'scenario':<18}{'wall s':>9}{'events/s':>14}{'rows/s':>12}{'peak RSS GB':>13}"
+        f"\n{'scenario':<18}{'wall s':>9}{'events/s':>12}{'customers/s':>13}{'rows/s':>11}"
+        f"{'peak RSS GB':>13}"
         f"{'rows':>11}{'cols':>6}{'target':>16}"
     )
     for r in results:
@@ -202,8 +207,9 @@ def _print(results: list[dict[str, Any]], events: int, *, targets: bool = True) 
         if r["scenario"] == "full_1_cutoff" and targets:
             note += f", < {RSS_TARGET_GB:.0f} GB"
         print(
-            f"{r['scenario']:<18}{r['seconds']:>9.2f}{events / r['seconds']:>14,.0f}"
-            f"{r['rows'] / r['seconds']:>12,.0f}{r['peak_rss_gb']:>13.2f}{r['rows']:>11,}"
+            f"{r['scenario']:<18}{r['seconds']:>9.2f}{events / r['seconds']:>12,.0f}"
+            f"{r['customers'] / r['seconds']:>13,.0f}{r['rows'] / r['seconds']:>11,.0f}"
+            f"{r['peak_rss_gb']:>13.2f}{r['rows']:>11,}"
             f"{r['columns']:>6}{note:>16}"
         )
     by = {r["scenario"]: r["seconds"] for r in results}
