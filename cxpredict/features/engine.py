@@ -561,7 +561,7 @@ class Results:
     def value(self, name: str) -> np.ndarray:
         """A ``max``, ``min``, ``last`` or per-cutoff aggregate as float64 (NaN: no rows)."""
         kind, cid, j, values = self._values[name]
-        dense = self._dense(cid, j, values.astype(np.float64), np.nan)
+        dense = self._dense(cid, j, np.asarray(values, dtype=np.float64), np.nan)
         if kind == "max":
             np.fmax.accumulate(dense, axis=1, out=dense)
         elif kind == "min":

@@ -85,8 +85,8 @@ def feature(
 
 def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """``numerator / denominator`` as float64, NaN where the denominator is 0."""
-    numerator = numerator.astype(np.float64)
-    denominator = denominator.astype(np.float64)
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
     out = np.full(np.broadcast_shapes(numerator.shape, denominator.shape), np.nan)
     np.divide(numerator, denominator, out=out, where=denominator != 0)
     return out
