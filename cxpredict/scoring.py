@@ -1161,9 +1161,12 @@ def _calibration(model: LoadedModel) -> pd.DataFrame | None:
     needed = {"bin", "n", "mean_score", "actual_rate"}
     if not needed <= set(frame.columns):
         return None
+    columns = ["bin", "n", "mean_score", "actual_rate"]
     if "cutoff" in frame.columns:  # several backtest cutoffs: the latest one
-        frame = frame[frame["cutoff"] == frame["cutoff"].max()]
-    return frame[["bin", "n", "mean_score", "actual_rate"]].reset_index(drop=True)
+        frame = frame[frame["cutoff"].astype(str) == frame["cutoff"].astype(str).max()]
+        frame = frame.assign(cutoff=frame["cutoff"].astype(str).str.slice(0, 10))
+        columns.append("cutoff")
+    return frame[columns].reset_index(drop=True)
 
 
 def _reasons(model: LoadedModel, X: pd.DataFrame, catalogue: pd.DataFrame) -> pd.DataFrame | None:
@@ -1191,7 +1194,10 @@ def score_task(
     Window: the features' (events strictly before ``as_of``).
     """
     model.check_features(features, catalogue_version=catalogue_version)
-    X = features.loc[eligible(features, task), list(model.features)]
+    # The model's inputs, plus the engine's BTYD summary a model may use to reach its horizon.
+    columns = list(model.features)
+    columns += [c for c in features.columns if c.startswith("btyd_") and c not in columns]
+    X = features.loc[eligible(features, task), columns]
     predictions = model.bundle.predict(X)
     scored = normalise_predictions(
         predictions, X.index, kind=task.kind, top_k=min(getattr(task, "top_k", 3), 3)
@@ -1213,6 +1219,7 @@ def score_task(
     )
     references = _references(model)
     current = {f: X[f].to_numpy(dtype=np.float64, na_value=np.nan) for f in model.features}
+    # ``score`` is compared with the training scores (not stored for preference models).
     current["score"] = scored["score"].to_numpy(dtype=np.float64)
     drift = drift_report(
         name,
