@@ -27,18 +27,13 @@ from cxpredict.config import (
 )
 from cxpredict.errors import IneligibleTask
 from cxpredict.schemas import Tables, to_utc
+from cxpredict.spine import label_window
 
 Task = ChurnTask | RepurchaseTask | PreferenceTask | ValueTask
 INDEX: tuple[str, str] = ("customer_id", "cutoff")
 #: Binary label column of churn and repurchase frames.
 LABEL = "label"
 _US_PER_DAY = 86_400_000_000
-
-
-def label_window(cutoff: object, horizon_days: int) -> tuple[pd.Timestamp, pd.Timestamp]:
-    # TODO: use cxpredict.spine.label_window once the spine lands
-    start = to_utc(cutoff)
-    return start, start + pd.Timedelta(days=horizon_days)
 
 
 def _micros(stamps: pd.Series | pd.DatetimeIndex) -> np.ndarray:

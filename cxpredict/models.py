@@ -12,7 +12,6 @@ Models are deterministic for a seed: LightGBM runs with a fixed thread count,
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -454,6 +453,8 @@ def booster_to_dict(model: _Booster) -> dict[str, Any]:
         state["calibration_scores"] = model.calibration_scores_
     if isinstance(model, LightGBMRegressor):
         state["uses_exposure"] = model.uses_exposure_
+    if isinstance(model, _Multiclass):
+        state["num_class"] = model.num_class_
     return state
 
 
@@ -462,6 +463,7 @@ def booster_from_dict(state: Mapping[str, Any]) -> _Booster:
     classes: dict[str, type[_Booster]] = {
         "LightGBMClassifier": LightGBMClassifier,
         "LightGBMRegressor": LightGBMRegressor,
+        "_Multiclass": _Multiclass,
     }
     model = classes[state["class"]](**state["params"])
     model.booster_ = lgb.Booster(model_str=state["booster"])
@@ -475,83 +477,50 @@ def booster_from_dict(state: Mapping[str, Any]) -> _Booster:
         model.calibration_scores_ = dict(state.get("calibration_scores", {}))
     if isinstance(model, LightGBMRegressor):
         model.uses_exposure_ = bool(state["uses_exposure"])
+    if isinstance(model, _Multiclass):
+        model.num_class_ = int(state["num_class"])
     return model
 
 
 # ------------------------------------------------------------------------------- preference
 
-PAIR_FEATURES: tuple[str, ...] = (
-    "value_count",
-    "value_share",
-    "value_days_since",
-    "value_popularity",
-)
 
-
-def pair_features(X: pd.DataFrame, history: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
+def pair_features(
+    X: pd.DataFrame, values: Sequence[str], value_columns: Mapping[str, Mapping[str, str]]
+) -> pd.DataFrame:
     """Customer features crossed with every value, plus the customer's past with each value.
 
     Parameters
     ----------
     X
-        Customer features indexed by ``(customer_id, cutoff)``.
-    history
-        Long frame from :func:`cxpredict.labels.preference_history`: ``customer_id``,
-        ``cutoff``, ``value``, ``count``, ``days_since`` (events before each cutoff).
+        Customer features, one row per customer (any index).
     values
         The values to score, in order.
+    value_columns
+        For each value, its per-value feature columns under a name common to all values
+        (``{"books": {"share_category": "share_category_books"}}``).
 
     Returns
     -------
     DataFrame
-        Indexed by ``(customer_id, cutoff, value)``: the columns of ``X``, then ``value`` (a
-        categorical over ``values``), ``value_count``, ``value_share`` (of the customer's
-        events), ``value_days_since`` (missing when never chosen) and ``value_popularity``
-        (share of all customers' events at that cutoff).
+        One row per (customer, value), customers outer and values inner: the columns of
+        ``X``, then ``value`` (a categorical over ``values``) and one ``value_<name>`` column
+        per common name, holding the value's own column.
     """
     values = list(values)
-    keys = X.index.to_frame(index=False)
-    grid = keys.merge(pd.DataFrame({"value": values}), how="cross")
-    past = history[history["value"].isin(values)]
-    totals = history.groupby(["customer_id", "cutoff"])["count"].sum().rename("total")
-    popularity = history.groupby(["cutoff", "value"])["count"].sum()
-    popularity = (popularity / popularity.groupby(level="cutoff").transform("sum")).rename(
-        "value_popularity"
-    )
-    grid = grid.merge(past[["customer_id", "cutoff", "value", "count", "days_since"]], how="left")
-    grid = grid.merge(totals.reset_index(), how="left")
-    grid = grid.merge(popularity.reset_index(), how="left")
-    grid["value_count"] = grid["count"].fillna(0.0)
-    grid["value_share"] = (grid["value_count"] / grid["total"]).fillna(0.0)
-    grid["value_days_since"] = grid["days_since"]
-    grid["value_popularity"] = grid["value_popularity"].fillna(0.0)
-    grid = grid.set_index(["customer_id", "cutoff", "value"])
-    customer = X.reindex(pd.MultiIndex.from_frame(grid.index.to_frame(index=False).iloc[:, :2]))
-    out = pd.DataFrame(customer.to_numpy(), index=grid.index, columns=X.columns)
-    out = out.astype(X.dtypes.to_dict())
-    out["value"] = pd.Categorical(grid.index.get_level_values("value"), categories=values)
-    for column in PAIR_FEATURES:
-        out[column] = grid[column].to_numpy(dtype=float)
+    n, m = len(X), len(values)
+    base = np.repeat(X.to_numpy(dtype=float), m, axis=0)
+    out = pd.DataFrame(base, columns=X.columns)
+    out["value"] = pd.Categorical(np.tile(values, n), categories=values)
+    names = sorted({name for v in values for name in value_columns.get(v, {})})
+    for name in names:
+        stacked = np.full((n, m), np.nan)
+        for j, value in enumerate(values):
+            column = value_columns.get(value, {}).get(name)
+            if column is not None:
+                stacked[:, j] = X[column].to_numpy(dtype=float)
+        out[f"value_{name}"] = stacked.reshape(-1)
     return out
-
-
-def wide_history(X: pd.DataFrame, history: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
-    """Customer features plus one share and one recency column per value (multiclass input)."""
-    values = list(values)
-    past = history[history["value"].isin(values)]
-    totals = history.groupby(["customer_id", "cutoff"])["count"].transform("sum")
-    past = past.assign(share=past["count"] / totals.loc[past.index])
-    share = past.pivot_table(
-        index=["customer_id", "cutoff"], columns="value", values="share", aggfunc="sum"
-    )
-    days = past.pivot_table(
-        index=["customer_id", "cutoff"], columns="value", values="days_since", aggfunc="min"
-    )
-    share = share.reindex(index=X.index, columns=values).fillna(0.0)
-    days = days.reindex(index=X.index, columns=values)
-    share.columns = [f"value_share__{_name(v)}" for v in values]
-    days.columns = [f"value_days_since__{_name(v)}" for v in values]
-    return pd.concat([X, share, days], axis=1)
 
 
 class PreferenceModel(BaseEstimator):
@@ -561,13 +530,14 @@ class PreferenceModel(BaseEstimator):
     ----------
     strategy
         ``"pairs"``: one binary model over (customer, value) pairs, each pair described by
-        the customer's features and their past with that value; the score is the probability
-        that the customer chooses the value in the window. ``"multiclass"``: one softmax
-        model over values, trained on one row per chosen value (weighted so that each
-        customer counts once); the score is the share of the customer's choices expected to
-        fall on each value.
+        the customer's features and the customer's own columns for that value (share of
+        purchases, whether the latest purchase had it, days since it was last used); the
+        score is the probability that the customer chooses the value in the window.
+        ``"multiclass"``: one softmax model over the values on the customer's features,
+        trained on one row per chosen value (weighted so that each customer counts once);
+        the score is the share of the customer's choices expected to fall on each value.
     min_positives
-        Values chosen fewer times than this in the training rows are not scored.
+        Values chosen fewer times than this in the training rows are not ranked.
     params, num_boost_round, early_stopping_rounds, seed
         As for :class:`LightGBMClassifier`.
     """
@@ -594,21 +564,20 @@ class PreferenceModel(BaseEstimator):
         X: pd.DataFrame,
         Y: pd.DataFrame,
         *,
-        history: pd.DataFrame,
         X_valid: pd.DataFrame,
         Y_valid: pd.DataFrame,
+        value_columns: Mapping[str, Mapping[str, str]] | None = None,
     ) -> PreferenceModel:
         """Fit on training customers; stop early on the (later) validation customers.
 
         Parameters
         ----------
         X, X_valid
-            Customer features indexed by ``(customer_id, cutoff)``.
+            Customer features, one row per customer and cutoff.
         Y, Y_valid
-            0/1 choices per value, same index as the features.
-        history
-            Past choices per (customer, cutoff, value) covering the training and validation
-            cutoffs (see :func:`cxpredict.labels.preference_history`).
+            0/1 choices per value (columns), rows as the features.
+        value_columns
+            Per-value feature columns (see :func:`pair_features`); used by ``"pairs"``.
         """
         counts = Y.sum(axis=0)
         values = sorted(str(v) for v in counts.index[counts >= self.min_positives])
@@ -618,46 +587,60 @@ class PreferenceModel(BaseEstimator):
                 "training rows; there is nothing to rank"
             )
         self.values_ = np.asarray(values, dtype=object)
+        self.value_columns_ = {v: dict((value_columns or {}).get(v, {})) for v in values}
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         Y = Y.reindex(columns=values, fill_value=0)
         Y_valid = Y_valid.reindex(columns=values, fill_value=0)
+        common = {
+            "params": self.params,
+            "num_boost_round": self.num_boost_round,
+            "early_stopping_rounds": self.early_stopping_rounds,
+            "seed": self.seed,
+        }
         if self.strategy == "pairs":
-            model: _Booster = LightGBMClassifier(
-                params=self.params,
-                num_boost_round=self.num_boost_round,
-                early_stopping_rounds=self.early_stopping_rounds,
-                calibration="auto",
-                seed=self.seed,
-            )
+            model: _Booster = LightGBMClassifier(calibration="auto", **common)
             model.fit(
-                pair_features(X, history, values),
-                Y.stack().to_numpy(),
-                X_valid=pair_features(X_valid, history, values),
-                y_valid=Y_valid.stack().to_numpy(),
+                pair_features(X, values, self.value_columns_),
+                Y.to_numpy().reshape(-1),
+                X_valid=pair_features(X_valid, values, self.value_columns_),
+                y_valid=Y_valid.to_numpy().reshape(-1),
             )
         elif self.strategy == "multiclass":
-            model = _Multiclass(
-                params=self.params,
-                num_boost_round=self.num_boost_round,
-                early_stopping_rounds=self.early_stopping_rounds,
-                seed=self.seed,
-            )
-            model.fit_choices(
-                wide_history(X, history, values), Y, wide_history(X_valid, history, values), Y_valid
-            )
+            model = _Multiclass(**common).fit_choices(X, Y, X_valid, Y_valid)
         else:
             raise ValueError(f"strategy must be 'pairs' or 'multiclass', got {self.strategy!r}")
         self.model_ = model
         return self
 
-    def predict_scores(self, X: pd.DataFrame, *, history: pd.DataFrame) -> pd.DataFrame:
+    def predict_scores(self, X: pd.DataFrame) -> pd.DataFrame:
         """Scores per customer (rows, like ``X``) and value (columns); higher is preferred."""
-        values = list(self.values_)
+        values = [str(v) for v in self.values_]
+        X = X[list(self.feature_names_in_)]
         if self.strategy == "pairs":
-            pairs = pair_features(X, history, values)
+            pairs = pair_features(X, values, self.value_columns_)
             p = self.model_.predict_proba(pairs)[:, 1]
             return pd.DataFrame(p.reshape(len(X), len(values)), index=X.index, columns=values)
-        p = self.model_.predict_proba(wide_history(X, history, values))
-        return pd.DataFrame(p, index=X.index, columns=values)
+        return pd.DataFrame(self.model_.predict_proba(X), index=X.index, columns=values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted state as JSON types plus the booster as text."""
+        return {
+            "params": json.loads(json.dumps(self.get_params(), default=str)),
+            "values": [str(v) for v in self.values_],
+            "value_columns": self.value_columns_,
+            "features": [str(f) for f in self.feature_names_in_],
+            "model": booster_to_dict(self.model_),
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> PreferenceModel:
+        """Rebuild a model saved with :meth:`to_dict`."""
+        model = cls(**state["params"])
+        model.values_ = np.asarray(state["values"], dtype=object)
+        model.value_columns_ = {k: dict(v) for k, v in state["value_columns"].items()}
+        model.feature_names_in_ = np.asarray(state["features"], dtype=object)
+        model.model_ = booster_from_dict(state["model"])
+        return model
 
 
 class _Multiclass(_Booster):
@@ -669,11 +652,7 @@ class _Multiclass(_Booster):
         return {"objective": "multiclass", "num_class": self.num_class_}
 
     def fit_choices(
-        self,
-        X: pd.DataFrame,
-        Y: pd.DataFrame,
-        X_valid: pd.DataFrame,
-        Y_valid: pd.DataFrame,
+        self, X: pd.DataFrame, Y: pd.DataFrame, X_valid: pd.DataFrame, Y_valid: pd.DataFrame
     ) -> _Multiclass:
         """Fit on one row per chosen value; customers who chose nothing are left out."""
         self.num_class_ = Y.shape[1]
@@ -692,8 +671,3 @@ class _Multiclass(_Booster):
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Softmax share per value, shape ``(n, n_values)``."""
         return self.booster_.predict(self._check(X), num_iteration=self.best_iteration_)
-
-
-def _name(value: str) -> str:
-    """A value made safe for a LightGBM feature name (no JSON special characters)."""
-    return re.sub(r'[\[\]{}",:]', "_", str(value))

@@ -15,6 +15,7 @@ from cxpredict.models import (
     booster_from_dict,
     booster_to_dict,
     choose_calibration,
+    pair_features,
 )
 
 FAST = {"learning_rate": 0.1, "min_data_in_leaf": 20, "num_leaves": 7}
@@ -162,43 +163,41 @@ def test_a_tweedie_model_predicts_non_negative_spend_and_survives_a_round_trip()
     )
 
 
-def preference_data(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+VALUES = ("books", "games", "music")
+
+
+def preference_data(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(seed)
-    cutoff = pd.Timestamp("2024-01-01", tz="UTC") + pd.Timedelta(days=seed)
-    index = pd.MultiIndex.from_product(
-        [[f"c{i}" for i in range(n)], [cutoff]], names=["customer_id", "cutoff"]
-    )
-    favourite = rng.choice(["books", "games", "music"], n, p=[0.5, 0.3, 0.2])
-    X = pd.DataFrame({"age": rng.uniform(0, 1, n)}, index=index)
+    favourite = rng.choice(VALUES, n, p=[0.5, 0.3, 0.2])
+    X = pd.DataFrame({"age": rng.uniform(0, 1, n)}, index=[f"c{seed}-{i}" for i in range(n)])
+    for v in VALUES:
+        X[f"share_{v}"] = np.where(favourite == v, rng.uniform(0.5, 1, n), rng.uniform(0, 0.3, n))
     Y = pd.DataFrame(
-        {
-            v: ((favourite == v) | (rng.random(n) < 0.1)).astype(int)
-            for v in ["books", "games", "music"]
-        },
-        index=index,
+        {v: ((favourite == v) | (rng.random(n) < 0.1)).astype(int) for v in VALUES},
+        index=X.index,
     )
-    history = pd.DataFrame(
-        {
-            "customer_id": index.get_level_values(0),
-            "cutoff": cutoff,
-            "value": favourite,
-            "count": rng.integers(1, 5, n),
-            "days_since": rng.uniform(1, 100, n),
-        }
-    )
-    return X, Y, history
+    return X, Y
 
 
 @pytest.mark.parametrize("strategy", ["pairs", "multiclass"])
-def test_a_preference_model_ranks_each_customers_past_favourite_first(strategy):
-    X, Y, history = preference_data(600, 0)
-    X_valid, Y_valid, history_valid = preference_data(400, 1)
-    both = pd.concat([history, history_valid], ignore_index=True)
+def test_a_preference_model_ranks_each_customers_favourite_first(strategy):
+    X, Y = preference_data(600, 0)
+    X_valid, Y_valid = preference_data(400, 1)
+    columns = {v: {"share": f"share_{v}"} for v in VALUES}
     model = PreferenceModel(strategy=strategy, params=FAST).fit(
-        X, Y, history=both, X_valid=X_valid, Y_valid=Y_valid
+        X, Y, X_valid=X_valid, Y_valid=Y_valid, value_columns=columns
     )
-    scores = model.predict_scores(X_valid, history=both)
-    assert list(scores.columns) == ["books", "games", "music"]
-    favourite = history_valid.set_index("customer_id")["value"]
-    top = scores.idxmax(axis=1).droplevel("cutoff")
-    assert (top == favourite.reindex(top.index)).mean() > 0.9
+    scores = model.predict_scores(X_valid)
+    assert list(scores.columns) == list(VALUES)
+    favourite = X_valid[[f"share_{v}" for v in VALUES]].to_numpy().argmax(axis=1)
+    assert (scores.to_numpy().argmax(axis=1) == favourite).mean() > 0.9
+    rebuilt = PreferenceModel.from_dict(model.to_dict())
+    pd.testing.assert_frame_equal(rebuilt.predict_scores(X_valid), scores)
+
+
+def test_pair_features_put_each_values_own_column_under_one_name():
+    X = pd.DataFrame({"age": [1.0, 2.0], "share_a": [0.9, 0.1], "share_b": [0.1, 0.9]})
+    pairs = pair_features(X, ["a", "b"], {"a": {"share": "share_a"}, "b": {"share": "share_b"}})
+    assert pairs["value"].tolist() == ["a", "b", "a", "b"]
+    assert pairs["value_share"].tolist() == [0.9, 0.1, 0.1, 0.9]
+    assert pairs["age"].tolist() == [1.0, 1.0, 2.0, 2.0]

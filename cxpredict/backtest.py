@@ -1,0 +1,812 @@
+"""Rolling-cutoff evaluation: models and baselines side by side on later, unseen cutoffs.
+
+A *fold* is a list of training cutoffs, one validation cutoff and (for a backtest) one test
+cutoff, laid out in time so that nothing leaks (``h`` is the label horizon)::
+
+    test cutoff       t   = as_of - h - k * step  (its window [t, t + h) ends by the as-of date)
+    validation cutoff v   = t - h                 (its window ends at the test cutoff)
+    training cutoffs  c_j = v - h - j * step      (their windows end by the validation cutoff)
+
+The model of a fold sees only the events before its test cutoff (before the as-of date for
+the final model): features, labels and the buy-till-you-die fits alike. Validation rows stop
+boosting early and fit the calibration; test rows only ever score. No rows are split at
+random anywhere: every comparison is a later cutoff scored by a model that could have existed
+then, next to the baselines a sceptical analyst would try first.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from cxpredict import metrics
+from cxpredict.baselines import (
+    BaselineFitError,
+    BetaGeometricNBD,
+    ParetoNBD,
+    RecencyBaseline,
+    RFMBaseline,
+    btyd_summary,
+)
+from cxpredict.config import ChurnTask, PreferenceTask, RepurchaseTask, TrainingConfig, ValueTask
+from cxpredict.errors import IneligibleTask
+from cxpredict.labels import (
+    LABEL,
+    Task,
+    check_class_balance,
+    check_history,
+    make_labels,
+    preference_history,
+)
+from cxpredict.models import (
+    LightGBMClassifier,
+    LightGBMRegressor,
+    PreferenceModel,
+    split_overrides,
+)
+from cxpredict.schemas import Tables, to_utc
+
+#: ``features(tables, cutoffs, as_of)`` -> features indexed by ``(customer_id, cutoff)``,
+#: built from ``tables`` (already cut at ``as_of``) with what was known before ``as_of``.
+FeatureFunction = Callable[[Tables, Sequence[pd.Timestamp], pd.Timestamp], pd.DataFrame]
+
+#: Buy-till-you-die outputs offered to the models as features, fitted before each cutoff.
+BTYD_FEATURES: tuple[str, ...] = (
+    "btyd_expected_purchases",
+    "btyd_p_alive",
+    "btyd_p_purchase",
+)
+#: The engine's per-customer summary the BTYD outputs are computed from (in weeks).
+BTYD_INPUTS: tuple[str, str, str] = ("btyd_frequency", "btyd_recency_weeks", "btyd_t_weeks")
+#: The time unit of the buy-till-you-die fits, in days (weeks, as in the literature).
+BTYD_UNIT_DAYS = 7.0
+METRIC_COLUMNS: tuple[str, ...] = ("cutoff", "model", "metric", "value")
+RECENCY_COLUMN = "days_since_last_order"
+FREQUENCY_COLUMN = "orders_lifetime"
+MONETARY_COLUMN = "spend_lifetime"
+#: Per-value feature columns of the engine for the attributes it describes value by value.
+VALUE_COLUMN_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "orders.category": ("share_category_{slug}", "last_category_is_{slug}"),
+    "orders.channel": ("share_order_channel_{slug}", "last_order_channel_is_{slug}"),
+    "interactions.channel": ("days_since_last_interaction_{slug}",),
+}
+
+
+# ------------------------------------------------------------------------------ time layout
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Training cutoffs, the validation cutoff and the test cutoff (``None`` when final).
+
+    ``as_of`` is the instant before which the fold's model sees data: the test cutoff for a
+    backtest fold, the run's as-of date for the final model.
+    """
+
+    train: tuple[pd.Timestamp, ...]
+    valid: pd.Timestamp
+    test: pd.Timestamp | None
+    as_of: pd.Timestamp
+
+
+def plan_fold(
+    as_of: pd.Timestamp, *, horizon_days: int, n_cutoffs: int, step_days: int, test: bool
+) -> Fold:
+    """The fold of a model trained as of ``as_of``, with or without a test cutoff.
+
+    Without a test cutoff the validation window ``[v, v + h)`` ends at ``as_of``; with one,
+    the test window ends at ``as_of`` and the validation window at the test cutoff. The
+    training windows end by the validation cutoff.
+    """
+    as_of = to_utc(as_of)
+    horizon = pd.Timedelta(days=horizon_days)
+    test_cutoff = as_of - horizon if test else None
+    model_as_of = test_cutoff if test_cutoff is not None else as_of
+    valid = model_as_of - horizon
+    train = tuple(
+        valid - horizon - pd.Timedelta(days=j * step_days) for j in reversed(range(n_cutoffs))
+    )
+    return Fold(train=train, valid=valid, test=test_cutoff, as_of=model_as_of)
+
+
+def plan_backtest(
+    as_of: pd.Timestamp, *, horizon_days: int, training: TrainingConfig
+) -> list[Fold]:
+    """Backtest folds, latest first: test cutoffs ``as_of - h - k * step`` for k < n."""
+    return [
+        plan_fold(
+            to_utc(as_of) - pd.Timedelta(days=k * training.step_days),
+            horizon_days=horizon_days,
+            n_cutoffs=training.n_cutoffs,
+            step_days=training.step_days,
+            test=True,
+        )
+        for k in range(training.n_backtest_cutoffs)
+    ]
+
+
+def min_history_days(horizon_days: int) -> int:
+    """History required before the first training cutoff: the horizon, at most 90 days."""
+    return min(horizon_days, 90)
+
+
+def check_fold(
+    task_name: str, task: Task, fold: Fold, *, first_event: pd.Timestamp, horizon_days: int
+) -> None:
+    """Refuse a fold whose training windows are still open or whose first cutoff lacks history.
+
+    Raises
+    ------
+    IneligibleTask
+        Naming the offending cutoff and what to change.
+    """
+    labelled = task.model_copy(update={"horizon_days": horizon_days})
+    check_history(
+        task_name,
+        labelled,
+        cutoffs=fold.train,
+        as_of=fold.valid,
+        first_event=first_event,
+        min_history_days=min_history_days(horizon_days),
+    )
+    check_history(
+        task_name,
+        labelled,
+        cutoffs=[fold.valid],
+        as_of=fold.as_of,
+        first_event=first_event,
+        min_history_days=0,
+    )
+
+
+# ------------------------------------------------------------------------------ BTYD inputs
+
+
+def _btyd_model(name: str) -> BetaGeometricNBD | ParetoNBD:
+    if name == "bgnbd":
+        return BetaGeometricNBD()
+    if name == "pareto":
+        return ParetoNBD()
+    raise ValueError(f"unknown buy-till-you-die model {name!r}; use 'bgnbd' or 'pareto'")
+
+
+def btyd_from_params(name: str, params: Mapping[str, float]) -> BetaGeometricNBD | ParetoNBD:
+    """A fitted BG/NBD (``"bgnbd"``) or Pareto/NBD (``"pareto"``) from stored parameters."""
+    model = _btyd_model(name)
+    model.params_ = {k: float(v) for k, v in params.items()}
+    return model
+
+
+@dataclass
+class BtydCache:
+    """BG/NBD and Pareto/NBD fits per cutoff, each on the purchases strictly before it.
+
+    Fitting is the slow part of the buy-till-you-die models, and a cutoff recurs across folds
+    (a training cutoff of one fold is a validation cutoff of another), so fits are kept for
+    the length of one run.
+    """
+
+    orders: pd.DataFrame
+    fits: dict[tuple[str, pd.Timestamp], Any] = field(default_factory=dict)
+    _summaries: dict[pd.Timestamp, pd.DataFrame] = field(default_factory=dict)
+
+    def summary(self, cutoff: pd.Timestamp) -> pd.DataFrame:
+        """(frequency, recency, T) in weeks of every customer with a purchase before ``cutoff``."""
+        if cutoff not in self._summaries:
+            purchases = self.orders[
+                (self.orders["timestamp"] < cutoff) & (self.orders["amount"] >= 0)
+            ]
+            summary = btyd_summary(purchases, cutoff, time_unit_days=BTYD_UNIT_DAYS)
+            self._summaries[cutoff] = summary.set_axis(summary.index.astype(str))
+        return self._summaries[cutoff]
+
+    def model(self, name: str, cutoff: pd.Timestamp) -> BetaGeometricNBD | ParetoNBD | None:
+        """The ``"bgnbd"`` or ``"pareto"`` fit before ``cutoff``; ``None`` when it fails."""
+        key = (name, cutoff)
+        if key not in self.fits:
+            summary = self.summary(cutoff)
+            model: Any = _btyd_model(name)
+            try:
+                with warnings.catch_warnings():
+                    # A fit that stops short is still a usable baseline; how good it is shows
+                    # in the metrics next to it.
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    model.fit(summary["frequency"], summary["recency"], summary["T"])
+            except (BaselineFitError, ValueError):
+                model = None
+            self.fits[key] = model
+        return self.fits[key]
+
+    def predictions(self, name: str, cutoff: pd.Timestamp, horizon_days: float) -> pd.DataFrame:
+        """The model's outputs over ``horizon_days`` for each customer known before ``cutoff``."""
+        summary = self.summary(cutoff)
+        return btyd_outputs(
+            self.model(name, cutoff),
+            summary["frequency"],
+            summary["recency"],
+            summary["T"],
+            horizon_days=horizon_days,
+            index=summary.index,
+        )
+
+
+def btyd_outputs(
+    model: BetaGeometricNBD | ParetoNBD | None,
+    frequency: Any,
+    recency: Any,
+    T: Any,
+    *,
+    horizon_days: float,
+    index: pd.Index,
+) -> pd.DataFrame:
+    """Expected purchases, P(alive) and P(at least one purchase) in the horizon.
+
+    Rows with a missing summary (customers without a purchase) get missing outputs, as do all
+    rows when ``model`` is ``None``.
+    """
+    out = pd.DataFrame(np.nan, index=index, columns=list(BTYD_FEATURES))
+    f, r, t = (np.asarray(v, dtype=float) for v in (frequency, recency, T))
+    known = np.isfinite(f) & np.isfinite(r) & np.isfinite(t) & (t >= r) & (r >= 0)
+    if model is None or not known.any():
+        return out
+    horizon = horizon_days / BTYD_UNIT_DAYS
+    args = (f[known], r[known], t[known])
+    with np.errstate(all="ignore"):
+        out.loc[known, "btyd_expected_purchases"] = model.expected_purchases(horizon, *args)
+        out.loc[known, "btyd_p_alive"] = model.probability_alive(*args)
+        out.loc[known, "btyd_p_purchase"] = model.probability_of_purchase(horizon, *args)
+    return out
+
+
+def add_btyd(
+    features: pd.DataFrame,
+    models: Mapping[pd.Timestamp, BetaGeometricNBD | ParetoNBD | None]
+    | BetaGeometricNBD
+    | ParetoNBD
+    | None,
+    *,
+    horizon_days: float,
+) -> pd.DataFrame:
+    """``features`` with the BTYD outputs appended, from the engine's ``btyd_*`` summary.
+
+    ``models`` is either one fitted model (scoring) or one per cutoff of the
+    ``(customer_id, cutoff)`` index (training: each fitted on the purchases before its cutoff).
+    """
+    missing = [c for c in BTYD_INPUTS if c not in features.columns]
+    if missing:
+        raise ValueError(
+            f"the features lack {missing}, the buy-till-you-die summary; build them with the "
+            "btyd feature family, or train without BTYD features"
+        )
+    parts = []
+    if isinstance(models, Mapping):
+        cutoffs = features.index.get_level_values("cutoff")
+        for cutoff in cutoffs.unique():
+            rows = features[cutoffs == cutoff]
+            parts.append(_btyd_block(rows, models.get(cutoff), horizon_days))
+    else:
+        parts.append(_btyd_block(features, models, horizon_days))
+    btyd = pd.concat(parts).reindex(features.index)
+    return pd.concat([features.drop(columns=list(BTYD_FEATURES), errors="ignore"), btyd], axis=1)
+
+
+def _btyd_block(rows: pd.DataFrame, model: Any, horizon_days: float) -> pd.DataFrame:
+    return btyd_outputs(
+        model,
+        rows[BTYD_INPUTS[0]],
+        rows[BTYD_INPUTS[1]],
+        rows[BTYD_INPUTS[2]],
+        horizon_days=horizon_days,
+        index=rows.index,
+    )
+
+
+# ------------------------------------------------------------------------------ design
+
+
+def numeric_frame(features: pd.DataFrame) -> pd.DataFrame:
+    """Features as float columns: booleans become 0/1, other non-numbers are refused."""
+    out = {}
+    for column in features.columns:
+        values = features[column]
+        if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+            out[column] = values.astype(float)
+        else:
+            raise ValueError(
+                f"feature {column!r} is not numeric ({values.dtype}); encode it as numbers "
+                "in the feature function"
+            )
+    return pd.DataFrame(out, index=features.index)
+
+
+def value_columns(
+    columns: Sequence[str], values: Sequence[str], *, key: str
+) -> dict[str, dict[str, str]]:
+    """For each value, the engine's per-value columns, under a name common to all values.
+
+    For ``orders.category`` and the value ``"Home & Garden"``, ``share_category_home_garden``
+    becomes ``share_category``. Attributes the engine does not describe value by value get
+    no columns (the preference model then ranks by the customer's features alone).
+    """
+    from cxpredict.features.vocabulary import slugify
+
+    present = set(columns)
+    out: dict[str, dict[str, str]] = {}
+    for value in values:
+        slug = slugify(value)
+        found = {}
+        for template in VALUE_COLUMN_TEMPLATES.get(key, ()):
+            column = template.format(slug=slug)
+            if column in present:
+                generic = re.sub(r"_+$", "", template.replace("{slug}", "")).replace("_is", "")
+                found[generic] = column
+        out[str(value)] = found
+    return out
+
+
+def _logistic() -> Any:
+    """Logistic regression with its imputer and scaler, all fitted on training rows only."""
+    return make_pipeline(
+        SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+        StandardScaler(),
+        LogisticRegression(C=1.0, max_iter=2000),
+    )
+
+
+# ------------------------------------------------------------------------------ fitting
+
+
+@dataclass
+class FoldData:
+    """The rows of one fold: model inputs and labels for training, validation and test."""
+
+    X_train: pd.DataFrame
+    y_train: pd.DataFrame
+    X_valid: pd.DataFrame
+    y_valid: pd.DataFrame
+    X_test: pd.DataFrame | None = None
+    y_test: pd.DataFrame | None = None
+    history: pd.DataFrame | None = None
+
+
+@dataclass
+class FittedTask:
+    """A task's fitted model(s) and what is needed to score with them.
+
+    ``inputs`` are the columns the feature engine provides; ``features`` the model's own
+    (the inputs plus the BTYD outputs when used).
+    """
+
+    kind: str
+    estimators: dict[str, Any]
+    inputs: list[str]
+    features: list[str]
+    fold: Fold
+    label_horizon_days: int
+    btyd: dict[str, float] | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def fold_data(
+    task: Task,
+    tables: Tables,
+    fold: Fold,
+    *,
+    features: FeatureFunction,
+    cache: BtydCache,
+    label_horizon_days: int,
+    use_btyd: bool,
+) -> FoldData:
+    """Model inputs and labels of a fold, each computed from what was known at the time.
+
+    Training and validation labels come from the events before the fold's as-of instant
+    (their windows end by then); test labels from ``tables`` (their window ends by the run's
+    as-of date). Features at every cutoff see only the events before that cutoff, and the
+    BTYD outputs at a cutoff come from a fit on the purchases before it.
+    """
+    known = tables.before(fold.as_of)
+    labelled = task.model_copy(update={"horizon_days": label_horizon_days})
+    fit_cutoffs = [*fold.train, fold.valid]
+    labels = make_labels(labelled, known, fit_cutoffs)
+    score_cutoffs = fit_cutoffs + ([fold.test] if fold.test is not None else [])
+    engine = numeric_frame(features(known, score_cutoffs, fold.as_of))
+    if use_btyd:
+        models = {c: cache.model("bgnbd", c) for c in score_cutoffs}
+        engine = add_btyd(engine, models, horizon_days=label_horizon_days)
+    test_labels = make_labels(labelled, tables, [fold.test]) if fold.test is not None else None
+    valid_rows = labels.index.get_level_values("cutoff") == fold.valid
+    data = FoldData(
+        X_train=engine.reindex(labels.index[~valid_rows]),
+        y_train=labels[~valid_rows],
+        X_valid=engine.reindex(labels.index[valid_rows]),
+        y_valid=labels[valid_rows],
+    )
+    if test_labels is not None:
+        data.X_test = engine.reindex(test_labels.index)
+        data.y_test = test_labels
+    if isinstance(task, PreferenceTask):
+        data.history = preference_history(
+            known, score_cutoffs, attribute=task.attribute, table=task.table
+        )
+    return data
+
+
+def fit_task(
+    task_name: str,
+    task: Task,
+    data: FoldData,
+    fold: Fold,
+    *,
+    training: TrainingConfig,
+    label_horizon_days: int,
+    cache: BtydCache | None,
+    preference_strategy: str = "pairs",
+) -> FittedTask:
+    """Fit the task's LightGBM model(s) on a fold's training rows, validated on its later rows.
+
+    Raises
+    ------
+    IneligibleTask
+        When the training rows hold too few positives or negatives, or the validation rows
+        a single class.
+    """
+    labelled = task.model_copy(update={"horizon_days": label_horizon_days})
+    check_class_balance(task_name, labelled, data.y_train, training=training)
+    params, boosting = split_overrides(training.lightgbm)
+    common: dict[str, Any] = {"params": params, "seed": training.seed, **boosting}
+    estimators: dict[str, Any] = {}
+    details: dict[str, Any] = {}
+    if isinstance(task, ChurnTask | RepurchaseTask):
+        _require_both_classes(task_name, data.y_valid[LABEL], fold.valid)
+        model = LightGBMClassifier(**common).fit(
+            data.X_train, data.y_train[LABEL], X_valid=data.X_valid, y_valid=data.y_valid[LABEL]
+        )
+        estimators["score"] = model
+        details["calibration"] = model.calibration_method_
+        details["calibration_brier"] = model.calibration_scores_
+        details["trees"] = model.best_iteration_
+    elif isinstance(task, ValueTask):
+        for target, objective in (("spend", "tweedie"), ("orders", "poisson")):
+            estimators[target] = LightGBMRegressor(objective=objective, **common).fit(
+                data.X_train,
+                data.y_train[target],
+                X_valid=data.X_valid,
+                y_valid=data.y_valid[target],
+            )
+        details["objectives"] = {"spend": "tweedie", "orders": "poisson"}
+    elif isinstance(task, PreferenceTask):
+        key = f"{task.table}.{task.attribute}"
+        Y_valid = data.y_valid.reindex(columns=data.y_train.columns, fill_value=0)
+        model = PreferenceModel(
+            strategy=preference_strategy,  # type: ignore[arg-type]
+            min_positives=training.min_positives,
+            **common,
+        )
+        mapping = value_columns(list(data.X_train.columns), list(data.y_train.columns), key=key)
+        model.fit(
+            data.X_train, data.y_train, X_valid=data.X_valid, Y_valid=Y_valid, value_columns=mapping
+        )
+        estimators["score"] = model
+        details["strategy"] = preference_strategy
+        details["values"] = list(model.values_)
+    btyd = None
+    if cache is not None and all(c in data.X_train.columns for c in BTYD_FEATURES):
+        fitted = cache.model("bgnbd", fold.as_of)
+        btyd = None if fitted is None else dict(fitted.params_)
+    features = [str(c) for c in data.X_train.columns]
+    return FittedTask(
+        kind=task.kind,
+        estimators=estimators,
+        inputs=[c for c in features if c not in BTYD_FEATURES],
+        features=features,
+        fold=fold,
+        label_horizon_days=label_horizon_days,
+        btyd=btyd,
+        details=details,
+    )
+
+
+def _require_both_classes(task_name: str, y: pd.Series, cutoff: pd.Timestamp) -> None:
+    if len(y) == 0 or y.min() == y.max():
+        raise IneligibleTask(
+            f"task {task_name!r}: the validation cutoff {cutoff:%Y-%m-%d} has {len(y)} labelled "
+            "customers, all of one class; early stopping and calibration need both outcomes; "
+            "use a later as-of date or a different horizon"
+        )
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def _rows(cutoff: pd.Timestamp, model: str, values: Mapping[str, float]) -> list[dict[str, Any]]:
+    return [
+        {"cutoff": cutoff, "model": model, "metric": name, "value": float(value)}
+        for name, value in values.items()
+    ]
+
+
+def _btyd_at(
+    cache: BtydCache,
+    customers: pd.Index,
+    cutoff: pd.Timestamp,
+    horizon_days: float,
+    names: Sequence[str],
+) -> dict[str, pd.DataFrame]:
+    out = {}
+    for name in names:
+        frame = cache.predictions(name, cutoff, horizon_days).reindex(customers)
+        if np.isfinite(frame.to_numpy(dtype=float)).all():
+            out[name] = frame
+    return out
+
+
+def evaluate_binary(
+    task: ChurnTask | RepurchaseTask,
+    fitted: FittedTask,
+    data: FoldData,
+    *,
+    cache: BtydCache,
+    btyd_baselines: Sequence[str] = ("bgnbd", "pareto"),
+) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """Model and baseline metrics on a fold's test cutoff, and the model's calibration table.
+
+    Baselines: days since the last order; the RFM quintile score (edges from the training
+    rows); a logistic regression on the same features (imputer and scaler fitted on the
+    training rows); BG/NBD and Pareto/NBD fitted on the purchases before the test cutoff,
+    scoring ``P(at least one purchase in the horizon)`` (churn: one minus it).
+    """
+    assert data.X_test is not None and data.y_test is not None and fitted.fold.test is not None
+    cutoff = fitted.fold.test
+    y = data.y_test[LABEL].to_numpy()
+    target = "churn" if isinstance(task, ChurnTask) else "repurchase"
+    probability = fitted.estimators["score"].predict_proba(data.X_test)[:, 1]
+    rows = _rows(cutoff, "lightgbm", metrics.binary_metrics(y, probability))
+    calibration = metrics.calibration_table(y, probability).assign(cutoff=cutoff)
+    if RECENCY_COLUMN in data.X_test.columns:
+        recency = RecencyBaseline(recency_column=RECENCY_COLUMN, target=target)
+        recency.fit(data.X_train.dropna(subset=[RECENCY_COLUMN]))
+        score = recency.predict_score(data.X_test.dropna(subset=[RECENCY_COLUMN]))
+        score = score.reindex(data.X_test.index).fillna(
+            score.max() if target == "churn" else score.min()
+        )
+        rows += _rows(cutoff, "recency", metrics.binary_metrics(y, score, probabilities=False))
+    rfm_columns = [RECENCY_COLUMN, FREQUENCY_COLUMN, MONETARY_COLUMN]
+    if all(c in data.X_test.columns for c in rfm_columns):
+        train = data.X_train[rfm_columns].dropna()
+        rfm = RFMBaseline(target=target).fit(train)
+        score = rfm.predict_score(data.X_test[rfm_columns].fillna(train.median()))
+        rows += _rows(
+            cutoff, "rfm_quintiles", metrics.binary_metrics(y, score, probabilities=False)
+        )
+    logistic = _logistic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        logistic.fit(data.X_train, data.y_train[LABEL])
+    rows += _rows(
+        cutoff, "logistic", metrics.binary_metrics(y, logistic.predict_proba(data.X_test)[:, 1])
+    )
+    customers = data.X_test.index.get_level_values("customer_id")
+    h = fitted.label_horizon_days
+    for name, frame in _btyd_at(cache, customers, cutoff, h, btyd_baselines).items():
+        p_buy = frame["btyd_p_purchase"].to_numpy(dtype=float)
+        score = 1.0 - p_buy if target == "churn" else p_buy
+        rows += _rows(cutoff, name, metrics.binary_metrics(y, score))
+    return rows, calibration
+
+
+def _mean_order_value(orders: pd.DataFrame, cutoff: pd.Timestamp) -> pd.Series:
+    """Mean amount of each customer's purchases before ``cutoff`` (refunds left out)."""
+    before = orders[(orders["timestamp"] < cutoff) & (orders["amount"] >= 0)]
+    return before.groupby(before["customer_id"].astype(str))["amount"].mean()
+
+
+def _last_period(orders: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: int) -> pd.DataFrame:
+    """Net spend and number of orders in ``[cutoff - horizon, cutoff)``, per customer."""
+    start = cutoff - pd.Timedelta(days=horizon_days)
+    window = orders[(orders["timestamp"] >= start) & (orders["timestamp"] < cutoff)]
+    customer = window["customer_id"].astype(str)
+    ids = window["order_id"] if "order_id" in window.columns else window.index.to_series()
+    purchases = window["amount"] >= 0
+    return pd.DataFrame(
+        {
+            "spend": window.groupby(customer)["amount"].sum(),
+            "orders": ids[purchases].astype(str).groupby(customer[purchases]).nunique(),
+        }
+    ).fillna(0.0)
+
+
+def evaluate_value(
+    fitted: FittedTask,
+    data: FoldData,
+    *,
+    cache: BtydCache,
+    btyd_baselines: Sequence[str] = ("bgnbd", "pareto"),
+) -> list[dict[str, Any]]:
+    """Spend and order-count metrics of the model and the baselines on the test cutoff.
+
+    Baselines: BTYD expected purchases (times the customer's mean order value for spend),
+    and the spend and orders of the last period of the same length.
+    """
+    assert data.X_test is not None and data.y_test is not None and fitted.fold.test is not None
+    cutoff = fitted.fold.test
+    h = fitted.label_horizon_days
+    customers = data.X_test.index.get_level_values("customer_id")
+    actual = {t: data.y_test[t].to_numpy(dtype=float) for t in ("spend", "orders")}
+    predictions: dict[str, dict[str, np.ndarray]] = {
+        "lightgbm": {t: fitted.estimators[t].predict(data.X_test) for t in ("spend", "orders")}
+    }
+    basket = _mean_order_value(cache.orders, cutoff).reindex(customers).fillna(0.0).to_numpy()
+    for name, frame in _btyd_at(cache, customers, cutoff, h, btyd_baselines).items():
+        expected = frame["btyd_expected_purchases"].to_numpy(dtype=float)
+        predictions[name] = {"orders": expected, "spend": expected * basket}
+    last = _last_period(cache.orders, cutoff, h).reindex(customers).fillna(0.0)
+    predictions["last_period"] = {t: last[t].to_numpy(dtype=float) for t in ("spend", "orders")}
+    rows = []
+    for model, by_target in predictions.items():
+        for target, predicted in by_target.items():
+            values = metrics.value_metrics(actual[target], predicted)
+            rows += _rows(cutoff, model, {f"{target}/{k}": v for k, v in values.items()})
+    return rows
+
+
+def evaluate_preference(fitted: FittedTask, data: FoldData) -> list[dict[str, Any]]:
+    """Hit rates and NDCG of the model, the most frequent past value and popularity.
+
+    Only values the model ranks count; customers whose choices in the window all fall
+    outside them are left out (they have no relevant value to find).
+    """
+    assert data.X_test is not None and data.y_test is not None and data.history is not None
+    cutoff = fitted.fold.test
+    assert cutoff is not None
+    model = fitted.estimators["score"]
+    values = [str(v) for v in model.values_]
+    actual = data.y_test.reindex(columns=values, fill_value=0).to_numpy()
+    at = data.history[data.history["cutoff"] == cutoff]
+    shares = at.groupby("value")["count"].sum()
+    popularity = (shares / shares.sum()).reindex(values).fillna(0.0).to_numpy()
+    counts = at.pivot_table(index="customer_id", columns="value", values="count", aggfunc="sum")
+    customers = data.X_test.index.get_level_values("customer_id")
+    counts = counts.reindex(index=customers, columns=values).fillna(0.0).to_numpy()
+    scores = {
+        "lightgbm": model.predict_scores(data.X_test).to_numpy(),
+        # the customer's most frequent past value; ties and new customers by popularity
+        "most_frequent": counts + 1e-6 * popularity,
+        "popularity": np.tile(popularity, (len(customers), 1)),
+    }
+    rows = []
+    for name, score in scores.items():
+        rows += _rows(cutoff, name, metrics.preference_metrics(actual, score))
+    return rows
+
+
+# ------------------------------------------------------------------------------ the backtest
+
+
+@dataclass
+class BacktestResult:
+    """The tidy metrics frame of a backtest, its folds, and what each fold chose."""
+
+    metrics: pd.DataFrame
+    folds: list[Fold]
+    details: list[dict[str, Any]]
+    calibration: pd.DataFrame | None = None
+
+    def summary(self) -> pd.DataFrame:
+        """Mean of each metric over the test cutoffs: metrics as rows, models as columns."""
+        table = self.metrics.pivot_table(
+            index="metric", columns="model", values="value", aggfunc="mean", sort=False
+        )
+        first = [m for m in ("lightgbm",) if m in table.columns]
+        return table[first + [c for c in table.columns if c not in first]]
+
+
+def run_backtest(
+    task_name: str,
+    task: Task,
+    tables: Tables,
+    *,
+    as_of: pd.Timestamp,
+    training: TrainingConfig,
+    features: FeatureFunction,
+    label_horizon_days: int | None = None,
+    use_btyd: bool = True,
+    preference_strategy: str = "pairs",
+    btyd_baselines: Sequence[str] = ("bgnbd", "pareto"),
+    cache: BtydCache | None = None,
+) -> BacktestResult:
+    """Evaluate the task's model and its baselines on ``training.n_backtest_cutoffs`` cutoffs.
+
+    Each fold trains a fresh model exactly as the final model is trained, but as of its test
+    cutoff: on ``training.n_cutoffs`` cutoffs ``training.step_days`` apart, stopped early
+    and calibrated on its validation cutoff. It is scored on the test window
+    ``[test, test + h)``, which ends by ``as_of``; nothing at or after ``as_of`` is read.
+
+    Parameters
+    ----------
+    label_horizon_days
+        Train and test on windows of this many days instead of the task's horizon (when the
+        history is too short for it).
+    use_btyd
+        Offer the BG/NBD outputs (fitted before each cutoff) to the model as features.
+    btyd_baselines
+        Buy-till-you-die baselines fitted at each test cutoff: ``"bgnbd"``, ``"pareto"``.
+
+    Returns
+    -------
+    BacktestResult
+        ``metrics`` has the columns ``cutoff`` (the test cutoff), ``model``, ``metric`` and
+        ``value``.
+
+    Raises
+    ------
+    IneligibleTask
+        When a fold lacks history or examples, saying what to change.
+    """
+    known = tables.before(to_utc(as_of))
+    horizon = label_horizon_days or task.horizon_days
+    cache = cache or BtydCache(known.orders)
+    folds = plan_backtest(as_of, horizon_days=horizon, training=training)
+    first_event = known.orders["timestamp"].min()
+    for fold in folds:
+        check_fold(task_name, task, fold, first_event=first_event, horizon_days=horizon)
+    rows: list[dict[str, Any]] = []
+    details = []
+    calibrations = []
+    for fold in folds:
+        data = fold_data(
+            task,
+            known,
+            fold,
+            features=features,
+            cache=cache,
+            label_horizon_days=horizon,
+            use_btyd=use_btyd,
+        )
+        fitted = fit_task(
+            task_name,
+            task,
+            data,
+            fold,
+            training=training,
+            label_horizon_days=horizon,
+            cache=cache if use_btyd else None,
+            preference_strategy=preference_strategy,
+        )
+        if isinstance(task, ChurnTask | RepurchaseTask):
+            fold_rows, calibration = evaluate_binary(
+                task, fitted, data, cache=cache, btyd_baselines=btyd_baselines
+            )
+            rows += fold_rows
+            calibrations.append(calibration)
+        elif isinstance(task, ValueTask):
+            rows += evaluate_value(fitted, data, cache=cache, btyd_baselines=btyd_baselines)
+        else:
+            rows += evaluate_preference(fitted, data)
+        details.append(
+            {
+                "test_cutoff": fold.test,
+                "validation_cutoff": fold.valid,
+                "training_cutoffs": list(fold.train),
+                "rows": {
+                    "train": len(data.y_train),
+                    "validation": len(data.y_valid),
+                    "test": 0 if data.y_test is None else len(data.y_test),
+                },
+                **fitted.details,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+    calibration = pd.concat(calibrations, ignore_index=True) if calibrations else None
+    return BacktestResult(metrics=frame, folds=folds, details=details, calibration=calibration)

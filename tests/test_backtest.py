@@ -1,0 +1,217 @@
+"""Backtests split by time: every window in its place, nothing read after the as-of date."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cxpredict.backtest import (
+    BTYD_FEATURES,
+    METRIC_COLUMNS,
+    add_btyd,
+    btyd_from_params,
+    plan_backtest,
+    plan_fold,
+    run_backtest,
+)
+from cxpredict.baselines import btyd_summary
+from cxpredict.config import ChurnTask, RepurchaseTask, TrainingConfig, ValueTask
+from cxpredict.errors import IneligibleTask
+from cxpredict.schemas import Tables
+from cxpredict.spine import label_window
+
+START = pd.Timestamp("2023-01-01", tz="UTC")
+AS_OF = pd.Timestamp("2024-07-01", tz="UTC")
+TRAINING = TrainingConfig(
+    n_cutoffs=3,
+    step_days=28,
+    n_backtest_cutoffs=2,
+    min_positives=20,
+    min_negatives=20,
+    lightgbm={"learning_rate": 0.1, "min_data_in_leaf": 20, "num_leaves": 7},
+)
+
+
+def simulate(n: int, seed: int) -> Tables:
+    """Customers buying at their own Poisson rate until an exponential lifetime ends."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        joined = rng.uniform(0, 300)
+        rate = rng.gamma(1.5, 1 / 30)  # orders per day
+        life = rng.exponential(250)
+        t = joined
+        while t < min(joined + life, 730):
+            rows.append((f"c{i:04d}", t, float(rng.gamma(2, 20))))
+            t += rng.exponential(1 / rate)
+    frame = pd.DataFrame(rows, columns=["customer_id", "day", "amount"])
+    frame["timestamp"] = (START + pd.to_timedelta(frame.pop("day"), unit="D")).dt.as_unit("us")
+    frame["order_id"] = [f"o{k}" for k in range(len(frame))]
+    return Tables(frame.sort_values("timestamp", ignore_index=True))
+
+
+def rfm_features(tables: Tables, cutoffs, as_of) -> pd.DataFrame:
+    """A stand-in feature function: recency, frequency, spend and the BTYD summary."""
+    parts = []
+    orders = tables.orders
+    for cutoff in cutoffs:
+        before = orders[orders["timestamp"] < cutoff]
+        by = before.groupby("customer_id")
+        summary = btyd_summary(before, cutoff)
+        part = pd.DataFrame(
+            {
+                "days_since_last_order": (cutoff - by["timestamp"].max()) / pd.Timedelta(days=1),
+                "orders_lifetime": by.size().astype(float),
+                "spend_lifetime": by["amount"].sum(),
+                "btyd_frequency": summary["frequency"].astype(float),
+                "btyd_recency_weeks": summary["recency"],
+                "btyd_t_weeks": summary["T"],
+            }
+        )
+        part.index = pd.MultiIndex.from_arrays(
+            [part.index.astype(str), pd.DatetimeIndex([cutoff] * len(part))],
+            names=["customer_id", "cutoff"],
+        )
+        parts.append(part)
+    return pd.concat(parts)
+
+
+@pytest.fixture(scope="module")
+def tables() -> Tables:
+    return simulate(700, 0)
+
+
+@given(
+    horizon=st.integers(1, 120),
+    step=st.integers(1, 60),
+    n=st.integers(3, 12),
+    folds=st.integers(1, 4),
+)
+def test_every_training_window_ends_by_its_validation_cutoff_and_every_test_by_the_as_of(
+    horizon, step, n, folds
+):
+    training = TrainingConfig(n_cutoffs=n, step_days=step, n_backtest_cutoffs=folds)
+    for fold in plan_backtest(AS_OF, horizon_days=horizon, training=training):
+        assert len(fold.train) == n and list(fold.train) == sorted(fold.train)
+        assert all(label_window(c, horizon)[1] <= fold.valid for c in fold.train)
+        assert label_window(fold.valid, horizon)[1] <= fold.test == fold.as_of
+        assert label_window(fold.test, horizon)[1] <= AS_OF
+    final = plan_fold(AS_OF, horizon_days=horizon, n_cutoffs=n, step_days=step, test=False)
+    assert label_window(final.valid, horizon)[1] == AS_OF and final.test is None
+
+
+@pytest.fixture(scope="module")
+def churn_backtest(tables):
+    seen = []
+
+    def spy(known: Tables, cutoffs, as_of):
+        seen.append((known.orders["timestamp"].max(), max(cutoffs), as_of))
+        return rfm_features(known, cutoffs, as_of)
+
+    task = ChurnTask(kind="churn", horizon_days=56, active_days=120)
+    result = run_backtest(
+        "churn",
+        task,
+        tables,
+        as_of=AS_OF,
+        training=TRAINING,
+        features=spy,
+        btyd_baselines=("bgnbd",),
+    )
+    return result, seen
+
+
+def test_the_metrics_frame_is_tidy_with_the_model_next_to_every_baseline(churn_backtest):
+    result, _ = churn_backtest
+    assert tuple(result.metrics.columns) == METRIC_COLUMNS
+    assert set(result.metrics["model"]) == {
+        "lightgbm",
+        "recency",
+        "rfm_quintiles",
+        "logistic",
+        "bgnbd",
+    }
+    assert set(result.metrics["cutoff"]) == {f.test for f in result.folds}
+    summary = result.summary()
+    assert summary.columns[0] == "lightgbm"
+    assert summary.loc["roc_auc", "lightgbm"] > 0.6
+
+
+def test_each_fold_builds_features_only_from_events_before_its_test_cutoff(churn_backtest):
+    result, seen = churn_backtest
+    tests = {f.test for f in result.folds}
+    for latest_event, latest_cutoff, as_of in seen:
+        assert as_of in tests
+        assert latest_event < as_of and latest_cutoff <= as_of
+
+
+def test_the_backtest_never_reads_events_at_or_after_the_as_of_date(tables, churn_backtest):
+    result, _ = churn_backtest
+    future = pd.DataFrame(
+        {
+            "customer_id": ["c0001", "c0002", "z9999"],
+            "timestamp": pd.DatetimeIndex(
+                [AS_OF, AS_OF + pd.Timedelta(days=3), AS_OF + pd.Timedelta(days=40)]
+            ).as_unit("us"),
+            "amount": [1e6, 5.0, 7.0],
+            "order_id": ["f1", "f2", "f3"],
+        }
+    )
+    more = Tables(pd.concat([tables.orders, future], ignore_index=True))
+    task = ChurnTask(kind="churn", horizon_days=56, active_days=120)
+    again = run_backtest(
+        "churn",
+        task,
+        more,
+        as_of=AS_OF,
+        training=TRAINING,
+        features=rfm_features,
+        btyd_baselines=("bgnbd",),
+    )
+    pd.testing.assert_frame_equal(again.metrics, result.metrics)
+
+
+def test_a_fold_without_enough_history_is_refused_with_what_to_change(tables):
+    task = RepurchaseTask(kind="repurchase", horizon_days=120)
+    training = TRAINING.model_copy(update={"n_cutoffs": 6})
+    with pytest.raises(IneligibleTask, match="fewer training cutoffs"):
+        run_backtest("r", task, tables, as_of=AS_OF, training=training, features=rfm_features)
+
+
+def test_a_value_backtest_scores_spend_and_orders_against_btyd_and_last_period(tables):
+    task = ValueTask(kind="value", horizon_days=56)
+    training = TRAINING.model_copy(update={"n_backtest_cutoffs": 1})
+    result = run_backtest(
+        "value",
+        task,
+        tables,
+        as_of=AS_OF,
+        training=training,
+        features=rfm_features,
+        btyd_baselines=("bgnbd",),
+    )
+    summary = result.summary()
+    assert {"lightgbm", "bgnbd", "last_period"} <= set(summary.columns)
+    assert {"spend/rmse", "orders/poisson_deviance", "orders/spearman"} <= set(summary.index)
+    assert summary.loc["orders/normalised_gini", "lightgbm"] > 0.3
+
+
+def test_btyd_outputs_come_from_the_engine_summary_and_stored_parameters():
+    model = btyd_from_params("bgnbd", {"r": 0.25, "alpha": 4.4, "a": 0.8, "b": 2.4})
+    features = pd.DataFrame(
+        {
+            "btyd_frequency": [0.0, 3.0, np.nan],
+            "btyd_recency_weeks": [0.0, 20.0, np.nan],
+            "btyd_t_weeks": [30.0, 30.0, np.nan],
+        },
+        index=pd.Index(["a", "b", "c"], name="customer_id"),
+    )
+    out = add_btyd(features, model, horizon_days=91)
+    assert list(out.columns[-3:]) == list(BTYD_FEATURES)
+    expected = model.expected_purchases(13.0, [0.0, 3.0], [0.0, 20.0], [30.0, 30.0])
+    np.testing.assert_allclose(out["btyd_expected_purchases"].iloc[:2], expected)
+    assert out.loc["a", "btyd_p_alive"] == 1.0  # BG/NBD: a one-time buyer is alive
+    assert out.loc["c"].isna().all()  # no purchase, no summary, no output

@@ -1,0 +1,161 @@
+"""Reason codes name what raised a score, in the catalogue's words, and find planted effects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxpredict.explain import explain, one_hot_groups, top_reasons
+from cxpredict.features import build_training_features, feature_catalogue, learn_vocabulary
+from cxpredict.labels import churn_labels
+from cxpredict.models import LightGBMClassifier
+from cxpredict.sample import generate_sample
+
+CATALOGUE = pd.DataFrame(
+    {
+        "name": [
+            "days_since_last_order",
+            "complaints_90d",
+            "rating_last",
+            "attr_country_fr",
+            "attr_country_de",
+            "orders_lifetime",
+        ],
+        "reason": [
+            "no order for {days_since_last_order:.0f} days",
+            "{complaints_90d:.0f} complaints in the last 90 days",
+            "latest rating {rating_last:.1f}",
+            "country is FR",
+            "country is DE",
+            "{orders_lifetime:.0f} orders so far",
+        ],
+        "unit": ["days", "count", "stars", "flag", "flag", "orders"],
+    }
+)
+
+
+def frame(rows: dict[str, list[float]], index: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, index=pd.Index(index, name="customer_id"))
+
+
+def test_only_features_that_raise_the_score_are_reasons_strongest_first():
+    contributions = frame(
+        {
+            "days_since_last_order": [0.8],
+            "complaints_90d": [0.3],
+            "orders_lifetime": [-1.2],
+            "bias": [-0.5],
+        },
+        ["a"],
+    )
+    features = frame(
+        {"days_since_last_order": [120.0], "complaints_90d": [2.0], "orders_lifetime": [1.0]},
+        ["a"],
+    )
+    reasons = explain(contributions, features, CATALOGUE)
+    assert reasons.loc["a"].tolist() == [
+        "no order for 120 days",
+        "2 complaints in the last 90 days",
+        "",
+    ]
+
+
+def test_a_feature_whose_value_is_missing_is_never_a_reason():
+    contributions = frame({"rating_last": [2.0], "complaints_90d": [0.1]}, ["a"])
+    features = frame({"rating_last": [np.nan], "complaints_90d": [1.0]}, ["a"])
+    reasons = top_reasons(contributions, features, CATALOGUE)
+    assert reasons["feature"].tolist() == ["complaints_90d"]
+
+
+def test_one_hot_siblings_count_as_one_reason_in_the_words_of_the_column_set():
+    groups = one_hot_groups(
+        ["attr_country_fr", "attr_country_de", "complaints_90d"],
+        {"customers.country": ("fr", "de")},
+        flags=["attr_country_fr", "attr_country_de"],
+    )
+    assert groups == {"attr_country_fr": "attr_country", "attr_country_de": "attr_country"}
+    contributions = frame(
+        {
+            "attr_country_fr": [0.3, 0.3],
+            "attr_country_de": [0.3, -0.5],
+            "complaints_90d": [0.5, 0.1],
+        },
+        ["a", "b"],
+    )
+    features = frame(
+        {
+            "attr_country_fr": [0.0, 0.0],
+            "attr_country_de": [1.0, 1.0],
+            "complaints_90d": [1.0, 1.0],
+        },
+        ["a", "b"],
+    )
+    reasons = top_reasons(contributions, features, CATALOGUE, groups=groups)
+    # a: the country group adds 0.6 > 0.5 and speaks as the column the customer has
+    assert reasons.loc["a", "sentence"].tolist() == [
+        "country is DE",
+        "1 complaints in the last 90 days",
+    ]
+    # b: the group sums to -0.2 and lowers the score, so it is no reason
+    assert reasons.loc[["b"], "feature"].tolist() == ["complaints_90d"]
+
+
+def test_reasons_are_limited_to_top_and_blank_when_nothing_raises_the_score():
+    contributions = frame(
+        {
+            "days_since_last_order": [0.1, -0.1],
+            "complaints_90d": [0.2, -0.2],
+            "rating_last": [0.3, -0.3],
+            "orders_lifetime": [0.4, -0.4],
+        },
+        ["a", "b"],
+    )
+    features = frame({c: [1.0, 1.0] for c in contributions.columns}, ["a", "b"])
+    reasons = explain(contributions, features, CATALOGUE, top=3)
+    assert reasons.loc["a", "reason_1"] == "1 orders so far"
+    assert reasons.loc["a", "reason_3"] == "1 complaints in the last 90 days"
+    assert reasons.loc["b"].tolist() == ["", "", ""]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """A churn model on the synthetic retailer, whose care desk drives lapses."""
+    tables = generate_sample(2500, seed=7)
+    cutoffs = list(pd.date_range("2024-07-01", "2025-09-01", freq="28D", tz="UTC"))
+    train, test = cutoffs[:-4], cutoffs[-1]
+    valid = cutoffs[-4]  # its 90-day window ends before the test cutoff
+    known = tables.before(test)
+    vocabulary = learn_vocabulary(known, test)
+    features = build_training_features(known, [*train, valid, test], vocabulary=vocabulary)
+    labels = churn_labels(tables, [*train, valid, test], horizon_days=90, active_days=180)
+    cut = labels.index.get_level_values("cutoff")
+    fit_rows = labels[cut < train[-1] - pd.Timedelta(days=62)]
+    valid_rows, test_rows = labels[cut == valid], labels[cut == test]
+    model = LightGBMClassifier(params={"learning_rate": 0.08}, seed=0).fit(
+        features.loc[fit_rows.index],
+        fit_rows["label"],
+        X_valid=features.loc[valid_rows.index],
+        y_valid=valid_rows["label"],
+    )
+    X = features.loc[test_rows.index].droplevel("cutoff")
+    catalogue = feature_catalogue(known, vocabulary=vocabulary)
+    long = top_reasons(model.contributions(X), X, catalogue)
+    return X, model, long
+
+
+def test_customers_left_unanswered_are_told_so_in_their_reasons(planted):
+    X, model, long = planted
+    score = pd.Series(model.predict_proba(X)[:, 1], index=X.index)
+    waiting = X.index[(X["unanswered_messages_90d"] >= 1) & (score >= score.median())]
+    assert len(waiting) >= 10
+    care_words = long["sentence"].str.contains("unanswered|never answered|complaint|rating")
+    named = long[care_words].index.unique()
+    assert waiting.isin(named).mean() >= 0.6
+
+
+def test_no_unanswered_reason_is_given_to_customers_without_an_unanswered_message(planted):
+    X, _, long = planted
+    served = X.index[X["unanswered_messages_lifetime"].fillna(0) == 0]
+    unanswered = long[long["sentence"].str.contains("unanswered|never answered")]
+    assert not unanswered.index.isin(served).any()
