@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 from cxpredict.scoring import STAGES, TIERS, write_document
 
 TEMPLATE = "report.html.j2"
+#: Drifted variables listed in the report at most (all of them are in ``drift.csv``).
+DRIFT_ROWS = 30
 _NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
 _PNG_METADATA = {"Software": None}
 
@@ -219,7 +221,8 @@ def render_report(data: ReportData) -> str:
         top=top.to_dict("records"),
         reasons=reasons.head(15).to_dict("records"),
         tasks=_task_sections(data),
-        drift_flagged=flagged.to_dict("records"),
+        drift_flagged=flagged.head(DRIFT_ROWS).to_dict("records"),
+        drift_more=max(len(flagged) - DRIFT_ROWS, 0),
         drift_checked=int((drift["status"] != "not checked").sum()),
         drift_unchecked=unchecked,
     )

@@ -111,6 +111,11 @@ CUSTOMER_COLUMNS: tuple[str, ...] = (
     "as_of",
 )
 DRIFT_COLUMNS: tuple[str, ...] = ("task", "variable", "kind", "psi", "status")
+#: Time since a fixed past event (signup, first order): every customer's value grows with the
+#: calendar between the training reference and today, so their drift warns but never fails.
+AGE_FEATURES: frozenset[str] = frozenset(
+    {"tenure_days", "days_since_signup", "days_since_first_order", "btyd_t_weeks"}
+)
 
 
 # ------------------------------------------------------------------------------ drift
@@ -231,7 +236,9 @@ def drift_report(
 ) -> pd.DataFrame:
     """PSI of every variable of ``current`` against its reference, with its status.
 
-    A variable without a reference gets a NaN PSI and the status ``not checked``.
+    A variable without a reference gets a NaN PSI and the status ``not checked``. The
+    customer-age features (:data:`AGE_FEATURES`) are at most a warning: they grow with the
+    calendar, so they differ from any earlier reference by construction.
 
     Returns
     -------
@@ -242,13 +249,15 @@ def drift_report(
     for name, values in current.items():
         reference = references.get(name)
         value = psi(reference, values) if reference is not None else float("nan")
+        kind = (kinds or {}).get(name, "age" if name in AGE_FEATURES else "feature")
+        status = drift_status(value, warn=warn, fail=fail)
         rows.append(
             {
                 "task": task,
                 "variable": name,
-                "kind": (kinds or {}).get(name, "feature"),
+                "kind": kind,
                 "psi": round(value, DECIMALS) if np.isfinite(value) else value,
-                "status": drift_status(value, warn=warn, fail=fail),
+                "status": "warn" if kind == "age" and status == "fail" else status,
             }
         )
     return pd.DataFrame(rows, columns=list(DRIFT_COLUMNS))
@@ -480,8 +489,8 @@ class ActionRule:
 ACTION_RULES: tuple[ActionRule, ...] = (
     ActionRule(
         "care call",
-        "at risk or lapsed, high value, with a complaint or an unanswered message in the last "
-        "90 days",
+        "high value, with a complaint or an unanswered message in the last 90 days (whatever "
+        "the stage: an offer to a customer waiting for an answer reads as not listening)",
         "personal call from customer care to resolve the open issue; no discount first",
         "phone",
     ),
@@ -544,9 +553,8 @@ def suggest_actions(customers: pd.DataFrame) -> pd.DataFrame:
     stage = customers["lifecycle_stage"].to_numpy(dtype=object)
     high = (customers["value_tier"] == TIERS[0]).to_numpy()
     issues = customers["open_issues"].fillna(0).to_numpy(dtype=np.float64) > 0
-    risky = (stage == "at risk") | (stage == "lapsed")
     conditions = [
-        risky & high & issues,
+        high & issues,
         (stage == "at risk") & high,
         stage == "lapsed",
         stage == "at risk",

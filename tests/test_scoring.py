@@ -114,6 +114,21 @@ def test_a_shifted_feature_is_flagged_and_a_large_shift_fails_the_run() -> None:
         check_drift(report, fail=0.25)
 
 
+def test_customer_age_features_warn_but_never_fail_the_run() -> None:
+    train = np.arange(100.0)
+    report = drift_report(
+        "churn",
+        {"tenure_days": reference_from_values(train), "orders_90d": reference_from_values(train)},
+        {"tenure_days": train + 500, "orders_90d": train + 500},
+        warn=0.1,
+        fail=0.25,
+    )
+    assert report.set_index("variable")[["kind", "status"]].to_dict("index") == {
+        "tenure_days": {"kind": "age", "status": "warn"},
+        "orders_90d": {"kind": "feature", "status": "fail"},
+    }
+
+
 # ------------------------------------------------------------------------------ ranking
 
 
