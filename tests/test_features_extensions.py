@@ -151,3 +151,9 @@ def test_a_python_feature_must_return_its_declared_columns(
     feature = PythonFeature(orders_per_weekday, "Weekend lines.", ("something_else",))
     with pytest.raises(ValueError, match="declares"):
         build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[feature])
+
+
+def test_a_sql_feature_name_must_be_snake_case(tiny: Tables) -> None:
+    bad = SqlFeature("Store Spend", "orders", "sum(amount)", "Spend.")
+    with pytest.raises(ValueError, match="'Store Spend' must be snake_case"):
+        build_features(tiny, CUTOFF, extensions=[bad])

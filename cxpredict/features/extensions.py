@@ -24,6 +24,7 @@ Both are registered by passing them to the build functions, or by listing them u
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -120,6 +121,13 @@ def resolve_extensions(
     ]
     out += [PythonFeature(_import(p.function), p.description) for p in settings.python]
     for extension in extensions:
+        if isinstance(extension, SqlFeature) and not re.fullmatch(
+            r"[a-z][a-z0-9_]*", extension.name
+        ):
+            raise ValueError(
+                f"SqlFeature name {extension.name!r} must be snake_case (a-z, 0-9, _), "
+                "starting with a letter; e.g. 'store_spend_90d'"
+            )
         if not isinstance(extension, SqlFeature | PythonFeature):
             raise TypeError(
                 "an extension must be a SqlFeature or a PythonFeature, got "
