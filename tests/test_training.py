@@ -1,0 +1,215 @@
+"""Training and scoring a task end to end on the synthetic retailer, without looking ahead."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxpredict.config import parse_config
+from cxpredict.errors import FeatureMismatch, IneligibleTask, ModelNotFound
+from cxpredict.sample import generate_sample
+from cxpredict.schemas import Tables
+from cxpredict.training import ModelBundle, choose_label_horizon, score_task, train_task
+
+AS_OF = pd.Timestamp("2025-03-01", tz="UTC")
+FAST = {"learning_rate": 0.1, "min_data_in_leaf": 30, "num_leaves": 7, "num_boost_round": 300}
+
+
+def project(tasks: dict, **training) -> object:
+    raw = {
+        "project": "test",
+        "data": {"orders": {"path": "orders.csv"}},
+        "tasks": tasks,
+        "training": {
+            "n_cutoffs": 3,
+            "step_days": 28,
+            "n_backtest_cutoffs": 1,
+            "min_positives": 20,
+            "min_negatives": 20,
+            "lightgbm": FAST,
+            **training,
+        },
+    }
+    return parse_config(raw, root=Path("."))
+
+
+CONFIG = project(
+    {
+        "churn": {"kind": "churn", "horizon_days": 56, "active_days": 120},
+        "spend": {"kind": "value", "horizon_days": 56},
+        "category": {"kind": "preference", "horizon_days": 56},
+        "year": {"kind": "repurchase", "horizon_days": 365},
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def tables() -> Tables:
+    return generate_sample(1500, seed=11, start="2024-01-01", days=500)
+
+
+@pytest.fixture(scope="module")
+def churn(tables):
+    return train_task(CONFIG, "churn", as_of=AS_OF, tables=tables, btyd_baselines=("bgnbd",))
+
+
+def with_future(tables: Tables) -> Tables:
+    """The same tables plus orders and contacts at and after the as-of date."""
+    extra = tables.orders.head(50).copy()
+    extra["timestamp"] = AS_OF + pd.to_timedelta(np.arange(50), unit="D")
+    extra["amount"] = 1e5
+    contacts = tables.interactions.head(50).copy()
+    contacts["timestamp"] = AS_OF + pd.to_timedelta(np.arange(50), unit="h")
+    return Tables(
+        pd.concat([tables.orders, extra], ignore_index=True),
+        pd.concat([tables.interactions, contacts], ignore_index=True),
+        tables.customers,
+    )
+
+
+def test_training_reports_the_model_next_to_its_baselines_on_later_cutoffs(churn):
+    models = set(churn.metrics["model"])
+    assert models == {"lightgbm", "recency", "rfm_quintiles", "logistic", "bgnbd"}
+    (test_cutoff,) = churn.metrics["cutoff"].unique()
+    assert max(churn.training_cutoffs) < churn.validation_cutoff < AS_OF
+    assert test_cutoff + pd.Timedelta(days=56) <= AS_OF
+    assert churn.summary.loc["roc_auc", "lightgbm"] > 0.7
+    assert churn.horizon_method == "direct"
+    assert churn.bundle.calibration_method in {"none", "platt", "isotonic"}
+
+
+def test_the_final_models_label_windows_end_by_the_validation_cutoff_whose_ends_at_as_of(churn):
+    window = pd.Timedelta(days=56)
+    assert all(c + window <= churn.validation_cutoff for c in churn.training_cutoffs)
+    assert churn.validation_cutoff + window == AS_OF
+
+
+def test_a_model_trained_as_of_a_date_ignores_every_event_after_it(tables, churn):
+    again = train_task(
+        CONFIG, "churn", as_of=AS_OF, tables=with_future(tables), btyd_baselines=("bgnbd",)
+    )
+    booster = churn.bundle.estimators["score"].booster_.model_to_string()
+    assert again.bundle.estimators["score"].booster_.model_to_string() == booster
+    pd.testing.assert_frame_equal(again.metrics, churn.metrics)
+
+
+def test_training_twice_with_the_same_seed_gives_the_same_model(tables, churn):
+    again = train_task(CONFIG, "churn", as_of=AS_OF, tables=tables, backtest=False)
+    assert (
+        again.bundle.estimators["score"].booster_.model_to_string()
+        == churn.bundle.estimators["score"].booster_.model_to_string()
+    )
+
+
+def test_a_saved_bundle_scores_exactly_as_before_and_holds_no_customer(tables, churn, tmp_path):
+    churn.bundle.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["booster_score.txt", "bundle.json"]
+    text = "".join(p.read_text() for p in tmp_path.iterdir())
+    assert not any(cid in text for cid in tables.orders["customer_id"].unique()[:200])
+    loaded = ModelBundle.load(tmp_path)
+    first = score_task(CONFIG, "churn", as_of=AS_OF, tables=tables, model=churn.bundle)
+    pd.testing.assert_frame_equal(
+        score_task(CONFIG, "churn", as_of=AS_OF, tables=tables, model=loaded), first
+    )
+    assert json.loads((tmp_path / "bundle.json").read_text())["horizon_method"] == "direct"
+
+
+def test_scores_are_ranked_probabilities_of_active_customers_only(tables, churn):
+    scored = score_task(CONFIG, "churn", as_of=AS_OF, tables=tables, model=churn.bundle)
+    assert list(scored.columns) == ["customer_id", "score", "rank"]
+    assert scored["score"].is_monotonic_decreasing and scored["rank"].tolist()[:3] == [1, 2, 3]
+    assert scored["score"].between(0, 1).all()
+    purchases = tables.orders[(tables.orders["timestamp"] < AS_OF) & (tables.orders["amount"] >= 0)]
+    last = purchases.groupby("customer_id")["timestamp"]
+    active = last.max()[last.max() >= AS_OF - pd.Timedelta(days=120)].index
+    assert set(scored["customer_id"]) == set(active)
+
+
+def test_scoring_ignores_every_event_at_or_after_the_as_of_date(tables, churn):
+    scored = score_task(CONFIG, "churn", as_of=AS_OF, tables=tables, model=churn.bundle)
+    pd.testing.assert_frame_equal(
+        score_task(CONFIG, "churn", as_of=AS_OF, tables=with_future(tables), model=churn.bundle),
+        scored,
+    )
+
+
+def test_high_risk_customers_get_reasons_that_raise_their_risk(tables, churn):
+    from cxpredict.features import Vocabulary, build_features, feature_catalogue
+
+    vocabulary = Vocabulary.from_dict(churn.bundle.vocabulary)
+    known = tables.before(AS_OF)
+    X = build_features(known, AS_OF, vocabulary=vocabulary)
+    scored = score_task(CONFIG, "churn", as_of=AS_OF, tables=tables, model=churn.bundle)
+    top = X.loc[scored["customer_id"].head(20)]
+    reasons = churn.bundle.explain(
+        top, catalogue=feature_catalogue(known, vocabulary=vocabulary), top=3
+    )
+    assert list(reasons.columns) == ["reason_1", "reason_2", "reason_3"]
+    assert (reasons["reason_1"] != "").all()
+    contributions = churn.bundle.contributions(top)
+    assert (contributions.drop(columns="bias").max(axis=1) > 0).all()
+
+
+def test_a_model_from_another_task_kind_is_refused(tables, churn):
+    with pytest.raises(FeatureMismatch, match="churn model but task 'spend' is value"):
+        score_task(CONFIG, "spend", as_of=AS_OF, tables=tables, model=churn.bundle)
+
+
+def test_a_missing_bundle_says_how_to_make_one(tmp_path):
+    with pytest.raises(ModelNotFound, match="cxpredict train"):
+        ModelBundle.load(tmp_path)
+
+
+def test_a_value_task_predicts_spend_and_orders(tables):
+    result = train_task(CONFIG, "spend", as_of=AS_OF, tables=tables, btyd_baselines=())
+    assert {"lightgbm", "last_period"} <= set(result.metrics["model"])
+    scored = score_task(CONFIG, "spend", as_of=AS_OF, tables=tables, model=result.bundle)
+    assert list(scored.columns) == ["customer_id", "score", "rank", "expected_orders"]
+    assert (scored["score"] >= 0).all() and (scored["expected_orders"] >= 0).all()
+
+
+def test_a_preference_task_lists_the_top_values_with_probabilities(tables):
+    result = train_task(CONFIG, "category", as_of=AS_OF, tables=tables)
+    assert {"lightgbm", "most_frequent", "popularity"} <= set(result.metrics["model"])
+    scored = score_task(CONFIG, "category", as_of=AS_OF, tables=tables, model=result.bundle)
+    assert list(scored.columns[:5]) == [
+        "customer_id",
+        "score",
+        "rank",
+        "top_1",
+        "top_1_probability",
+    ]
+    assert "top_3" in scored.columns
+    assert (scored["top_1_probability"] >= scored["top_2_probability"]).all()
+
+
+def test_a_horizon_longer_than_the_history_is_extrapolated_and_says_so(tables):
+    config = CONFIG
+    task = config.task("year")
+    first = tables.orders["timestamp"].min()
+    horizon, method = choose_label_horizon(
+        "year", task, training=config.training, as_of=AS_OF, first_event=first
+    )
+    assert method == "btyd_extrapolation" and horizon < 365 and horizon % 7 == 0
+    with pytest.raises(IneligibleTask, match="needs .* days of history.*shorter horizon"):
+        choose_label_horizon(
+            "year",
+            task,
+            training=config.training,
+            as_of=AS_OF,
+            first_event=first,
+            allow_extrapolation=False,
+        )
+
+
+def test_too_few_churners_is_refused_with_what_to_change(tables):
+    config = project(
+        {"churn": {"kind": "churn", "horizon_days": 56, "active_days": 120}},
+        min_positives=100_000,
+    )
+    with pytest.raises(IneligibleTask, match=r"min_positives.*longer horizon"):
+        train_task(config, "churn", as_of=AS_OF, tables=tables, backtest=False)
