@@ -1177,12 +1177,21 @@ def _calibration(model: LoadedModel) -> pd.DataFrame | None:
     return frame[columns].reset_index(drop=True)
 
 
+#: Customers explained per call: contributions and sentences are built row by row, so the
+#: memory of one call grows with its rows; chunks keep it flat at a million customers.
+EXPLAIN_CHUNK = 50_000
+
+
 def _reasons(model: LoadedModel, X: pd.DataFrame, catalogue: pd.DataFrame) -> pd.DataFrame | None:
     """``reason_1`` .. ``reason_3`` for the rows of ``X`` (indexed by customer), if possible."""
     explain = getattr(model.bundle, "explain", None)
     if explain is None:
         return None
-    return explain(X, catalogue=catalogue, top=N_REASONS)
+    parts = [
+        explain(X.iloc[start : start + EXPLAIN_CHUNK], catalogue=catalogue, top=N_REASONS)
+        for start in range(0, len(X), EXPLAIN_CHUNK)
+    ]
+    return pd.concat(parts) if parts else None
 
 
 def score_task(
