@@ -51,7 +51,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
 def _requests(ctx: Context) -> list[Request]:
     return [
         PURCHASE_DAYS,
-        Aggregate("purchase_days", "purchase_day_count", "sum", "1"),
+        Aggregate("purchase_days", "purchase_day_count", "count", "true"),
         Aggregate("purchase_days", "first_purchase_day", "min", "day"),
         Aggregate("purchase_days", "last_purchase_day", "max", "day"),
     ]

@@ -175,15 +175,15 @@ def _requests(ctx: Context) -> list[Request]:
     rating_code = "CAST(round((rating + 1) * 2) AS BIGINT)"
     out: list[Request] = [
         interaction_rows(ctx),
-        Aggregate("interaction_rows", "messages", "sum", "(kind = 'message')::BIGINT", windows),
-        Aggregate("interaction_rows", "complaints", "sum", "(kind = 'complaint')::BIGINT", windows),
-        Aggregate("interaction_rows", "contacts", "sum", f"({CONTACT})::BIGINT"),
+        Aggregate("interaction_rows", "messages", "count", "kind = 'message'", windows),
+        Aggregate("interaction_rows", "complaints", "count", "kind = 'complaint'", windows),
+        Aggregate("interaction_rows", "contacts", "count", CONTACT),
         Aggregate("interaction_rows", "last_contact_us", "max", f"CASE WHEN {CONTACT} THEN us END"),
         Aggregate(
             "interaction_rows",
             "rating_n",
-            "sum",
-            "(rating IS NOT NULL)::BIGINT",
+            "count",
+            "rating IS NOT NULL",
             (RECENT_RATING_DAYS,),
         ),
         Aggregate(
@@ -194,7 +194,7 @@ def _requests(ctx: Context) -> list[Request]:
             (RECENT_RATING_DAYS,),
         ),
         Aggregate(
-            "interaction_rows", "negative_ratings", "sum", "COALESCE(rating <= 2, false)::BIGINT"
+            "interaction_rows", "negative_ratings", "count", "rating <= 2"
         ),
         Aggregate(
             "interaction_rows", "rating_last", "last", "rating", order=last_order(rating_code, 13)

@@ -130,11 +130,10 @@ def _requests(ctx: Context) -> list[Request]:
     windows = ctx.windows
     out: list[Request] = [interaction_rows(ctx)]
     for stem, kind, _words in _COUNTS:
-        expr = "1" if kind is None else f"(kind = '{kind}')::BIGINT"
+        condition = "true" if kind is None else f"kind = '{kind}'"
         extra = (30, 120) if stem == "visits" else ()
-        out.append(
-            Aggregate("interaction_rows", stem, "sum", expr, tuple(sorted({*windows, *extra})))
-        )
+        spans = tuple(sorted({*windows, *extra}))
+        out.append(Aggregate("interaction_rows", stem, "count", condition, spans))
     out.append(Aggregate("interaction_rows", "last_interaction_us", "max", "us"))
     for k in range(len(_channels(ctx))):
         out.append(
@@ -152,7 +151,7 @@ def _requests(ctx: Context) -> list[Request]:
             f"GROUP BY customer_id, {floor_day_sql('us')}",
         )
     )
-    out.append(Aggregate("visit_days", "sessions", "sum", "1", windows))
+    out.append(Aggregate("visit_days", "sessions", "count", "true", windows))
     return out
 
 

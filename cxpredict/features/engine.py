@@ -55,7 +55,9 @@ RATING_SCALE = 1_000_000
 ALWAYS_US = -(2**52)  # about 1827: before any event, and safe to multiply by 2**10
 
 TableSource = pd.DataFrame | pa.Table | str | os.PathLike[str]
-Kind = Literal["sum", "max", "min", "last"]
+Kind = Literal["sum", "count", "max", "min", "last"]
+#: The kinds whose values add up over slots and cutoffs.
+SUMMED = ("sum", "count")
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,8 +82,9 @@ class Source:
 class Aggregate:
     """A per-customer aggregate of a source's rows before each cutoff.
 
-    ``sum`` is over an integer expression and is also computed over each of ``windows`` (days
-    before the cutoff); ``max`` and ``min`` are over all rows before the cutoff; ``last`` is
+    ``sum`` is over an integer expression, ``count`` counts the rows where the condition
+    ``expr`` holds (``true``: every row); both are also computed over each of ``windows``
+    (days before the cutoff); ``max`` and ``min`` are over all rows before the cutoff; ``last`` is
     the expression's value on the row with the largest ``order`` (an integer, unique per
     customer so that the result is deterministic: ``us`` when a customer has one row per
     instant, else :func:`last_order` to break ties), over the rows where it is not missing.
@@ -664,19 +667,39 @@ def _dimension(s: Session, cmax: int, first_orders: str) -> tuple[np.ndarray, np
     return ids, _filled(got["entry"], 0).astype(np.int64)
 
 
+def sum_sql(agg: Aggregate, where: str = "") -> str:
+    """SQL for the ``sum`` or ``count`` ``agg`` as ``BIGINT``, over the rows where ``where`` holds.
+
+    DuckDB counts with ``count(*) FILTER`` several times faster than it sums casts of
+    booleans, hence the ``count`` kind.
+    """
+    if agg.kind == "count":
+        both = " AND ".join(f"({c})" for c in (agg.expr, where) if c and c != "true")
+        return f"count(*) FILTER (WHERE {both})" if both else "count(*)"
+    filtered = f" FILTER (WHERE {where})" if where else ""
+    return f"sum({agg.expr}){filtered}::BIGINT"
+
+
 def _level_one(agg: Aggregate) -> str:
     name = ident(agg.name)
-    if agg.kind == "sum":
-        return f"sum({agg.expr})::BIGINT AS {name}"
+    if agg.kind in SUMMED:
+        return f"{sum_sql(agg)} AS {name}"
     if agg.kind in ("max", "min"):
         return f"{agg.kind}({agg.expr}) AS {name}"
     order = f"CASE WHEN ({agg.expr}) IS NOT NULL THEN {agg.order} END"
     return f"arg_max({agg.expr}, {order}) AS {name}, max({order}) AS {ident(agg.name + '__at')}"
 
 
+def _level_single(agg: Aggregate) -> str:
+    if agg.kind != "last":
+        return _level_one(agg)
+    order = f"CASE WHEN ({agg.expr}) IS NOT NULL THEN {agg.order} END"
+    return f"arg_max({agg.expr}, {order}) AS {ident(agg.name)}"
+
+
 def _level_two(agg: Aggregate) -> str:
     name = ident(agg.name)
-    if agg.kind == "sum":
+    if agg.kind in SUMMED:
         return f"sum({name})::BIGINT AS {name}"
     if agg.kind in ("max", "min"):
         return f"{agg.kind}({name}) AS {name}"
@@ -688,7 +711,7 @@ def _store(results: Results, aggs: Sequence[Aggregate], got: dict[str, np.ndarra
     cid, j = _filled(got["cid"], 0), _filled(got["j"], 0)
     for agg in aggs:
         values = got[agg.name]
-        if agg.kind == "sum":
+        if agg.kind in SUMMED:
             results._sums[agg.name] = {0: (cid, j, _filled(values, 0).astype(np.int64))}
         else:
             keep = ~np.ma.getmaskarray(values)
@@ -778,6 +801,8 @@ def run(
     for agg in aggregates:
         by_source.setdefault(agg.source, []).append(agg)
     order = sorted(by_source, key=lambda name: name != entry_source[0])
+    if len(cutoffs) == 1:
+        return _run_one(s, cutoffs, order, by_source, per_cutoff, execute)
     tables = {source: f"slotted_{i}" for i, source in enumerate(order)}
     for source in order:
         level_one = ", ".join(_level_one(a) for a in by_source[source])
@@ -800,28 +825,7 @@ def run(
     for source in order:
         aggs, table = by_source[source], tables[source]
         level_two = ", ".join(_level_two(a) for a in aggs)
-        summed = [a for a in aggs if a.kind == "sum" and a.windows]
-        if n == 1:
-            # One cutoff: every slot is before it (a = 0), and a window's exits are the slots
-            # with b_w = 0; one query gives all, with no intermediate table.
-            exits = ", ".join(
-                f"sum({ident(a.name)}) FILTER (WHERE b_{w} = 0)::BIGINT AS {ident(f'{a.name}@{w}')}"
-                for a in summed
-                for w in a.windows
-            )
-            got = s.fetch(
-                f"SELECT d.cid, 0 AS j, {level_two}{', ' + exits if exits else ''} "
-                f"FROM {table}_raw r JOIN dim d USING (customer_id) JOIN slot_info USING (slot) "
-                "GROUP BY d.cid"
-            )
-            _store(results, aggs, got)
-            cid, j = _filled(got["cid"], 0), _filled(got["j"], 0)
-            for agg in summed:
-                for w in agg.windows:
-                    values = _filled(got[f"{agg.name}@{w}"], 0).astype(np.int64)
-                    results._sums[agg.name][w] = (cid, j, values)
-            execute(f"DROP TABLE {table}_raw")
-            continue
+        summed = [a for a in aggs if a.kind in SUMMED and a.windows]
         execute(
             f"CREATE TEMP TABLE {table} AS SELECT d.cid, r.* EXCLUDE (customer_id) "
             f"FROM {table}_raw r JOIN dim d USING (customer_id)"
@@ -844,6 +848,66 @@ def run(
                 results._sums[m][w] = (cid_w, j_w, _filled(got[m], 0).astype(np.int64))
         execute(f"DROP TABLE {table}")
 
+    _run_per_cutoff(s, results, per_cutoff)
+    return results
+
+
+def _run_one(
+    s: Session,
+    cutoffs: np.ndarray,
+    order: Sequence[str],
+    by_source: Mapping[str, Sequence[Aggregate]],
+    per_cutoff: Sequence[PerCutoff],
+    execute: Callable[[str], None],
+) -> Results:
+    """:func:`run` for one cutoff: one ``GROUP BY customer`` per source, no slots.
+
+    The values are those of the slotted path: integer sums (and the sums before each window
+    start, from which the window sums are derived the same way), extrema and ``last`` values
+    over the same rows.
+    """
+    cut = int(cutoffs[0])
+    results: Results | None = None
+    for i, source in enumerate(order):
+        aggs = by_source[source]
+        parts = [_level_single(a) for a in aggs]
+        parts += [
+            f"{sum_sql(a, f'e.us < {cut - w * DAY_US}')} AS {ident(f'{a.name}@{w}')}"
+            for a in aggs
+            if a.kind in SUMMED
+            for w in a.windows
+        ]
+        grouped = (
+            f"SELECT customer_id, {', '.join(parts)} FROM {ident(source)} e "
+            f"WHERE e.us < {cut} GROUP BY customer_id"
+        )
+        if results is None:
+            # The first source holds the first orders: the customers come from it.
+            execute(f"CREATE TEMP TABLE one_{i} AS {grouped}")
+            ids, entry = _dimension(s, cut, f"one_{i}")
+            results = Results(customer_ids=ids, entry=entry, cutoffs=cutoffs)
+            grouped = f"SELECT * FROM one_{i}"
+        got = s.fetch(
+            f"SELECT d.cid, 0 AS j, r.* EXCLUDE (customer_id) FROM ({grouped}) r "
+            "JOIN dim d USING (customer_id)"
+        )
+        _store(results, aggs, got)
+        cid, j = _filled(got["cid"], 0), _filled(got["j"], 0)
+        for agg in aggs:
+            if agg.kind not in SUMMED:
+                continue
+            for w in agg.windows:
+                values = _filled(got[f"{agg.name}@{w}"], 0).astype(np.int64)
+                results._sums[agg.name][w] = (cid, j, values)
+        if i == 0:
+            execute(f"DROP TABLE one_{i}")
+    if results is None:
+        raise ValueError(f"no aggregate named {ENTRY!r}: the first order of each customer")
+    _run_per_cutoff(s, results, per_cutoff)
+    return results
+
+
+def _run_per_cutoff(s: Session, results: Results, per_cutoff: Sequence[PerCutoff]) -> None:
     by_cutoff_source: dict[tuple[str, str, str], list[PerCutoff]] = {}
     for item in per_cutoff:
         by_cutoff_source.setdefault((item.source, item.columns, item.where), []).append(item)
@@ -860,4 +924,3 @@ def run(
             keep = ~np.ma.getmaskarray(values)
             raw = np.asarray(_filled(values, 0))
             results._values[p.name] = ("cutoff", cid[keep], j[keep], raw[keep])
-    return results

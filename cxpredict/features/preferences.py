@@ -101,8 +101,8 @@ def _requests(ctx: Context) -> list[Request]:
                 Aggregate(
                     "order_lines",
                     f"{stem}_lines_{k}",
-                    "sum",
-                    f"(amount >= 0 AND {code} = {k})::BIGINT",
+                    "count",
+                    f"amount >= 0 AND {code} = {k}",
                 )
             )
         out.append(

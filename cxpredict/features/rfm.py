@@ -155,7 +155,7 @@ def _requests(ctx: Context) -> list[Request]:
         *order_sources(ctx),
         order_lines(ctx),
         Aggregate("order_lines", ENTRY, "min", "us"),
-        Aggregate("order_level", "orders", "sum", "1", windows),
+        Aggregate("order_level", "orders", "count", "true", windows),
         Aggregate(
             "order_complete",
             "order_value_max_units",
@@ -169,7 +169,7 @@ def _requests(ctx: Context) -> list[Request]:
             "sum",
             f"CASE WHEN amount >= 0 THEN {_MONEY} ELSE 0 END",
         ),
-        Aggregate("order_lines", "refund_lines", "sum", "(amount < 0)::BIGINT"),
+        Aggregate("order_lines", "refund_lines", "count", "amount < 0"),
         Aggregate(
             "order_lines", "refund_units", "sum", f"CASE WHEN amount < 0 THEN -{_MONEY} ELSE 0 END"
         ),
