@@ -13,7 +13,9 @@ second (distinct customers in the output), rows per second (customer x cutoff ro
 child's peak RSS, which includes the input tables it read.
 
 Data come from :func:`cxpredict.sample.generate_sample`, written once to Parquet and read by
-each child (reading time is not counted; its memory is, in peak RSS). Ratios printed:
+each child (reading time is not counted; its memory is, in peak RSS). Handing the frames to
+DuckDB as Arrow tables is counted in both the full builds and the DuckDB reference. Ratios
+printed:
 full/plain-RFM (same cutoff, same data) and pandas/DuckDB for the RFM subset.
 
 Usage::
