@@ -1177,6 +1177,9 @@ def _calibration(model: LoadedModel) -> pd.DataFrame | None:
     return frame[columns].reset_index(drop=True)
 
 
+#: Customers predicted per call: a preference model crosses every customer with every value,
+#: so one call over a million customers would hold several copies of the features.
+PREDICT_CHUNK = 100_000
 #: Customers explained per call: contributions and sentences are built row by row, so the
 #: memory of one call grows with its rows; chunks keep it flat at a million customers.
 EXPLAIN_CHUNK = 50_000
@@ -1215,7 +1218,12 @@ def score_task(
     columns = list(model.features)
     columns += [c for c in features.columns if c.startswith("btyd_") and c not in columns]
     X = features.loc[eligible(features, task), columns]
-    predictions = model.bundle.predict(X)
+    predictions = pd.concat(
+        [
+            model.bundle.predict(X.iloc[start : start + PREDICT_CHUNK])
+            for start in range(0, max(len(X), 1), PREDICT_CHUNK)
+        ]
+    )
     scored = normalise_predictions(
         predictions, X.index, kind=task.kind, top_k=min(getattr(task, "top_k", 3), 3)
     )
