@@ -65,7 +65,7 @@ from cxpredict.features import (
     feature_catalogue,
 )
 from cxpredict.io import atomic_path, check_rejects, load_tables, write_validation
-from cxpredict.schemas import to_utc
+from cxpredict.schemas import Tables, to_utc
 
 #: Decimals kept for every float written (scores, probabilities, values, percentiles).
 DECIMALS = 6
@@ -1326,18 +1326,25 @@ def run_scoring(
             loaded = load_tables(config, run_at=run_at, as_of=as_of)
             write_validation(loaded, out / "validation")
             check_rejects(loaded, max_reject_fraction=config.validation.max_reject_fraction)
+        rows_in = {name: r.rows_accepted for name, r in loaded.reports.items()}
+        tables: Tables | None = loaded.tables
+        del loaded
         results: dict[str, TaskResult] = {}
         features: pd.DataFrame | None = None
-        for group in _by_vocabulary(models):
+        groups = _by_vocabulary(models)
+        for position, group in enumerate(groups):
             vocabulary = _vocabulary(models[group[0]])
+            assert tables is not None
             with watch.stage("building features"):
                 features = build_features(
-                    loaded.tables, as_of, settings=config.features, vocabulary=vocabulary
+                    tables, as_of, settings=config.features, vocabulary=vocabulary
                 )
                 catalogue = feature_catalogue(
-                    loaded.tables, settings=config.features, vocabulary=vocabulary
+                    tables, settings=config.features, vocabulary=vocabulary
                 )
                 version = catalogue_version(catalogue)
+            if position == len(groups) - 1:
+                tables = None  # the events are not needed any more: free them before scoring
             for name in group:
                 with watch.stage("scoring and explaining"):
                     results[name] = score_task(
@@ -1355,7 +1362,6 @@ def run_scoring(
         results = {name: results[name] for name in names}
         drift = pd.concat([r.drift for r in results.values()], ignore_index=True)
         versions = {name: r.version for name, r in results.items()}
-        rows_in = {name: r.rows_accepted for name, r in loaded.reports.items()}
         rows_out = {name: len(r.frame) for name, r in results.items()}
         files: list[Path] = []
         with watch.stage("writing lists"):
