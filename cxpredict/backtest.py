@@ -258,7 +258,10 @@ def btyd_outputs(
     """
     out = pd.DataFrame(np.nan, index=index, columns=list(BTYD_FEATURES))
     f, r, t = (np.asarray(v, dtype=float) for v in (frequency, recency, T))
-    known = np.isfinite(f) & np.isfinite(r) & np.isfinite(t) & (t >= r) & (r >= 0)
+    # a summary the models cannot read (a fractional count, recency after T) is unknown
+    known = np.isfinite(f) & np.isfinite(r) & np.isfinite(t) & (t >= r) & (r >= 0) & (f >= 0)
+    known &= np.floor(np.where(known, f, 0)) == np.where(known, f, 0)
+    known &= ~((f == 0) & (r > 0)) & ~((f > 0) & (r == 0))
     if model is None or not known.any():
         return out
     horizon = horizon_days / BTYD_UNIT_DAYS

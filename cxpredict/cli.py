@@ -221,6 +221,87 @@ def features(
     )
 
 
+#: Backtest metrics printed by ``train`` per task kind (all of them are in metrics.csv).
+TRAIN_METRICS: dict[str, tuple[str, ...]] = {
+    "churn": ("roc_auc", "pr_auc", "lift@10%", "brier"),
+    "repurchase": ("roc_auc", "pr_auc", "lift@10%", "brier"),
+    "value": ("spend/rmse", "spend/normalised_gini", "spend/total_ratio", "orders/spearman"),
+    "preference": ("hit@1", "hit@3", "ndcg@3"),
+}
+
+
+def print_backtest(name: str, summary: pd.DataFrame, kind: str) -> None:
+    """The task's main backtest metrics: the model first, then every baseline."""
+    rows = [m for m in TRAIN_METRICS[kind] if m in summary.index]
+    table = Table(title=f"{name}: backtest means over the test cutoffs", title_justify="left")
+    table.add_column("metric")
+    for model in summary.columns:
+        table.add_column(str(model), justify="right")
+    for metric in rows:
+        table.add_row(metric, *(f"{v:.3f}" for v in summary.loc[metric]))
+    out.print(table)
+
+
+@app.command()
+@reported
+def train(
+    config_path: ConfigOption,
+    as_of: AsOfOption,
+    task: Annotated[
+        list[str] | None,
+        typer.Option("--task", help="Train only this task (repeatable); default: every task."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for the validation report, each task's bundle and backtest metrics; "
+            "default: training/<as-of date> next to the config.",
+        ),
+    ] = None,
+    register: Annotated[
+        bool,
+        typer.Option("--register/--no-register", help="Register each model as challenger."),
+    ] = True,
+) -> None:
+    """Backtest each task against its baselines, train it as of a date and register it."""
+    now = run_moment()
+    cutoff = parse_as_of(as_of, now=now)
+    config = load_config(config_path)
+    names = list(task) if task else list(config.tasks)
+    for name in names:
+        config.task(name)  # a ConfigError naming the configured tasks
+    from cxpredict.training import train_task
+
+    out_dir = out_dir or config.root / "training" / f"{cutoff:%Y-%m-%d}"
+    loaded = read_validated(config, now=now, as_of=cutoff, validation_dir=out_dir / "validation")
+    for name in names:
+        with progress_bar() as progress:
+            progress.add_task(f"training {name}", total=None)
+            result = train_task(config, name, as_of=cutoff, tables=loaded.tables)
+        bundle_dir = result.bundle.save(out_dir / name / "bundle")
+        write_table(result.metrics, out_dir / name / "metrics.csv")
+        print_backtest(name, result.summary, result.bundle.kind)
+        out.print(
+            f"{name}: {result.details['horizon_method_text']} ({result.label_horizon_days}-day "
+            f"windows); bundle {bundle_dir}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if register:
+            from cxpredict import registry
+
+            version = registry.log_training_run(
+                config,
+                name,
+                result,
+                tables=loaded.tables,
+                bundle_dir=bundle_dir,
+                tracking_uri=registry.resolve_tracking_uri(config, os.environ),
+            )
+            out.print(f"{name}: registered {version.name} v{version.version}", highlight=False)
+
+
 @app.command()
 @reported
 def score(

@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 
 #: LightGBM parameters used unless ``training.lightgbm`` in the config overrides them.
 DEFAULT_PARAMS: dict[str, Any] = {
-    "learning_rate": 0.03,
+    "learning_rate": 0.05,
     "num_leaves": 15,
     "min_data_in_leaf": 100,
     "feature_fraction": 0.8,
@@ -32,7 +32,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "bagging_freq": 1,
     "lambda_l2": 10.0,
     "max_bin": 255,
-    "num_threads": 2,
+    # one thread: on a small shared machine a second one mostly waits; set more in
+    # training.lightgbm on a larger one (the result depends on it, never on timing)
+    "num_threads": 1,
     "deterministic": True,
     "force_col_wise": True,
     "verbosity": -1,
@@ -71,7 +73,7 @@ class _Booster(BaseEstimator):
         *,
         params: Mapping[str, Any] | None = None,
         num_boost_round: int = 2000,
-        early_stopping_rounds: int = 100,
+        early_stopping_rounds: int = 50,
         seed: int = 0,
     ) -> None:
         self.params = params
@@ -292,7 +294,7 @@ class LightGBMClassifier(_Booster):
         *,
         params: Mapping[str, Any] | None = None,
         num_boost_round: int = 2000,
-        early_stopping_rounds: int = 100,
+        early_stopping_rounds: int = 50,
         calibration: Literal["auto", "none", "platt", "isotonic"] = "auto",
         seed: int = 0,
     ) -> None:
@@ -381,7 +383,7 @@ class LightGBMRegressor(_Booster):
         tweedie_variance_power: float = 1.5,
         params: Mapping[str, Any] | None = None,
         num_boost_round: int = 2000,
-        early_stopping_rounds: int = 100,
+        early_stopping_rounds: int = 50,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -549,7 +551,7 @@ class PreferenceModel(BaseEstimator):
         min_positives: int = 30,
         params: Mapping[str, Any] | None = None,
         num_boost_round: int = 2000,
-        early_stopping_rounds: int = 100,
+        early_stopping_rounds: int = 50,
         seed: int = 0,
     ) -> None:
         self.strategy = strategy

@@ -637,7 +637,8 @@ def _bundle(
 ) -> ModelBundle:
     """The bundle of a fitted task, with aggregate statistics of its validation rows only."""
     recent = data.X_valid
-    medians = recent[fitted.inputs].median()
+    # observed values (the lower median), so that a count's median is a count
+    medians = recent[fitted.inputs].quantile(0.5, interpolation="lower")
     bundle = ModelBundle(
         task_name=task_name,
         kind=task.kind,

@@ -215,3 +215,17 @@ def test_btyd_outputs_come_from_the_engine_summary_and_stored_parameters():
     np.testing.assert_allclose(out["btyd_expected_purchases"].iloc[:2], expected)
     assert out.loc["a", "btyd_p_alive"] == 1.0  # BG/NBD: a one-time buyer is alive
     assert out.loc["c"].isna().all()  # no purchase, no summary, no output
+
+
+def test_a_summary_the_btyd_model_cannot_read_gives_missing_outputs_not_an_error():
+    model = btyd_from_params("bgnbd", {"r": 0.25, "alpha": 4.4, "a": 0.8, "b": 2.4})
+    features = pd.DataFrame(
+        {
+            "btyd_frequency": [1.5, 0.0, 2.0],
+            "btyd_recency_weeks": [3.0, 2.0, 40.0],
+            "btyd_t_weeks": [10.0, 10.0, 30.0],
+        },
+        index=pd.Index(["fractional", "recency_without_repeat", "recency_after_t"]),
+    )
+    out = add_btyd(features, model, horizon_days=91)
+    assert out[list(BTYD_FEATURES)].isna().all().all()
