@@ -539,23 +539,32 @@ _LOG_PARAM_BOUND = 15.0  # parameters stay within exp(+-15): wider than any publ
 
 
 def _minimize(objective: Callable[[FloatArray], float], start: FloatArray) -> Any:
-    """BFGS on log-parameters; a bounded, budgeted Nelder-Mead polish when BFGS fails.
+    """Bounded L-BFGS-B on log-parameters; a budgeted Nelder-Mead polish when it fails.
 
     The polish is bounded and budgeted because on data with little evidence of dropout the
     likelihood keeps improving as the dropout parameters run off to infinity, where the
     hypergeometric terms become slow; the bound stops that walk at a flat optimum.
     """
-    result = minimize(objective, start, method="BFGS", options={"gtol": 1e-7, "maxiter": 1000})
+    bounds = [(-_LOG_PARAM_BOUND, _LOG_PARAM_BOUND)] * len(start)
+    # Finite differences step into regions where the likelihood is +inf (rejected values);
+    # inf - inf there is expected and handled by the line search.
+    with np.errstate(invalid="ignore"):
+        result = minimize(
+            objective,
+            start,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"ftol": 1e-12, "gtol": 1e-8, "maxiter": 1000},
+        )
     if result.success and np.isfinite(result.fun):
         return result
     begin = result.x if np.isfinite(result.fun) else start
-    begin = np.clip(begin, -_LOG_PARAM_BOUND, _LOG_PARAM_BOUND)
     polish = minimize(
         objective,
         begin,
         method="Nelder-Mead",
-        bounds=[(-_LOG_PARAM_BOUND, _LOG_PARAM_BOUND)] * len(start),
-        options={"xatol": 1e-6, "fatol": 1e-10, "maxfev": 4000},
+        bounds=bounds,
+        options={"xatol": 1e-6, "fatol": 1e-10, "maxfev": 1000},
     )
     polish.nit = int(result.nit) + int(polish.nit)
     return polish
