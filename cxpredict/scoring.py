@@ -1083,13 +1083,15 @@ class TaskResult:
     frame: pd.DataFrame
     drift: pd.DataFrame
     calibration: pd.DataFrame | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ScoringRun:
     """What a scoring run wrote and measured.
 
-    ``timings`` are seconds per stage; ``warnings`` are sentences also shown in the report.
+    ``timings`` are seconds per stage (``scoring: <step>`` break the scoring stage down over
+    all tasks); ``warnings`` are sentences also shown in the report.
     """
 
     out_dir: Path
@@ -1218,43 +1220,57 @@ def score_task(
     columns = list(model.features)
     columns += [c for c in features.columns if c.startswith("btyd_") and c not in columns]
     X = features.loc[eligible(features, task), columns]
-    predictions = pd.concat(
-        [
-            model.bundle.predict(X.iloc[start : start + PREDICT_CHUNK])
-            for start in range(0, max(len(X), 1), PREDICT_CHUNK)
-        ]
-    )
-    scored = normalise_predictions(
-        predictions, X.index, kind=task.kind, top_k=min(getattr(task, "top_k", 3), 3)
-    )
-    frame = ranked(scored)
+    timings: dict[str, float] = {}
+    with _timed(timings, "predicting"):
+        predictions = pd.concat(
+            [
+                model.bundle.predict(X.iloc[start : start + PREDICT_CHUNK])
+                for start in range(0, max(len(X), 1), PREDICT_CHUNK)
+            ]
+        )
+        scored = normalise_predictions(
+            predictions, X.index, kind=task.kind, top_k=min(getattr(task, "top_k", 3), 3)
+        )
+        frame = ranked(scored)
     explained = frame["customer_id"]
     if reasons_for == "top":
         explained = explained.head(math.ceil(len(frame) * settings.reasons_top_fraction))
     reasons = None
-    if task.kind != "preference" and len(explained):
-        reasons = _reasons(model, X.loc[explained.to_numpy()], catalogue)
-    listed = task_list(
-        frame,
-        kind=task.kind,
-        model_version=model.version,
-        as_of=as_of,
-        tier_cuts=settings.tier_cuts,
-        reasons=reasons,
-    )
-    references = _references(model)
-    current = {f: X[f].to_numpy(dtype=np.float64, na_value=np.nan) for f in model.features}
-    # ``score`` is compared with the training scores (not stored for preference models).
-    current["score"] = scored["score"].to_numpy(dtype=np.float64)
-    drift = drift_report(
-        name,
-        references,
-        current,
-        kinds={"score": "score"},
-        warn=settings.drift_warn_psi,
-        fail=settings.drift_fail_psi,
-    )
-    return TaskResult(name, task.kind, model.version, listed, drift, _calibration(model))
+    with _timed(timings, "explaining"):
+        if task.kind != "preference" and len(explained):
+            reasons = _reasons(model, X.loc[explained.to_numpy()], catalogue)
+    with _timed(timings, "listing"):
+        listed = task_list(
+            frame,
+            kind=task.kind,
+            model_version=model.version,
+            as_of=as_of,
+            tier_cuts=settings.tier_cuts,
+            reasons=reasons,
+        )
+    with _timed(timings, "checking drift"):
+        references = _references(model)
+        current = {f: X[f].to_numpy(dtype=np.float64, na_value=np.nan) for f in model.features}
+        # ``score`` is compared with the training scores (not stored for preference models).
+        current["score"] = scored["score"].to_numpy(dtype=np.float64)
+        drift = drift_report(
+            name,
+            references,
+            current,
+            kinds={"score": "score"},
+            warn=settings.drift_warn_psi,
+            fail=settings.drift_fail_psi,
+        )
+    return TaskResult(name, task.kind, model.version, listed, drift, _calibration(model), timings)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
 
 
 def run_scoring(
@@ -1358,6 +1374,9 @@ def run_scoring(
                         settings=settings,
                         reasons_for=reasons_for,
                     )
+                for step, seconds in results[name].timings.items():
+                    key = f"scoring: {step}"
+                    watch.timings[key] = watch.timings.get(key, 0.0) + seconds
         assert features is not None  # at least one task was resolved
         results = {name: results[name] for name in names}
         drift = pd.concat([r.drift for r in results.values()], ignore_index=True)
