@@ -662,10 +662,14 @@ def _bundle(
     if result is not None and result.calibration is not None:
         table = result.calibration.assign(cutoff=result.calibration["cutoff"].astype(str))
         bundle.calibration = table.to_dict(orient="records")
-    reference: dict[str, Any] = {
-        "features": {f: _reference(recent[f].to_numpy(dtype=float)) for f in fitted.inputs}
-    }
+    reference: dict[str, Any] = {"features": {}}
+    # A preference model learns from the customers who bought in the window, not from the
+    # population it scores, so its rows are no drift reference; the other tasks' references
+    # cover the same features over the scored population.
     if task.kind != "preference":
+        reference["features"] = {
+            f: _reference(recent[f].to_numpy(dtype=float)) for f in fitted.inputs
+        }
         engine_rows = recent[fitted.inputs].droplevel("cutoff")
         scores = _score_column(bundle.predict(engine_rows), task.kind)
         reference["score"] = _reference(scores)
