@@ -7,8 +7,14 @@ preferences, with the ``customer_id`` when given.
 
 Every input problem is answered as an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``,
 which MLflow's scoring server turns into HTTP 400 with a JSON body naming the column; any
-other failure becomes HTTP 500 with a one-line message. Neither carries a stack trace:
-MLflow only adds one when the model raises something other than an ``MlflowException``.
+other failure becomes HTTP 500 with a one-line message. Neither carries a stack trace.
+
+MLflow's server reads a request with the signature's types before the model sees it: a CSV
+cell that is not a number fails there with a stack trace in the answer, and columns the
+signature does not name are dropped without a word. Inside a server, the model therefore
+checks each request body itself first (:func:`guard_scoring_server`): read as text, checked
+by :func:`validate_input`, and any error MLflow raises afterwards is answered without its
+stack trace and without echoing the request.
 
 The server is ``mlflow models serve --env-manager local``, bound to 127.0.0.1 unless told
 otherwise, with this interpreter's ``bin`` folder first on ``PATH`` so that it finds
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +33,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from io import BytesIO, StringIO
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -213,9 +222,15 @@ class ScoringModel(PythonModel):
     """An MLflow pyfunc that scores customer features with a cxpredict model bundle."""
 
     def load_context(self, context: Any) -> None:
-        """Read the bundle from the model's ``bundle`` artifact with the recorded loader."""
+        """Read the bundle from the model's ``bundle`` artifact with the recorded loader.
+
+        Inside MLflow's scoring server (its module is loaded before the model), requests are
+        checked against this model before MLflow reads them (:func:`guard_scoring_server`).
+        """
         loader = (context.model_config or {}).get("loader")
         self.bundle = load_bundle(context.artifacts["bundle"], loader)
+        if SERVER_MODULE in sys.modules:
+            guard_scoring_server(list(self.bundle.features))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None):
         """Validate ``model_input`` and score it; problems become HTTP 400, never a trace.
@@ -349,6 +364,103 @@ def log_pyfunc(
             model_config={"loader": loader},
             registered_model_name=registered_model_name,
         )
+
+
+# ------------------------------------------------------------------------------ requests
+
+SERVER_MODULE = "mlflow.pyfunc.scoring_server"
+#: MLflow's messages that quote the request: a prefix before the error, or a suffix after it.
+_ECHO = re.compile(r"^Failed to predict data .*?\nError: |\nInput: .*$", re.DOTALL)
+
+
+def read_request(data: bytes | str, content_type: str, model: Any = None) -> pd.DataFrame | None:
+    """A request body as MLflow's server would receive it, read as a table without types.
+
+    CSV cells stay text (:func:`validate_input` reads numbers from them), Parquet is read as
+    stored and JSON goes through MLflow's own parser without the signature's schema, so no
+    column is coerced or dropped. ``None`` when the body is JSON that MLflow reads as
+    something other than a table (its own checks then apply).
+
+    Raises
+    ------
+    InvalidInput
+        When the body is empty or cannot be read in its content type.
+    """
+    mime = (content_type or "").split(";")[0].strip().lower()
+    if mime == "text/csv":
+        try:
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
+        except UnicodeDecodeError:
+            raise InvalidInput("the CSV body is not UTF-8 text; send it encoded as UTF-8") from None
+        if not text.strip():
+            raise InvalidInput("empty payload: the CSV body has no header and no rows")
+        try:
+            with warnings.catch_warnings():
+                # A line longer than the header is an error, not an index column.
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                return pd.read_csv(StringIO(text), dtype=str, index_col=False)
+        except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning) as exc:
+            raise InvalidInput(
+                f"the CSV body could not be read ({_short(str(exc).splitlines()[0])}); send a "
+                "header line of column names and one line per customer"
+            ) from None
+    if mime == "application/vnd.apache.parquet":
+        try:
+            return pd.read_parquet(BytesIO(data if isinstance(data, bytes) else data.encode()))
+        except Exception:
+            raise InvalidInput(
+                "the body is not a Parquet file; send a table written by "
+                "pandas.DataFrame.to_parquet"
+            ) from None
+    if mime == "application/json" and model is not None:
+        from mlflow.pyfunc import scoring_server
+
+        parsed = scoring_server._parse_json_data(data, model.metadata, None).data
+        if (
+            isinstance(parsed, dict)
+            and parsed
+            and all(isinstance(v, list | np.ndarray) for v in parsed.values())
+        ):
+            parsed = pd.DataFrame(parsed)
+        return parsed if isinstance(parsed, pd.DataFrame) else None
+    return None
+
+
+def guard_scoring_server(features: Sequence[str]) -> None:
+    """Check each request to MLflow's scoring server in this process against ``features``.
+
+    Wraps the server's request handler (``invocations``): the body is read as a table
+    without types (:func:`read_request`) and checked by :func:`validate_input` before MLflow
+    reads it, so a non-numeric CSV cell, an unknown column or an empty body is a 400 naming
+    the column. Any ``MlflowException`` raised while answering is re-raised with its message
+    only: no stack trace, no echo of the request's rows. Installing twice is harmless.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    from mlflow.pyfunc import scoring_server
+
+    original: Callable[..., Any] = scoring_server.invocations
+    if getattr(original, "checks_cxpredict_input", False):
+        return
+
+    def invocations(data: Any, content_type: str, model: Any, input_schema: Any) -> Any:
+        try:
+            try:
+                request = read_request(data, content_type, model)
+            except MlflowException:
+                request = None  # unreadable JSON: MLflow's own answer names the problem
+            if request is not None:
+                validate_input(request, features)
+            return original(data, content_type, model, input_schema)
+        except (InvalidInput, FeatureMismatch) as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        except MlflowException as exc:
+            exc.message = _ECHO.sub("", exc.message)
+            exc.json_kwargs.pop("stack_trace", None)
+            raise exc from None
+
+    invocations.checks_cxpredict_input = True  # type: ignore[attr-defined]
+    scoring_server.invocations = invocations
 
 
 # ------------------------------------------------------------------------------ the server

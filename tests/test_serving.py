@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from test_registry import AS_OF, CATALOGUE, FEATURES, LOADER, Trained, tiny_bundle
 from test_registry import backtest_metrics as metrics_for
 
@@ -136,6 +137,63 @@ def test_the_input_example_is_made_up() -> None:
     assert list(example.columns) == ["customer_id", *FEATURES]
 
 
+def test_a_csv_body_is_read_as_text_so_every_cell_can_be_checked() -> None:
+    body = b"customer_id,orders_lifetime,days_since_last_order,spend_lifetime\n007,1,,many\n"
+    request = serving.read_request(body, "text/csv; charset=utf-8")
+    assert list(request["customer_id"]) == ["007"]
+    with pytest.raises(InvalidInput, match="column 'spend_lifetime': expected a number or null"):
+        validate_input(request, FEATURES)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"", "text/csv", "empty payload"),
+        (b"\xff\xfe", "text/csv", "not UTF-8"),
+        (b"a,b\n1,2,3,4\n", "text/csv", "could not be read"),
+        (b'a,b\n1,"2\n', "text/csv", "could not be read"),
+        (b"PAR1 not really", "application/vnd.apache.parquet", "not a Parquet file"),
+    ],
+)
+def test_an_unreadable_body_is_invalid_input(body: bytes, content_type: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        serving.read_request(body, content_type)
+
+
+def test_the_guarded_server_answers_without_trace_or_echo(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.pyfunc import scoring_server
+
+    seen: list[str] = []
+
+    def mlflow_invocations(data, content_type, model, input_schema):
+        seen.append(data)
+        raise MlflowException(
+            f"Failed to predict data '{data}'. \nError: schema broke\nInput: \n{data!r}\n",
+            error_code=INVALID_PARAMETER_VALUE,
+            stack_trace="Traceback (most recent call last): ...",
+        )
+
+    monkeypatch.setattr(scoring_server, "invocations", mlflow_invocations)
+    serving.guard_scoring_server(FEATURES)
+    serving.guard_scoring_server(FEATURES)
+    guarded = scoring_server.invocations
+    extra = b"orders_lifetime,days_since_last_order,spend_lifetime,email\n1,2,3,a@b.c\n"
+    with pytest.raises(MlflowException, match="'email' are not inputs") as caught:
+        guarded(extra, "text/csv", None, None)
+    assert caught.value.get_http_status_code() == 400 and seen == []
+    valid = b"orders_lifetime,days_since_last_order,spend_lifetime\nsecret-row,2,3\n"
+    with pytest.raises(MlflowException, match="orders_lifetime"):
+        guarded(valid, "text/csv", None, None)
+    good = b"orders_lifetime,days_since_last_order,spend_lifetime\n1,2,3\n"
+    with pytest.raises(MlflowException) as caught:
+        guarded(good, "text/csv", None, None)
+    assert seen == [good]
+    body = caught.value.serialize_as_json()
+    assert json.loads(body)["message"] == "schema broke"
+    assert caught.value.get_http_status_code() == 400
+    assert "stack_trace" not in body and "Traceback" not in body
+
+
 def test_the_server_runs_from_this_environment_on_loopback() -> None:
     command = serving.server_command("models:/shop-churn@champion", port=5123)
     assert command[:3] == [sys.executable, "-m", "mlflow"]
@@ -156,10 +214,10 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def post(url: str, body: str | bytes) -> tuple[int, str]:
+def post(url: str, body: str | bytes, content_type: str = "application/json") -> tuple[int, str]:
     data = body.encode() if isinstance(body, str) else body
     request = urllib.request.Request(
-        f"{url}/invocations", data=data, headers={"Content-Type": "application/json"}
+        f"{url}/invocations", data=data, headers={"Content-Type": content_type}
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -277,6 +335,55 @@ def test_bad_requests_get_400_naming_the_problem_and_no_trace(
     assert status == 400, body
     assert named in body
     assert_clean(body)
+
+
+CSV_HEADER = "customer_id," + ",".join(FEATURES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("payload", "content_type", "named"),
+    [
+        pytest.param(f"{CSV_HEADER}\nc-1,1,2,many\n", "text/csv", "spend_lifetime", id="csv text"),
+        pytest.param(f"{CSV_HEADER}\n", "text/csv", "empty payload", id="csv no rows"),
+        pytest.param("", "text/csv", "empty payload", id="csv empty"),
+        pytest.param(
+            f"{CSV_HEADER},email\nc-1,1,2,3,a@b.c\n", "text/csv", "'email'", id="csv extra column"
+        ),
+        pytest.param(
+            split([*FEATURES, "email"], [[1.0, 2.0, 3.0, "a@b.c"]]),
+            "application/json",
+            "'email'",
+            id="json extra column",
+        ),
+        pytest.param("PAR1 garbage", "application/vnd.apache.parquet", "Parquet", id="parquet"),
+        pytest.param(
+            json.dumps({"inputs": {**{f: [1.0] for f in FEATURES}, "email": ["a@b.c"]}}),
+            "application/json",
+            "'email'",
+            id="inputs extra column",
+        ),
+    ],
+)
+def test_csv_parquet_and_extra_columns_get_400_naming_the_problem_and_no_trace(
+    server, payload: str, content_type: str, named: str
+) -> None:
+    url, _, _ = server
+    status, body = post(url, payload, content_type)
+    assert status == 400, body
+    assert named in body
+    assert_clean(body)
+
+
+@pytest.mark.slow
+def test_the_server_scores_csv(server) -> None:
+    url, _, bundle = server
+    status, body = post(url, f"{CSV_HEADER}\n007,3,1,10\n", "text/csv")
+    assert status == 200, body
+    (prediction,) = json.loads(body)["predictions"]
+    assert prediction["customer_id"] == "007"
+    X = pd.DataFrame([[3.0, 1.0, 10.0]], columns=FEATURES)
+    assert prediction["probability"] == pytest.approx(bundle.predict(X)["probability"].iloc[0])
 
 
 @pytest.mark.slow
