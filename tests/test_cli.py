@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from cxpredict.cli import app
+from cxpredict.training import ModelBundle
 
 runner = CliRunner()
 
@@ -68,3 +70,35 @@ def test_an_as_of_in_the_future_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "is in the future" in result.output
+
+
+def test_train_on_the_sample_writes_each_bundle_and_its_backtest_next_to_the_baselines(
+    tmp_path: Path,
+) -> None:
+    sample = Path(__file__).resolve().parents[1] / "data" / "sample"
+    config = tmp_path / "cxpredict.yaml"
+    config.write_text(
+        f"project: sample\n"
+        f"data:\n"
+        f"  orders: {{path: {sample / 'orders.csv'}}}\n"
+        f"  interactions: {{path: {sample / 'interactions.csv'}}}\n"
+        f"  customers: {{path: {sample / 'customers.csv'}}}\n"
+        "tasks:\n"
+        "  repurchase: {kind: repurchase, horizon_days: 60}\n"
+        "training: {n_cutoffs: 3, step_days: 28, n_backtest_cutoffs: 1}\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["train", "--config", str(config), "--as-of", "2025-10-01", "--out", str(out)]
+        + ["--no-register"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "trained on labels over the full horizon (60-day windows)" in result.output
+    bundle = ModelBundle.load(out / "repurchase" / "bundle")
+    assert (bundle.task_name, bundle.horizon_method) == ("repurchase", "direct")
+    metrics = pd.read_csv(out / "repurchase" / "metrics.csv")
+    assert {"lightgbm", "recency", "logistic", "bgnbd", "pareto"} <= set(metrics["model"])
+    assert metrics["cutoff"].nunique() == 1
+    assert (out / "validation" / "validation_report.json").is_file()
