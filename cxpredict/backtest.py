@@ -35,6 +35,7 @@ from cxpredict import metrics
 from cxpredict.baselines import (
     BaselineFitError,
     BetaGeometricNBD,
+    FrequentValueBaseline,
     ParetoNBD,
     RecencyBaseline,
     RFMBaseline,
@@ -730,9 +731,13 @@ def fit_task(
         model.fit(
             data.X_train, data.y_train, X_valid=data.X_valid, Y_valid=Y_valid, value_columns=mapping
         )
-        estimators["score"] = model
         details["strategy"] = preference_strategy
         details["values"] = list(model.values_)
+        served, details["validation_hit@1"] = _serve_preference(model, data, Y_valid, mapping)
+        details["served"] = "lightgbm" if served is model else "most_frequent"
+        estimators["score"] = served
+        if served is not model:
+            estimators["lightgbm"] = model
     btyd = None
     if cache is not None and all(c in data.X_train.columns for c in BTYD_FEATURES):
         fitted = cache.model("bgnbd", fold.as_of)
@@ -748,6 +753,29 @@ def fit_task(
         btyd=btyd,
         details=details,
     )
+
+
+def _serve_preference(
+    model: PreferenceModel,
+    data: FoldData,
+    Y_valid: pd.DataFrame,
+    mapping: Mapping[str, Mapping[str, str]],
+) -> tuple[PreferenceModel | FrequentValueBaseline, dict[str, float]]:
+    """The better ranker at hit@1 on the validation cutoff: the model or past use.
+
+    The baseline is the customer's most used value read from the per-value features
+    (:class:`FrequentValueBaseline`); the model is kept on a tie.
+    """
+    values = [str(v) for v in model.values_]
+    baseline = FrequentValueBaseline(value_columns=mapping).fit(
+        data.X_train, data.y_train, values=values
+    )
+    actual = Y_valid.reindex(columns=values, fill_value=0).to_numpy()
+    hits = {
+        name: metrics.hit_rate(actual, ranker.predict_scores(data.X_valid).to_numpy(), k=1)
+        for name, ranker in (("lightgbm", model), ("most_frequent", baseline))
+    }
+    return (baseline if hits["most_frequent"] > hits["lightgbm"] else model), hits
 
 
 def _start_models(
@@ -927,7 +955,8 @@ def evaluate_preference(fitted: FittedTask, data: FoldData) -> list[dict[str, An
     assert data.X_test is not None and data.y_test is not None and data.history is not None
     cutoff = fitted.fold.test
     assert cutoff is not None
-    model = fitted.estimators["score"]
+    served = fitted.estimators["score"]
+    model = fitted.estimators.get("lightgbm", served)
     values = [str(v) for v in model.values_]
     actual = data.y_test.reindex(columns=values, fill_value=0).to_numpy()
     at = data.history[data.history["cutoff"] == cutoff]
@@ -942,6 +971,9 @@ def evaluate_preference(fitted: FittedTask, data: FoldData) -> list[dict[str, An
         "most_frequent": counts + 1e-6 * popularity,
         "popularity": np.tile(popularity, (len(customers), 1)),
     }
+    if served is not model:
+        # what the bundle serves: past use read from the features (chosen on validation)
+        scores["served"] = served.predict_scores(data.X_test).to_numpy()
     rows = []
     for name, score in scores.items():
         rows += _rows(cutoff, name, metrics.preference_metrics(actual, score))

@@ -47,6 +47,7 @@ from cxpredict.backtest import (
     plan_fold,
     run_backtest,
 )
+from cxpredict.baselines import FrequentValueBaseline
 from cxpredict.config import (
     ChurnTask,
     PreferenceTask,
@@ -265,6 +266,8 @@ class ModelBundle:
     def feature_importance(self) -> pd.Series:
         """Total gain per model feature of the main estimator, largest first."""
         estimator = self.estimators["score" if self.kind != "value" else "spend"]
+        if isinstance(estimator, FrequentValueBaseline):
+            estimator = self.estimators["lightgbm"]
         if isinstance(estimator, PreferenceModel):
             return estimator.model_.feature_importance()
         return estimator.feature_importance()
@@ -277,7 +280,9 @@ class ModelBundle:
         path.mkdir(parents=True, exist_ok=True)
         estimators = {}
         for name, estimator in self.estimators.items():
-            if isinstance(estimator, PreferenceModel | BtydStart):
+            if isinstance(estimator, FrequentValueBaseline):
+                estimators[name] = {"type": "most_frequent", **estimator.to_dict()}
+            elif isinstance(estimator, PreferenceModel | BtydStart):
                 state = estimator.to_dict()
                 state["model"] = _booster_file(state["model"], path / f"booster_{name}.txt")
                 kind = "preference" if isinstance(estimator, PreferenceModel) else "btyd_start"
@@ -336,6 +341,8 @@ class ModelBundle:
             if kind == "preference":
                 state["model"] = _booster_text(state["model"], path)
                 estimators[name] = PreferenceModel.from_dict(state)
+            elif kind == "most_frequent":
+                estimators[name] = FrequentValueBaseline.from_dict(state)
             elif kind == "btyd_start":
                 state["model"] = _booster_text(state["model"], path)
                 estimators[name] = BtydStart.from_dict(state)
