@@ -52,6 +52,7 @@ from cxpredict.labels import (
     preference_history,
 )
 from cxpredict.models import (
+    Calibrator,
     LightGBMClassifier,
     LightGBMRegressor,
     PreferenceModel,
@@ -470,6 +471,11 @@ class BtydStart(BaseEstimator):
         model = btyd_from_params(self.model_name_, self.btyd_params_)
         return self._start(X, model, self.horizon_days if horizon_days is None else horizon_days)
 
+    def raw_score(self, X: pd.DataFrame, *, horizon_days: float | None = None) -> np.ndarray:
+        """The start plus the correction, before calibration (log-odds or log-amount)."""
+        start = self._raw(self.start(X, horizon_days=horizon_days))
+        return self.estimator_.raw_score(X) + (start if self._classifier else np.log(start))
+
     def predict_proba(self, X: pd.DataFrame, *, horizon_days: float | None = None) -> np.ndarray:
         """Probabilities over the horizon (``horizon_days``, the task's by default)."""
         if not self._classifier:
@@ -660,6 +666,7 @@ def fit_task(
     cache: BtydCache | None,
     preference_strategy: str = "pairs",
     start_horizon_days: int | None = None,
+    calibration: str = "auto",
 ) -> FittedTask:
     """Fit the task's LightGBM model(s) on a fold's training rows, validated on its later rows.
 
@@ -667,6 +674,9 @@ def fit_task(
     than the labelled windows), each model learns a correction to the Pareto/NBD prediction
     (:class:`BtydStart`) and predicts over ``start_horizon_days``; without a Pareto/NBD fit
     at every cutoff, the plain models are fitted (``details["start"]`` says which).
+
+    ``calibration`` is the classifiers' (``"auto"``: chosen on the validation rows alone,
+    see :func:`cxpredict.models.choose_calibration`).
 
     Raises
     ------
@@ -703,7 +713,10 @@ def fit_task(
         _require_both_classes(task_name, data.y_valid[LABEL], fold.valid)
         target = "no_purchase" if isinstance(task, ChurnTask) else "purchase"
         model = fitted(
-            LightGBMClassifier(**common), target, data.y_train[LABEL], data.y_valid[LABEL]
+            LightGBMClassifier(calibration=calibration, **common),  # type: ignore[arg-type]
+            target,
+            data.y_train[LABEL],
+            data.y_valid[LABEL],
         )
         estimators["score"] = model
         classifier = model.estimator_ if isinstance(model, BtydStart) else model
@@ -835,6 +848,37 @@ def _over(estimator: Any, X: pd.DataFrame, horizon_days: int) -> np.ndarray:
     if isinstance(estimator, LightGBMClassifier):
         return estimator.predict_proba(X)[:, 1]
     return estimator.predict(X)
+
+
+def _raw_over(estimator: Any, X: pd.DataFrame, horizon_days: int) -> np.ndarray:
+    """A classifier's log-odds before calibration over the labelled window."""
+    if isinstance(estimator, BtydStart):
+        return estimator.raw_score(X, horizon_days=horizon_days)
+    return estimator.raw_score(X)
+
+
+def calibration_on_test(fitted: FittedTask, data: FoldData) -> dict[str, float]:
+    """Brier score on the test cutoff of each calibration fitted on the validation cutoff.
+
+    Time-ordered: every calibrator is fitted on the validation rows (which stopped the
+    boosting) and scored on the later test rows, the way the kept model is used.
+    Isotonic regression is tried from 1,000 validation rows.
+    """
+    assert data.X_test is not None and data.y_test is not None
+    estimator = fitted.estimators["score"]
+    h = fitted.label_horizon_days
+    raw_valid = _raw_over(estimator, data.X_valid, h)
+    raw_test = _raw_over(estimator, data.X_test, h)
+    y_valid = data.y_valid[LABEL].to_numpy(dtype=float)
+    y_test = data.y_test[LABEL].to_numpy(dtype=float)
+    methods = ["none", "platt"] + (["isotonic"] if len(y_valid) >= 1000 else [])
+    return {
+        method: metrics.brier(
+            y_test,
+            Calibrator(method).fit(raw_valid, y_valid).transform(raw_test),  # type: ignore[arg-type]
+        )
+        for method in methods
+    }
 
 
 def evaluate_binary(
@@ -992,6 +1036,22 @@ class BacktestResult:
     details: list[dict[str, Any]]
     calibration: pd.DataFrame | None = None
 
+    def calibration_method(self) -> str | None:
+        """The calibration with the lowest mean Brier score on the test cutoffs, if measured.
+
+        Each fold fits every calibration on its validation cutoff and scores it on its test
+        cutoff (:func:`calibration_on_test`); methods not tried in every fold are left out.
+        """
+        scores = [
+            d["calibration_brier_on_test"] for d in self.details if "calibration_brier_on_test" in d
+        ]
+        if not scores:
+            return None
+        common = set.intersection(*(set(s) for s in scores))
+        means = {m: float(np.mean([s[m] for s in scores])) for m in sorted(common)}
+        finite = {m: v for m, v in means.items() if np.isfinite(v)}
+        return min(finite, key=finite.__getitem__) if finite else None
+
     def summary(self) -> pd.DataFrame:
         """Mean of each metric over the test cutoffs: metrics as rows, models as columns."""
         table = self.metrics.pivot_table(
@@ -1084,6 +1144,7 @@ def run_backtest(
             )
             rows += fold_rows
             calibrations.append(calibration)
+            fitted.details["calibration_brier_on_test"] = calibration_on_test(fitted, data)
         elif isinstance(task, ValueTask):
             rows += evaluate_value(fitted, data, cache=cache, btyd_baselines=btyd_baselines)
         else:

@@ -612,6 +612,9 @@ def train_task(
         cache=cache,
         preference_strategy=preference_strategy,
         start_horizon_days=start,
+        # the calibration that did best on the backtest's later cutoffs, fitted on this
+        # model's validation cutoff; without a backtest, chosen on the validation rows
+        calibration=(result.calibration_method() if result is not None else None) or "auto",
     )
     if fitted.details.get("start") is not None:
         method = "btyd_start"
@@ -630,6 +633,11 @@ def train_task(
         "label_horizon_days": horizon,
         "horizon_days": task.horizon_days,
         "final_model": fitted.details,
+        "calibration_chosen_on": (
+            "the backtest's test cutoffs"
+            if result is not None and result.calibration_method() is not None
+            else "the validation cutoff"
+        ),
         "rows": {"train": len(data.y_train), "validation": len(data.y_valid)},
     }
     if result is not None:

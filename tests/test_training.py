@@ -246,3 +246,13 @@ def test_a_started_probability_grows_with_the_horizon_for_every_customer(tables)
     short = model.predict_proba(inputs, horizon_days=bundle.label_horizon_days)[:, 1]
     long = model.predict_proba(inputs)[:, 1]
     assert (long >= short).all() and long.mean() > short.mean()
+
+
+def test_the_calibration_is_fitted_on_the_validation_cutoff_and_chosen_on_later_test_cutoffs(
+    churn,
+):
+    on_test = [fold["calibration_brier_on_test"] for fold in churn.details["backtest_folds"]]
+    assert on_test and all({"none", "platt"} <= set(scores) for scores in on_test)
+    best = min(on_test[0], key=on_test[0].__getitem__)
+    assert churn.bundle.calibration_method == best
+    assert churn.details["calibration_chosen_on"] == "the backtest's test cutoffs"
