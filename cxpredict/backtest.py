@@ -346,14 +346,7 @@ def btyd_start(
     value (``basket`` where it is missing or not positive). Rows whose summary the model
     cannot read get the prediction for a customer with one purchase and no repeat.
     """
-    outputs = btyd_outputs(
-        model,
-        features[BTYD_INPUTS[0]],
-        features[BTYD_INPUTS[1]],
-        features[BTYD_INPUTS[2]],
-        horizon_days=horizon_days,
-        index=features.index,
-    )
+    outputs = _btyd_block(features, model, horizon_days)
     if outputs.isna().to_numpy().any():
         zero = np.zeros(1)
         fallback = btyd_outputs(
