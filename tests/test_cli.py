@@ -76,15 +76,17 @@ def test_train_on_the_sample_writes_each_bundle_and_its_backtest_next_to_the_bas
     tmp_path: Path,
 ) -> None:
     sample = Path(__file__).resolve().parents[1] / "data" / "sample"
+    # the sample's first 600 customers, with all their rows, keep the test small
+    keep = pd.read_csv(sample / "customers.csv", dtype=str)["customer_id"].head(600)
+    for name in ("orders", "interactions", "customers"):
+        rows = pd.read_csv(sample / f"{name}.csv", dtype=str, keep_default_na=False)
+        rows[rows["customer_id"].isin(keep)].to_csv(tmp_path / f"{name}.csv", index=False)
     config = tmp_path / "cxpredict.yaml"
     config.write_text(
-        f"project: sample\n"
-        f"data:\n"
-        f"  orders: {{path: {sample / 'orders.csv'}}}\n"
-        f"  interactions: {{path: {sample / 'interactions.csv'}}}\n"
-        f"  customers: {{path: {sample / 'customers.csv'}}}\n"
-        "tasks:\n"
-        "  repurchase: {kind: repurchase, horizon_days: 60}\n"
+        "project: sample\n"
+        "data: {orders: {path: orders.csv}, interactions: {path: interactions.csv}, "
+        "customers: {path: customers.csv}}\n"
+        "tasks: {repurchase: {kind: repurchase, horizon_days: 60}}\n"
         "training: {n_cutoffs: 3, step_days: 28, n_backtest_cutoffs: 1}\n",
         encoding="utf-8",
     )
