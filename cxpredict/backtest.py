@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
@@ -34,6 +35,7 @@ from cxpredict import metrics
 from cxpredict.baselines import (
     BaselineFitError,
     BetaGeometricNBD,
+    FrequentValueBaseline,
     ParetoNBD,
     RecencyBaseline,
     RFMBaseline,
@@ -50,9 +52,12 @@ from cxpredict.labels import (
     preference_history,
 )
 from cxpredict.models import (
+    Calibrator,
     LightGBMClassifier,
     LightGBMRegressor,
     PreferenceModel,
+    booster_from_dict,
+    booster_to_dict,
     split_overrides,
 )
 from cxpredict.schemas import Tables, to_utc
@@ -316,6 +321,203 @@ def _btyd_block(rows: pd.DataFrame, model: Any, horizon_days: float) -> pd.DataF
     )
 
 
+# ------------------------------------------------------------------------------ BTYD start
+
+#: The buy-till-you-die model a LightGBM model starts from when the horizon is extended.
+START_MODEL = "pareto"
+#: What a started model predicts: P(order), P(no order), expected orders, expected spend.
+START_TARGETS: tuple[str, ...] = ("purchase", "no_purchase", "orders", "spend")
+BASKET_COLUMN = "order_value_mean"
+_START_CLIP = 1e-6
+
+
+def btyd_start(
+    model: BetaGeometricNBD | ParetoNBD,
+    features: pd.DataFrame,
+    *,
+    horizon_days: float,
+    target: str,
+    basket: float = 1.0,
+) -> np.ndarray:
+    """The buy-till-you-die prediction over ``horizon_days`` for each row, in natural units.
+
+    ``purchase``: the probability of at least one purchase; ``no_purchase``: one minus it;
+    ``orders``: expected purchases; ``spend``: expected purchases times the row's mean order
+    value (``basket`` where it is missing or not positive). Rows whose summary the model
+    cannot read get the prediction for a customer with one purchase and no repeat.
+    """
+    outputs = _btyd_block(features, model, horizon_days)
+    if outputs.isna().to_numpy().any():
+        zero = np.zeros(1)
+        fallback = btyd_outputs(
+            model, zero, zero, zero, horizon_days=horizon_days, index=pd.RangeIndex(1)
+        ).iloc[0]
+        outputs = outputs.fillna(fallback)
+    if target in ("purchase", "no_purchase"):
+        p = outputs["btyd_p_purchase"].to_numpy(dtype=float)
+        p = p if target == "purchase" else 1.0 - p
+        return np.clip(p, _START_CLIP, 1.0 - _START_CLIP)
+    expected = outputs["btyd_expected_purchases"].to_numpy(dtype=float)
+    if target == "spend":
+        values = (
+            features[BASKET_COLUMN].to_numpy(dtype=float)
+            if BASKET_COLUMN in features.columns
+            else np.full(len(features), np.nan)
+        )
+        expected = expected * np.where(values > 0, values, basket)
+    return np.clip(expected, _START_CLIP, None)
+
+
+class BtydStart(BaseEstimator):
+    """A LightGBM model that learns a correction to a buy-till-you-die prediction.
+
+    Each training row starts from the Pareto/NBD prediction over its label window, fitted on
+    the purchases before its cutoff (log-odds for probabilities, log for expected orders and
+    spend); the trees learn what the features add to it. Predictions start from the
+    prediction of the model fitted before the as-of date, over any horizon: this is how a
+    horizon longer than the labelled windows is reached, with the shape of the
+    buy-till-you-die model and the correction learned on the windows the history allows.
+
+    Parameters
+    ----------
+    estimator
+        An unfitted :class:`LightGBMClassifier` (targets ``purchase``, ``no_purchase``) or
+        :class:`LightGBMRegressor` (``orders``, ``spend``).
+    target
+        One of :data:`START_TARGETS`.
+    horizon_days
+        The horizon predictions are for unless told otherwise (the task's horizon).
+    """
+
+    def __init__(self, estimator: Any, *, target: str, horizon_days: int) -> None:
+        self.estimator = estimator
+        self.target = target
+        self.horizon_days = horizon_days
+
+    def _start(self, frame: pd.DataFrame, model: Any, horizon_days: float) -> np.ndarray:
+        return btyd_start(
+            model, frame, horizon_days=horizon_days, target=self.target, basket=self.basket_
+        )
+
+    def _starts(
+        self, frame: pd.DataFrame, models: Mapping[pd.Timestamp, Any], horizon_days: float
+    ) -> np.ndarray:
+        out = np.empty(len(frame))
+        cutoffs = frame.index.get_level_values("cutoff")
+        for cutoff in cutoffs.unique():
+            rows = np.asarray(cutoffs == cutoff)
+            out[rows] = self._start(frame[rows], models[cutoff], horizon_days)
+        return out
+
+    def _raw(self, start: np.ndarray) -> np.ndarray:
+        return np.log(start / (1.0 - start)) if self._classifier else start
+
+    @property
+    def _classifier(self) -> bool:
+        return self.target in ("purchase", "no_purchase")
+
+    def fit(
+        self,
+        X: pd.DataFrame,
+        y: Any,
+        *,
+        X_valid: pd.DataFrame,
+        y_valid: Any,
+        models: Mapping[pd.Timestamp, BetaGeometricNBD | ParetoNBD],
+        final: BetaGeometricNBD | ParetoNBD,
+        label_horizon_days: int,
+    ) -> BtydStart:
+        """Fit the correction on rows indexed by ``(customer_id, cutoff)``.
+
+        Parameters
+        ----------
+        X, y, X_valid, y_valid
+            Training and validation rows and labels over ``label_horizon_days``.
+        models
+            The buy-till-you-die fit before each cutoff of ``X`` and ``X_valid``.
+        final
+            The fit before the as-of date, which predictions start from.
+        """
+        if self.target not in START_TARGETS:
+            raise ValueError(f"target must be one of {START_TARGETS}, got {self.target!r}")
+        values = X[BASKET_COLUMN] if BASKET_COLUMN in X.columns else pd.Series(dtype=float)
+        positive = values[values > 0]
+        self.basket_ = float(positive.median()) if len(positive) else 1.0
+        start = self._raw(self._starts(X, models, label_horizon_days))
+        start_valid = self._raw(self._starts(X_valid, models, label_horizon_days))
+        estimator = self.estimator
+        if self._classifier:
+            estimator.fit(
+                X, y, X_valid=X_valid, y_valid=y_valid, offset=start, offset_valid=start_valid
+            )
+        else:
+            estimator.fit(
+                X, y, X_valid=X_valid, y_valid=y_valid, exposure=start, exposure_valid=start_valid
+            )
+        self.estimator_ = estimator
+        self.btyd_params_ = dict(final.params_)
+        self.model_name_ = "bgnbd" if isinstance(final, BetaGeometricNBD) else "pareto"
+        return self
+
+    def start(self, X: pd.DataFrame, *, horizon_days: float | None = None) -> np.ndarray:
+        """The buy-till-you-die prediction the model starts from, over the horizon."""
+        model = btyd_from_params(self.model_name_, self.btyd_params_)
+        return self._start(X, model, self.horizon_days if horizon_days is None else horizon_days)
+
+    def raw_score(self, X: pd.DataFrame, *, horizon_days: float | None = None) -> np.ndarray:
+        """The start plus the correction, before calibration (log-odds or log-amount)."""
+        start = self._raw(self.start(X, horizon_days=horizon_days))
+        return self.estimator_.raw_score(X) + (start if self._classifier else np.log(start))
+
+    def predict_proba(self, X: pd.DataFrame, *, horizon_days: float | None = None) -> np.ndarray:
+        """Probabilities over the horizon (``horizon_days``, the task's by default)."""
+        if not self._classifier:
+            raise ValueError(f"a {self.target!r} model predicts amounts; use predict")
+        start = self._raw(self.start(X, horizon_days=horizon_days))
+        return self.estimator_.predict_proba(X, offset=start)
+
+    def predict(self, X: pd.DataFrame, *, horizon_days: float | None = None) -> np.ndarray:
+        """Expected orders or spend over the horizon (classifiers: the 0/1 class)."""
+        if self._classifier:
+            return (self.predict_proba(X, horizon_days=horizon_days)[:, 1] >= 0.5).astype(int)
+        return self.estimator_.predict(X, exposure=self.start(X, horizon_days=horizon_days))
+
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Per-feature contributions to the correction (the start is not a feature)."""
+        return self.estimator_.contributions(X)
+
+    def feature_importance(self) -> pd.Series:
+        """Total gain per feature of the correction, largest first."""
+        return self.estimator_.feature_importance()
+
+    @property
+    def best_iteration_(self) -> int:
+        """Trees kept by early stopping."""
+        return int(self.estimator_.best_iteration_)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted state as JSON types plus the booster as text."""
+        return {
+            "target": self.target,
+            "horizon_days": int(self.horizon_days),
+            "btyd_model": self.model_name_,
+            "btyd_params": self.btyd_params_,
+            "basket": self.basket_,
+            "model": booster_to_dict(self.estimator_),
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> BtydStart:
+        """Rebuild a model saved with :meth:`to_dict`."""
+        estimator = booster_from_dict(state["model"])
+        model = cls(estimator, target=state["target"], horizon_days=int(state["horizon_days"]))
+        model.estimator_ = estimator
+        model.btyd_params_ = {k: float(v) for k, v in state["btyd_params"].items()}
+        model.model_name_ = str(state["btyd_model"])
+        model.basket_ = float(state["basket"])
+        return model
+
+
 # ------------------------------------------------------------------------------ design
 
 
@@ -456,8 +658,18 @@ def fit_task(
     label_horizon_days: int,
     cache: BtydCache | None,
     preference_strategy: str = "pairs",
+    start_horizon_days: int | None = None,
+    calibration: str = "auto",
 ) -> FittedTask:
     """Fit the task's LightGBM model(s) on a fold's training rows, validated on its later rows.
+
+    With ``start_horizon_days`` (churn, repurchase and value tasks whose horizon is longer
+    than the labelled windows), each model learns a correction to the Pareto/NBD prediction
+    (:class:`BtydStart`) and predicts over ``start_horizon_days``; without a Pareto/NBD fit
+    at every cutoff, the plain models are fitted (``details["start"]`` says which).
+
+    ``calibration`` is the classifiers' (``"auto"``: chosen on the validation rows alone,
+    see :func:`cxpredict.models.choose_calibration`).
 
     Raises
     ------
@@ -471,22 +683,46 @@ def fit_task(
     common: dict[str, Any] = {"params": params, "seed": training.seed, **boosting}
     estimators: dict[str, Any] = {}
     details: dict[str, Any] = {}
+    start = None
+    if start_horizon_days is not None and not isinstance(task, PreferenceTask):
+        start = _start_models(cache, data, fold)
+    details["start"] = None if start is None else START_MODEL
+
+    def fitted(estimator: Any, target: str, y: pd.Series, y_valid: pd.Series) -> Any:
+        if start is None:
+            return estimator.fit(data.X_train, y, X_valid=data.X_valid, y_valid=y_valid)
+        assert start_horizon_days is not None
+        return BtydStart(estimator, target=target, horizon_days=start_horizon_days).fit(
+            data.X_train,
+            y,
+            X_valid=data.X_valid,
+            y_valid=y_valid,
+            models=start[0],
+            final=start[1],
+            label_horizon_days=label_horizon_days,
+        )
+
     if isinstance(task, ChurnTask | RepurchaseTask):
         _require_both_classes(task_name, data.y_valid[LABEL], fold.valid)
-        model = LightGBMClassifier(**common).fit(
-            data.X_train, data.y_train[LABEL], X_valid=data.X_valid, y_valid=data.y_valid[LABEL]
+        target = "no_purchase" if isinstance(task, ChurnTask) else "purchase"
+        model = fitted(
+            LightGBMClassifier(calibration=calibration, **common),  # type: ignore[arg-type]
+            target,
+            data.y_train[LABEL],
+            data.y_valid[LABEL],
         )
         estimators["score"] = model
-        details["calibration"] = model.calibration_method_
-        details["calibration_brier"] = model.calibration_scores_
+        classifier = model.estimator_ if isinstance(model, BtydStart) else model
+        details["calibration"] = classifier.calibration_method_
+        details["calibration_brier"] = classifier.calibration_scores_
         details["trees"] = model.best_iteration_
     elif isinstance(task, ValueTask):
         for target, objective in (("spend", "tweedie"), ("orders", "poisson")):
-            estimators[target] = LightGBMRegressor(objective=objective, **common).fit(
-                data.X_train,
+            estimators[target] = fitted(
+                LightGBMRegressor(objective=objective, **common),  # type: ignore[arg-type]
+                target,
                 data.y_train[target],
-                X_valid=data.X_valid,
-                y_valid=data.y_valid[target],
+                data.y_valid[target],
             )
         details["objectives"] = {"spend": "tweedie", "orders": "poisson"}
     elif isinstance(task, PreferenceTask):
@@ -501,9 +737,13 @@ def fit_task(
         model.fit(
             data.X_train, data.y_train, X_valid=data.X_valid, Y_valid=Y_valid, value_columns=mapping
         )
-        estimators["score"] = model
         details["strategy"] = preference_strategy
         details["values"] = list(model.values_)
+        served, details["validation_hit@1"] = _serve_preference(model, data, Y_valid, mapping)
+        details["served"] = "lightgbm" if served is model else "most_frequent"
+        estimators["score"] = served
+        if served is not model:
+            estimators["lightgbm"] = model
     btyd = None
     if cache is not None and all(c in data.X_train.columns for c in BTYD_FEATURES):
         fitted = cache.model("bgnbd", fold.as_of)
@@ -519,6 +759,43 @@ def fit_task(
         btyd=btyd,
         details=details,
     )
+
+
+def _serve_preference(
+    model: PreferenceModel,
+    data: FoldData,
+    Y_valid: pd.DataFrame,
+    mapping: Mapping[str, Mapping[str, str]],
+) -> tuple[PreferenceModel | FrequentValueBaseline, dict[str, float]]:
+    """The better ranker at hit@1 on the validation cutoff: the model or past use.
+
+    The baseline is the customer's most used value read from the per-value features
+    (:class:`FrequentValueBaseline`); the model is kept on a tie.
+    """
+    values = [str(v) for v in model.values_]
+    baseline = FrequentValueBaseline(value_columns=mapping).fit(
+        data.X_train, data.y_train, values=values
+    )
+    actual = Y_valid.reindex(columns=values, fill_value=0).to_numpy()
+    hits = {
+        name: metrics.hit_rate(actual, ranker.predict_scores(data.X_valid).to_numpy(), k=1)
+        for name, ranker in (("lightgbm", model), ("most_frequent", baseline))
+    }
+    return (baseline if hits["most_frequent"] > hits["lightgbm"] else model), hits
+
+
+def _start_models(
+    cache: BtydCache | None, data: FoldData, fold: Fold
+) -> tuple[dict[pd.Timestamp, Any], Any] | None:
+    """The Pareto/NBD fits a started model needs, or ``None`` when one is missing."""
+    if cache is None or not all(c in data.X_train.columns for c in BTYD_INPUTS):
+        return None
+    cutoffs = [*fold.train, fold.valid]
+    models = {c: cache.model(START_MODEL, c) for c in cutoffs}
+    final = cache.model(START_MODEL, fold.as_of)
+    if final is None or any(m is None for m in models.values()):
+        return None
+    return models, final
 
 
 def _require_both_classes(task_name: str, y: pd.Series, cutoff: pd.Timestamp) -> None:
@@ -555,6 +832,48 @@ def _btyd_at(
     return out
 
 
+def _over(estimator: Any, X: pd.DataFrame, horizon_days: int) -> np.ndarray:
+    """Predictions over the labelled window (a started model predicts any horizon)."""
+    if isinstance(estimator, BtydStart):
+        if estimator.target in ("purchase", "no_purchase"):
+            return estimator.predict_proba(X, horizon_days=horizon_days)[:, 1]
+        return estimator.predict(X, horizon_days=horizon_days)
+    if isinstance(estimator, LightGBMClassifier):
+        return estimator.predict_proba(X)[:, 1]
+    return estimator.predict(X)
+
+
+def _raw_over(estimator: Any, X: pd.DataFrame, horizon_days: int) -> np.ndarray:
+    """A classifier's log-odds before calibration over the labelled window."""
+    if isinstance(estimator, BtydStart):
+        return estimator.raw_score(X, horizon_days=horizon_days)
+    return estimator.raw_score(X)
+
+
+def calibration_on_test(fitted: FittedTask, data: FoldData) -> dict[str, float]:
+    """Brier score on the test cutoff of each calibration fitted on the validation cutoff.
+
+    Time-ordered: every calibrator is fitted on the validation rows (which stopped the
+    boosting) and scored on the later test rows, the way the kept model is used.
+    Isotonic regression is tried from 1,000 validation rows.
+    """
+    assert data.X_test is not None and data.y_test is not None
+    estimator = fitted.estimators["score"]
+    h = fitted.label_horizon_days
+    raw_valid = _raw_over(estimator, data.X_valid, h)
+    raw_test = _raw_over(estimator, data.X_test, h)
+    y_valid = data.y_valid[LABEL].to_numpy(dtype=float)
+    y_test = data.y_test[LABEL].to_numpy(dtype=float)
+    methods = ["none", "platt"] + (["isotonic"] if len(y_valid) >= 1000 else [])
+    return {
+        method: metrics.brier(
+            y_test,
+            Calibrator(method).fit(raw_valid, y_valid).transform(raw_test),  # type: ignore[arg-type]
+        )
+        for method in methods
+    }
+
+
 def evaluate_binary(
     task: ChurnTask | RepurchaseTask,
     fitted: FittedTask,
@@ -574,7 +893,7 @@ def evaluate_binary(
     cutoff = fitted.fold.test
     y = data.y_test[LABEL].to_numpy()
     target = "churn" if isinstance(task, ChurnTask) else "repurchase"
-    probability = fitted.estimators["score"].predict_proba(data.X_test)[:, 1]
+    probability = _over(fitted.estimators["score"], data.X_test, fitted.label_horizon_days)
     rows = _rows(cutoff, "lightgbm", metrics.binary_metrics(y, probability))
     calibration = metrics.calibration_table(y, probability).assign(cutoff=cutoff)
     if RECENCY_COLUMN in data.X_test.columns:
@@ -648,7 +967,7 @@ def evaluate_value(
     customers = data.X_test.index.get_level_values("customer_id")
     actual = {t: data.y_test[t].to_numpy(dtype=float) for t in ("spend", "orders")}
     predictions: dict[str, dict[str, np.ndarray]] = {
-        "lightgbm": {t: fitted.estimators[t].predict(data.X_test) for t in ("spend", "orders")}
+        "lightgbm": {t: _over(fitted.estimators[t], data.X_test, h) for t in ("spend", "orders")}
     }
     basket = _mean_order_value(cache.orders, cutoff).reindex(customers).fillna(0.0).to_numpy()
     for name, frame in _btyd_at(cache, customers, cutoff, h, btyd_baselines).items():
@@ -673,7 +992,8 @@ def evaluate_preference(fitted: FittedTask, data: FoldData) -> list[dict[str, An
     assert data.X_test is not None and data.y_test is not None and data.history is not None
     cutoff = fitted.fold.test
     assert cutoff is not None
-    model = fitted.estimators["score"]
+    served = fitted.estimators["score"]
+    model = fitted.estimators.get("lightgbm", served)
     values = [str(v) for v in model.values_]
     actual = data.y_test.reindex(columns=values, fill_value=0).to_numpy()
     at = data.history[data.history["cutoff"] == cutoff]
@@ -688,6 +1008,9 @@ def evaluate_preference(fitted: FittedTask, data: FoldData) -> list[dict[str, An
         "most_frequent": counts + 1e-6 * popularity,
         "popularity": np.tile(popularity, (len(customers), 1)),
     }
+    if served is not model:
+        # what the bundle serves: past use read from the features (chosen on validation)
+        scores["served"] = served.predict_scores(data.X_test).to_numpy()
     rows = []
     for name, score in scores.items():
         rows += _rows(cutoff, name, metrics.preference_metrics(actual, score))
@@ -705,6 +1028,22 @@ class BacktestResult:
     folds: list[Fold]
     details: list[dict[str, Any]]
     calibration: pd.DataFrame | None = None
+
+    def calibration_method(self) -> str | None:
+        """The calibration with the lowest mean Brier score on the test cutoffs, if measured.
+
+        Each fold fits every calibration on its validation cutoff and scores it on its test
+        cutoff (:func:`calibration_on_test`); methods not tried in every fold are left out.
+        """
+        scores = [
+            d["calibration_brier_on_test"] for d in self.details if "calibration_brier_on_test" in d
+        ]
+        if not scores:
+            return None
+        common = set.intersection(*(set(s) for s in scores))
+        means = {m: float(np.mean([s[m] for s in scores])) for m in sorted(common)}
+        finite = {m: v for m, v in means.items() if np.isfinite(v)}
+        return min(finite, key=finite.__getitem__) if finite else None
 
     def summary(self) -> pd.DataFrame:
         """Mean of each metric over the test cutoffs: metrics as rows, models as columns."""
@@ -728,6 +1067,7 @@ def run_backtest(
     preference_strategy: str = "pairs",
     btyd_baselines: Sequence[str] = ("bgnbd", "pareto"),
     cache: BtydCache | None = None,
+    start_horizon_days: int | None = None,
 ) -> BacktestResult:
     """Evaluate the task's model and its baselines on ``training.n_backtest_cutoffs`` cutoffs.
 
@@ -745,6 +1085,9 @@ def run_backtest(
         Offer the BG/NBD outputs (fitted before each cutoff) to the model as features.
     btyd_baselines
         Buy-till-you-die baselines fitted at each test cutoff: ``"bgnbd"``, ``"pareto"``.
+    start_horizon_days
+        Fit models that start from the Pareto/NBD prediction (see :func:`fit_task`); the
+        backtest scores them over the labelled window.
 
     Returns
     -------
@@ -786,6 +1129,7 @@ def run_backtest(
             label_horizon_days=horizon,
             cache=cache if use_btyd else None,
             preference_strategy=preference_strategy,
+            start_horizon_days=start_horizon_days,
         )
         if isinstance(task, ChurnTask | RepurchaseTask):
             fold_rows, calibration = evaluate_binary(
@@ -793,6 +1137,7 @@ def run_backtest(
             )
             rows += fold_rows
             calibrations.append(calibration)
+            fitted.details["calibration_brier_on_test"] = calibration_on_test(fitted, data)
         elif isinstance(task, ValueTask):
             rows += evaluate_value(fitted, data, cache=cache, btyd_baselines=btyd_baselines)
         else:

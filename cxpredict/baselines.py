@@ -21,7 +21,7 @@ returns ``self``, learned state ends in ``_`` and no training rows are kept.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
@@ -967,3 +967,72 @@ class RFMBaseline(BaseEstimator):
         total = self.rfm_scores(frame).sum(axis=1)
         score = total if self.target == "repurchase" else 3 * (self.n_bins + 1) - total
         return score.rename("score")
+
+
+class FrequentValueBaseline(BaseEstimator):
+    """Ranks each customer's values by their own past use, read from per-value features.
+
+    A value's score is the customer's share of purchases with it (``share_*`` columns) or,
+    for attributes described only by recency, ``1 / (1 + days since last used)``
+    (``days_since_*`` columns); values the customer never used score 0. Ties, and customers
+    without any past use, go by each value's popularity in the training labels. It is the
+    "most frequent past value" baseline in a form a model bundle can serve from features.
+
+    Parameters
+    ----------
+    value_columns
+        For each value, its per-value feature columns under a name common to all values
+        (``{"books": {"share_category": "share_category_books"}}``).
+    """
+
+    def __init__(self, *, value_columns: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        self.value_columns = value_columns
+
+    def fit(self, X: pd.DataFrame, Y: pd.DataFrame, *, values: Sequence[str]) -> Self:
+        """Learn the values to rank (``values``) and their popularity in the labels ``Y``."""
+        chosen = Y.reindex(columns=list(values), fill_value=0).sum(axis=0).to_numpy(dtype=float)
+        self.values_ = np.asarray([str(v) for v in values], dtype=object)
+        self.popularity_ = chosen / chosen.sum() if chosen.sum() > 0 else chosen
+        mapping = self.value_columns or {}
+        self.columns_: dict[str, str | None] = {}
+        for value in self.values_:
+            own = mapping.get(value, {})
+            share = [c for name, c in own.items() if name.startswith("share")]
+            recency = [c for name, c in own.items() if name.startswith("days_since")]
+            self.columns_[value] = (share or recency or [None])[0]
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        return self
+
+    def predict_scores(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Scores per customer (rows, like ``X``) and value (columns); higher is preferred."""
+        check_is_fitted(self, "values_")
+        out = np.zeros((len(X), len(self.values_)))
+        for j, value in enumerate(self.values_):
+            column = self.columns_.get(value)
+            if column is None or column not in X.columns:
+                continue
+            used = X[column].to_numpy(dtype=float)
+            if column.startswith("days_since"):
+                used = 1.0 / (1.0 + np.clip(used, 0.0, None))
+            out[:, j] = np.nan_to_num(used, nan=0.0)
+        out += 1e-6 * self.popularity_
+        return pd.DataFrame(out, index=X.index, columns=[str(v) for v in self.values_])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted state as JSON types."""
+        return {
+            "values": [str(v) for v in self.values_],
+            "popularity": [float(p) for p in self.popularity_],
+            "columns": dict(self.columns_),
+            "features": [str(f) for f in self.feature_names_in_],
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> FrequentValueBaseline:
+        """Rebuild a baseline saved with :meth:`to_dict`."""
+        model = cls()
+        model.values_ = np.asarray(state["values"], dtype=object)
+        model.popularity_ = np.asarray(state["popularity"], dtype=float)
+        model.columns_ = dict(state["columns"])
+        model.feature_names_in_ = np.asarray(state["features"], dtype=object)
+        return model

@@ -27,7 +27,7 @@ from cxpredict.config import (
 )
 from cxpredict.errors import IneligibleTask
 from cxpredict.schemas import Tables, to_utc
-from cxpredict.spine import label_window
+from cxpredict.spine import feature_window, label_window
 
 Task = ChurnTask | RepurchaseTask | PreferenceTask | ValueTask
 INDEX: tuple[str, str] = ("customer_id", "cutoff")
@@ -116,7 +116,8 @@ def _population(
     if lookback_days is None:
         cuts["from_us"] = np.iinfo(np.int64).min
     else:
-        cuts["from_us"] = cuts["start_us"] - int(lookback_days) * _US_PER_DAY
+        starts = [feature_window(c, lookback_days)[0] for c in cuts["cutoff"]]
+        cuts["from_us"] = _micros(pd.DatetimeIndex(starts))
     return _query(
         """
         SELECT DISTINCT c.k, o.customer_id

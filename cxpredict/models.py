@@ -314,6 +314,8 @@ class LightGBMClassifier(_Booster):
         X_valid: pd.DataFrame,
         y_valid: np.ndarray | pd.Series,
         weight: np.ndarray | None = None,
+        offset: np.ndarray | None = None,
+        offset_valid: np.ndarray | None = None,
     ) -> LightGBMClassifier:
         """Fit on training rows; stop early and calibrate on the (later) validation rows.
 
@@ -326,6 +328,9 @@ class LightGBMClassifier(_Booster):
             Features and labels of the validation cutoff.
         weight
             Optional training row weights.
+        offset, offset_valid
+            Optional log-odds each row starts from (another model's prediction); the trees
+            then learn a correction to it, and predictions need an offset too.
         """
         y = np.asarray(y, dtype=float)
         y_valid = np.asarray(y_valid, dtype=float)
@@ -334,9 +339,20 @@ class LightGBMClassifier(_Booster):
                 raise ValueError(
                     f"the {name} rows hold a single class; a classifier needs both outcomes"
                 )
+        if (offset is None) != (offset_valid is None):
+            raise ValueError("pass both offset and offset_valid, or neither")
         self.classes_ = np.array([0, 1])
-        self._boost(X, y, X_valid, y_valid, weight=weight)
-        raw_valid = self.raw_score(X_valid)
+        self.uses_offset_ = offset is not None
+        self._boost(
+            X,
+            y,
+            X_valid,
+            y_valid,
+            weight=weight,
+            init_score=None if offset is None else np.asarray(offset, dtype=float),
+            init_score_valid=None if offset_valid is None else np.asarray(offset_valid, float),
+        )
+        raw_valid = self._with_offset(self.raw_score(X_valid), offset_valid)
         if self.calibration == "auto":
             method, self.calibration_scores_ = choose_calibration(raw_valid, y_valid)
         else:
@@ -345,17 +361,31 @@ class LightGBMClassifier(_Booster):
         self.calibration_method_ = method
         return self
 
-    def predict_proba(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """Calibrated probabilities, shape ``(n, 2)``: negative then positive class."""
-        p = self.calibrator_.transform(self.raw_score(X))
+    def _with_offset(self, raw: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+        if offset is not None:
+            return raw + np.asarray(offset, dtype=float)
+        if getattr(self, "uses_offset_", False):
+            raise ValueError("this model corrects another model's log-odds; pass the offset")
+        return raw
+
+    def predict_proba(
+        self, X: pd.DataFrame | np.ndarray, *, offset: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Calibrated probabilities, shape ``(n, 2)``: negative then positive class.
+
+        ``offset`` (log-odds per row) is required when the model was fitted with one.
+        """
+        p = self.calibrator_.transform(self._with_offset(self.raw_score(X), offset))
         return np.column_stack([1 - p, p])
 
-    def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+    def predict(
+        self, X: pd.DataFrame | np.ndarray, *, offset: np.ndarray | None = None
+    ) -> np.ndarray:
         """The class (0/1) whose calibrated probability is higher."""
-        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+        return (self.predict_proba(X, offset=offset)[:, 1] >= 0.5).astype(int)
 
     def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """Raw log-odds before calibration (the space :meth:`contributions` adds up in)."""
+        """Raw log-odds before calibration and offset (the space of :meth:`contributions`)."""
         return self.raw_score(X)
 
 
@@ -453,6 +483,7 @@ def booster_to_dict(model: _Booster) -> dict[str, Any]:
     if isinstance(model, LightGBMClassifier):
         state["calibrator"] = model.calibrator_.to_dict()
         state["calibration_scores"] = model.calibration_scores_
+        state["uses_offset"] = bool(getattr(model, "uses_offset_", False))
     if isinstance(model, LightGBMRegressor):
         state["uses_exposure"] = model.uses_exposure_
     if isinstance(model, _Multiclass):
@@ -477,6 +508,7 @@ def booster_from_dict(state: Mapping[str, Any]) -> _Booster:
         model.calibrator_ = Calibrator.from_dict(state["calibrator"])
         model.calibration_method_ = model.calibrator_.method
         model.calibration_scores_ = dict(state.get("calibration_scores", {}))
+        model.uses_offset_ = bool(state.get("uses_offset", False))
     if isinstance(model, LightGBMRegressor):
         model.uses_exposure_ = bool(state["uses_exposure"])
     if isinstance(model, _Multiclass):

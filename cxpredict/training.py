@@ -34,6 +34,7 @@ from cxpredict.backtest import (
     BTYD_INPUTS,
     BacktestResult,
     BtydCache,
+    BtydStart,
     FeatureFunction,
     FittedTask,
     add_btyd,
@@ -46,6 +47,7 @@ from cxpredict.backtest import (
     plan_fold,
     run_backtest,
 )
+from cxpredict.baselines import FrequentValueBaseline
 from cxpredict.config import (
     ChurnTask,
     PreferenceTask,
@@ -75,6 +77,11 @@ HORIZON_METHODS: dict[str, str] = {
     "btyd_extrapolation": (
         "trained on the longest label window the history allows and extended to the horizon "
         "with the BG/NBD model's ratio between the two windows"
+    ),
+    "btyd_start": (
+        "trained on the longest label window the history allows as a correction to the "
+        "Pareto/NBD prediction over it; predictions correct the Pareto/NBD prediction over the "
+        "full horizon"
     ),
     "shorter_window": (
         "ranked on the longest label window the history allows; the ranking is taken as the "
@@ -259,6 +266,8 @@ class ModelBundle:
     def feature_importance(self) -> pd.Series:
         """Total gain per model feature of the main estimator, largest first."""
         estimator = self.estimators["score" if self.kind != "value" else "spend"]
+        if isinstance(estimator, FrequentValueBaseline):
+            estimator = self.estimators["lightgbm"]
         if isinstance(estimator, PreferenceModel):
             return estimator.model_.feature_importance()
         return estimator.feature_importance()
@@ -271,10 +280,13 @@ class ModelBundle:
         path.mkdir(parents=True, exist_ok=True)
         estimators = {}
         for name, estimator in self.estimators.items():
-            if isinstance(estimator, PreferenceModel):
+            if isinstance(estimator, FrequentValueBaseline):
+                estimators[name] = {"type": "most_frequent", **estimator.to_dict()}
+            elif isinstance(estimator, PreferenceModel | BtydStart):
                 state = estimator.to_dict()
                 state["model"] = _booster_file(state["model"], path / f"booster_{name}.txt")
-                estimators[name] = {"type": "preference", **state}
+                kind = "preference" if isinstance(estimator, PreferenceModel) else "btyd_start"
+                estimators[name] = {"type": kind, **state}
             else:
                 state = _booster_file(booster_to_dict(estimator), path / f"booster_{name}.txt")
                 estimators[name] = {"type": "booster", **state}
@@ -329,6 +341,11 @@ class ModelBundle:
             if kind == "preference":
                 state["model"] = _booster_text(state["model"], path)
                 estimators[name] = PreferenceModel.from_dict(state)
+            elif kind == "most_frequent":
+                estimators[name] = FrequentValueBaseline.from_dict(state)
+            elif kind == "btyd_start":
+                state["model"] = _booster_text(state["model"], path)
+                estimators[name] = BtydStart.from_dict(state)
             else:
                 estimators[name] = booster_from_dict(_booster_text(state, path))
         return cls(
@@ -551,6 +568,14 @@ def train_task(
         allow_extrapolation=allow_extrapolation,
     )
     cache = BtydCache(known.orders)
+    # Probabilities over a horizon beyond the labelled windows start from the Pareto/NBD
+    # prediction over it. Value models keep the BG/NBD ratio: started from Pareto/NBD they
+    # ranked better but under-predicted totals on validation as-of dates (docs/models.md).
+    start = (
+        task.horizon_days
+        if method == "btyd_extrapolation" and isinstance(task, ChurnTask | RepurchaseTask)
+        else None
+    )
     result = None
     if backtest:
         result = run_backtest(
@@ -564,6 +589,7 @@ def train_task(
             preference_strategy=preference_strategy,
             btyd_baselines=btyd_baselines,
             cache=cache,
+            start_horizon_days=start,
         )
     fold = plan_fold(
         as_of,
@@ -585,7 +611,13 @@ def train_task(
         label_horizon_days=horizon,
         cache=cache,
         preference_strategy=preference_strategy,
+        start_horizon_days=start,
+        # the calibration that did best on the backtest's later cutoffs, fitted on this
+        # model's validation cutoff; without a backtest, chosen on the validation rows
+        calibration=(result.calibration_method() if result is not None else None) or "auto",
     )
+    if fitted.details.get("start") is not None:
+        method = "btyd_start"
     vocabulary = learn_vocabulary(known, as_of)
     catalogue = feature_catalogue(known, settings=config.features, vocabulary=vocabulary)
     version = catalogue_version(catalogue)
@@ -601,6 +633,11 @@ def train_task(
         "label_horizon_days": horizon,
         "horizon_days": task.horizon_days,
         "final_model": fitted.details,
+        "calibration_chosen_on": (
+            "the backtest's test cutoffs"
+            if result is not None and result.calibration_method() is not None
+            else "the validation cutoff"
+        ),
         "rows": {"train": len(data.y_train), "validation": len(data.y_valid)},
     }
     if result is not None:

@@ -229,3 +229,58 @@ def test_a_summary_the_btyd_model_cannot_read_gives_missing_outputs_not_an_error
     )
     out = add_btyd(features, model, horizon_days=91)
     assert out[list(BTYD_FEATURES)].isna().all().all()
+
+
+def test_a_preference_task_serves_past_use_when_it_ranks_better_on_the_validation_cutoff():
+    from cxpredict.backtest import FoldData, _serve_preference
+    from cxpredict.baselines import FrequentValueBaseline
+
+    class Backwards:
+        """A ranker that puts each customer's favourite last."""
+
+        values_ = np.asarray(["a", "b"], dtype=object)
+
+        def predict_scores(self, X: pd.DataFrame) -> pd.DataFrame:
+            return pd.DataFrame(
+                {"a": X["share_category_b"], "b": X["share_category_a"]}, index=X.index
+            )
+
+    X = pd.DataFrame({"share_category_a": [0.9, 0.1, 0.7], "share_category_b": [0.1, 0.9, 0.3]})
+    Y = pd.DataFrame({"a": [1, 0, 1], "b": [0, 1, 0]})
+    mapping = {v: {"share_category": f"share_category_{v}"} for v in "ab"}
+    data = FoldData(X_train=X, y_train=Y, X_valid=X, y_valid=Y)
+    served, hits = _serve_preference(Backwards(), data, Y, mapping)  # type: ignore[arg-type]
+    assert isinstance(served, FrequentValueBaseline)
+    assert hits == {"lightgbm": 0.0, "most_frequent": 1.0}
+
+
+def test_value_models_started_from_pareto_nbd_predict_any_horizon_and_say_so(tables):
+    from cxpredict.backtest import BtydCache, BtydStart, fit_task, fold_data
+
+    task = ValueTask(kind="value", horizon_days=56)
+    fold = plan_fold(AS_OF, horizon_days=56, n_cutoffs=3, step_days=28, test=False)
+    cache = BtydCache(tables.orders)
+    data = fold_data(
+        task, tables, fold, features=rfm_features, cache=cache, label_horizon_days=56, use_btyd=True
+    )
+    fitted = fit_task(
+        "value",
+        task,
+        data,
+        fold,
+        training=TRAINING,
+        label_horizon_days=56,
+        cache=cache,
+        start_horizon_days=112,
+    )
+    assert fitted.details["start"] == "pareto"
+    orders = fitted.estimators["orders"]
+    assert isinstance(orders, BtydStart) and isinstance(fitted.estimators["spend"], BtydStart)
+    X = data.X_valid
+    short, long = orders.predict(X, horizon_days=56), orders.predict(X)
+    # the correction is the same over both windows: the start alone sets the ratio
+    ratio = orders.start(X) / orders.start(X, horizon_days=56)
+    np.testing.assert_allclose(long / short, ratio, rtol=1e-9)
+    assert (ratio >= 1).all() and (fitted.estimators["spend"].predict(X) >= 0).all()
+    restored = BtydStart.from_dict(orders.to_dict())
+    np.testing.assert_array_equal(restored.predict(X), long)

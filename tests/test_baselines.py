@@ -622,3 +622,32 @@ def test_every_baseline_keeps_the_estimator_contract(model, fit):
     # No training rows are kept: the pickle does not grow with the training set.
     small, large = (len(pickle.dumps(fit(clone(model), n))) for n in (50, 5000))
     assert abs(large - small) < 64
+
+
+def test_past_use_ranks_by_share_then_by_recency_and_ties_by_popularity() -> None:
+    from cxpredict.baselines import FrequentValueBaseline
+
+    X = pd.DataFrame(
+        {
+            "share_category_a": [0.2, 0.0, np.nan],
+            "share_category_b": [0.8, 0.0, np.nan],
+            "days_since_last_interaction_c": [3.0, np.nan, np.nan],
+        },
+        index=["u1", "u2", "u3"],
+    )
+    mapping = {
+        "a": {"share_category": "share_category_a"},
+        "b": {"share_category": "share_category_b"},
+        "c": {"days_since_last_interaction": "days_since_last_interaction_c"},
+    }
+    Y = pd.DataFrame({"a": [1, 1, 1], "b": [0, 1, 0], "c": [0, 0, 0]})
+    baseline = FrequentValueBaseline(value_columns=mapping).fit(X, Y, values=["a", "b", "c"])
+    scores = baseline.predict_scores(X)
+    assert list(scores.columns) == ["a", "b", "c"]
+    assert scores.loc["u1"].idxmax() == "b"  # 80% of purchases
+    assert scores.loc["u1", "c"] == pytest.approx(1 / 4, abs=1e-5)  # used 3 days ago
+    # no past use: the most popular value in the labels first
+    assert list(scores.loc["u2"].sort_values(ascending=False).index) == ["a", "b", "c"]
+    assert list(scores.loc["u3"].sort_values(ascending=False).index) == ["a", "b", "c"]
+    restored = FrequentValueBaseline.from_dict(baseline.to_dict())
+    pd.testing.assert_frame_equal(restored.predict_scores(X), scores)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from cxpredict.cli import app
+from cxpredict.training import ModelBundle
 
 runner = CliRunner()
 
@@ -68,3 +70,37 @@ def test_an_as_of_in_the_future_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "is in the future" in result.output
+
+
+def test_train_on_the_sample_writes_each_bundle_and_its_backtest_next_to_the_baselines(
+    tmp_path: Path,
+) -> None:
+    sample = Path(__file__).resolve().parents[1] / "data" / "sample"
+    # the sample's first 600 customers, with all their rows, keep the test small
+    keep = pd.read_csv(sample / "customers.csv", dtype=str)["customer_id"].head(600)
+    for name in ("orders", "interactions", "customers"):
+        rows = pd.read_csv(sample / f"{name}.csv", dtype=str, keep_default_na=False)
+        rows[rows["customer_id"].isin(keep)].to_csv(tmp_path / f"{name}.csv", index=False)
+    config = tmp_path / "cxpredict.yaml"
+    config.write_text(
+        "project: sample\n"
+        "data: {orders: {path: orders.csv}, interactions: {path: interactions.csv}, "
+        "customers: {path: customers.csv}}\n"
+        "tasks: {repurchase: {kind: repurchase, horizon_days: 60}}\n"
+        "training: {n_cutoffs: 3, step_days: 28, n_backtest_cutoffs: 1}\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["train", "--config", str(config), "--as-of", "2025-10-01", "--out", str(out)]
+        + ["--no-register"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "trained on labels over the full horizon (60-day windows)" in result.output
+    bundle = ModelBundle.load(out / "repurchase" / "bundle")
+    assert (bundle.task_name, bundle.horizon_method) == ("repurchase", "direct")
+    metrics = pd.read_csv(out / "repurchase" / "metrics.csv")
+    assert {"lightgbm", "recency", "logistic", "bgnbd", "pareto"} <= set(metrics["model"])
+    assert metrics["cutoff"].nunique() == 1
+    assert (out / "validation" / "validation_report.json").is_file()

@@ -201,3 +201,32 @@ def test_pair_features_put_each_values_own_column_under_one_name():
     assert pairs["value"].tolist() == ["a", "b", "a", "b"]
     assert pairs["value_share"].tolist() == [0.9, 0.1, 0.1, 0.9]
     assert pairs["age"].tolist() == [1.0, 1.0, 2.0, 2.0]
+
+
+def test_a_classifier_started_from_an_offset_learns_only_the_correction_and_needs_the_offset():
+    rng = np.random.default_rng(3)
+    n = 4000
+    X = pd.DataFrame({"signal": rng.normal(size=n), "noise": rng.normal(size=n)})
+    # the offset already knows everything but the signal's effect
+    offset = rng.normal(-1.0, 1.0, size=n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(offset + X["signal"])))).astype(int)
+    half = n // 2
+    model = LightGBMClassifier(params=FAST, calibration="none", seed=0).fit(
+        X[:half],
+        y[:half],
+        X_valid=X[half:],
+        y_valid=y[half:],
+        offset=offset[:half],
+        offset_valid=offset[half:],
+    )
+    assert model.uses_offset_
+    assert model.feature_importance().index[0] == "signal"
+    correction = model.decision_function(X[half:])
+    assert np.corrcoef(correction, X["signal"][half:])[0, 1] > 0.9
+    with pytest.raises(ValueError, match="pass the offset"):
+        model.predict_proba(X[half:])
+    restored = booster_from_dict(booster_to_dict(model))
+    np.testing.assert_array_equal(
+        restored.predict_proba(X[half:], offset=offset[half:]),
+        model.predict_proba(X[half:], offset=offset[half:]),
+    )

@@ -11,6 +11,7 @@ import pytest
 
 from cxpredict.config import parse_config
 from cxpredict.errors import FeatureMismatch, IneligibleTask, ModelNotFound
+from cxpredict.features import Vocabulary, build_features
 from cxpredict.sample import generate_sample
 from cxpredict.schemas import Tables
 from cxpredict.training import ModelBundle, choose_label_horizon, score_task, train_task
@@ -213,3 +214,45 @@ def test_too_few_churners_is_refused_with_what_to_change(tables):
     )
     with pytest.raises(IneligibleTask, match=r"min_positives.*longer horizon"):
         train_task(config, "churn", as_of=AS_OF, tables=tables, backtest=False)
+
+
+def test_a_probability_beyond_the_history_starts_from_pareto_nbd_and_is_scored_on_its_window(
+    tables, tmp_path
+):
+    result = train_task(CONFIG, "year", as_of=AS_OF, tables=tables, btyd_baselines=("pareto",))
+    bundle = result.bundle
+    assert result.horizon_method == "btyd_start" == bundle.horizon_method
+    assert result.label_horizon_days < 365 and bundle.horizon_days == 365
+    assert "Pareto/NBD" in result.details["horizon_method_text"]
+    scored = score_task(CONFIG, "year", as_of=AS_OF, tables=tables, model=bundle)
+    assert scored["score"].between(0, 1).all()
+    # the backtest scores the model over the labelled window, where labels exist
+    assert set(result.metrics["model"]) >= {"lightgbm", "pareto"}
+    restored = ModelBundle.load(bundle.save(tmp_path / "year"))
+    again = score_task(CONFIG, "year", as_of=AS_OF, tables=tables, model=restored)
+    pd.testing.assert_frame_equal(again, scored)
+
+
+def test_a_started_probability_grows_with_the_horizon_for_every_customer(tables):
+    bundle = train_task(CONFIG, "year", as_of=AS_OF, tables=tables, backtest=False).bundle
+    model = bundle.estimators["score"]
+    X = build_features(
+        tables.before(AS_OF),
+        AS_OF,
+        settings=CONFIG.features,
+        vocabulary=Vocabulary.from_dict(bundle.vocabulary),
+    )
+    inputs = bundle.model_input(X[X["days_since_last_order"].notna()])
+    short = model.predict_proba(inputs, horizon_days=bundle.label_horizon_days)[:, 1]
+    long = model.predict_proba(inputs)[:, 1]
+    assert (long >= short).all() and long.mean() > short.mean()
+
+
+def test_the_calibration_is_fitted_on_the_validation_cutoff_and_chosen_on_later_test_cutoffs(
+    churn,
+):
+    on_test = [fold["calibration_brier_on_test"] for fold in churn.details["backtest_folds"]]
+    assert on_test and all({"none", "platt"} <= set(scores) for scores in on_test)
+    best = min(on_test[0], key=on_test[0].__getitem__)
+    assert churn.bundle.calibration_method == best
+    assert churn.details["calibration_chosen_on"] == "the backtest's test cutoffs"
