@@ -69,14 +69,17 @@ def build_features(
     cutoff
         The instant; a naive value is read as UTC.
     settings
-        Windows, SQL and Python extensions and DuckDB limits.
+        Windows, SQL and Python extensions, DuckDB limits and spill folder, and the cap on
+        the vocabulary learned when ``vocabulary`` is ``None``.
     vocabulary
-        The categorical values to one-hot; learned before ``cutoff`` when ``None``. Pass the
-        training vocabulary when scoring so that the columns match.
+        The categorical values to one-hot; learned before ``cutoff`` (at most
+        ``settings.vocabulary_max_values`` per column) when ``None``. Pass the training
+        vocabulary when scoring so that the columns match.
     extensions
         :class:`SqlFeature` and :class:`PythonFeature` objects added to those of ``settings``.
     temp_directory
-        Where DuckDB spills when the data exceed ``settings.duckdb_memory_limit``.
+        Where DuckDB spills when the data exceed ``settings.duckdb_memory_limit``; overrides
+        ``settings.duckdb_temp_directory``.
 
     Returns
     -------
@@ -158,11 +161,13 @@ def _build(
         tables,
         threads=settings.duckdb_threads,
         memory_limit=settings.duckdb_memory_limit,
-        temp_directory=temp_directory,
+        temp_directory=temp_directory or settings.duckdb_temp_directory,
     ) as s:
         available = s.availability()
         if vocabulary is None:
-            vocabulary = learn_in_session(s, available, int(micros[-1]))
+            vocabulary = learn_in_session(
+                s, available, int(micros[-1]), max_values=settings.vocabulary_max_values
+            )
         ctx = Context(settings, vocabulary, available)
         defs = available_definitions(ctx, chosen)
         requests = [r for family in FAMILIES for r in family.requests(ctx)]
@@ -202,8 +207,11 @@ def _assemble(
             row[start : start + _GATHER] = values[flat[start : start + _GATHER]]
 
     for family in FAMILIES:
-        for name, dense in family.compute(ctx, results).items():
+        for name, dense in family.compute(ctx, results):
             put(name, dense)
+            # Copied into the output: its memory can go back before the next is computed.
+            results.forget(dense)
+            del dense
         results.clear()
     for name, dense in sql_values(ctx, results, extensions, fills).items():
         put(name, dense)

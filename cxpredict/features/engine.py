@@ -561,6 +561,11 @@ class Results:
         """Forget the dense arrays computed so far."""
         self._cache.clear()
 
+    def forget(self, dense: np.ndarray) -> None:
+        """Drop ``dense`` from the cache (computed again if asked for again)."""
+        for key in [k for k, v in self._cache.items() if v is dense]:
+            del self._cache[key]
+
     def value(self, name: str) -> np.ndarray:
         """A ``max``, ``min``, ``last`` or per-cutoff aggregate as float64 (NaN: no rows)."""
         kind, cid, j, values = self._values[name]
