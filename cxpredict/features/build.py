@@ -16,7 +16,16 @@ import pandas as pd
 
 from cxpredict.config import FeaturesConfig
 from cxpredict.features import btyd, care, engagement, preferences, rfm, rhythm, tenure
-from cxpredict.features.engine import Results, TableSource, cutoff_micros, run, session
+from cxpredict.features.engine import (
+    Aggregate,
+    PerCutoff,
+    Request,
+    Results,
+    TableSource,
+    cutoff_micros,
+    run,
+    session,
+)
 from cxpredict.features.extensions import (
     Extension,
     PythonFeature,
@@ -178,6 +187,10 @@ def _build(
     return _assemble(tables, ctx, results, defs, chosen, fills)
 
 
+def _names(requests: Sequence[Request]) -> set[str]:
+    return {r.name for r in requests if isinstance(r, Aggregate | PerCutoff)}
+
+
 def _assemble(
     tables: TablesLike,
     ctx: Context,
@@ -206,13 +219,18 @@ def _assemble(
         for start in range(0, len(flat), _GATHER):
             row[start : start + _GATHER] = values[flat[start : start + _GATHER]]
 
-    for family in FAMILIES:
+    # The aggregates each later step still reads: the others are dropped as soon as possible,
+    # so that their memory is reused by the output instead of adding to it.
+    needs = [_names(family.requests(ctx)) for family in FAMILIES]
+    needs.append(_names(sql_requests(ctx, extensions)))
+    for k, family in enumerate(FAMILIES):
         for name, dense in family.compute(ctx, results):
             put(name, dense)
             # Copied into the output: its memory can go back before the next is computed.
             results.forget(dense)
             del dense
         results.clear()
+        results.release(set().union(*needs[k + 1 :]))
     for name, dense in sql_values(ctx, results, extensions, fills).items():
         put(name, dense)
     if len(filled) != len(position):
