@@ -871,21 +871,26 @@ def _run_one(
     per_cutoff: Sequence[PerCutoff],
     execute: Callable[[str], None],
 ) -> Results:
-    """:func:`run` for one cutoff: one ``GROUP BY customer`` per source, one more for windows.
+    """:func:`run` for one cutoff: one ``GROUP BY customer`` per source, no slots.
 
     The values are those of the slotted path: integer sums (and the sums before each window
     start, from which the window sums are derived the same way), extrema and ``last`` values
-    over the same rows. Windowed sums come from a second ``GROUP BY (customer, slot)`` over
-    the rows of the longest window only, where the slot of a row is the number of window
-    starts at or before it: one sum per aggregate instead of one per aggregate and window.
+    over the same rows.
     """
     cut = int(cutoffs[0])
     results: Results | None = None
     for i, source in enumerate(order):
         aggs = by_source[source]
+        parts = [_level_single(a) for a in aggs]
+        parts += [
+            f"{sum_sql(a, f'e.us < {cut - w * DAY_US}')} AS {ident(f'{a.name}@{w}')}"
+            for a in aggs
+            if a.kind in SUMMED
+            for w in a.windows
+        ]
         grouped = (
-            f"SELECT customer_id, {', '.join(_level_single(a) for a in aggs)} "
-            f"FROM {ident(source)} e WHERE e.us < {cut} GROUP BY customer_id"
+            f"SELECT customer_id, {', '.join(parts)} FROM {ident(source)} e "
+            f"WHERE e.us < {cut} GROUP BY customer_id"
         )
         if results is None:
             # The first source holds the first orders: the customers come from it.
@@ -898,52 +903,19 @@ def _run_one(
             "JOIN dim d USING (customer_id)"
         )
         _store(results, aggs, got)
+        cid, j = _filled(got["cid"], 0), _filled(got["j"], 0)
+        for agg in aggs:
+            if agg.kind not in SUMMED:
+                continue
+            for w in agg.windows:
+                values = _filled(got[f"{agg.name}@{w}"], 0).astype(np.int64)
+                results._sums[agg.name][w] = (cid, j, values)
         if i == 0:
             execute(f"DROP TABLE one_{i}")
-        windowed = [a for a in aggs if a.kind in SUMMED and a.windows]
-        if windowed:
-            _windows_one(s, results, source, windowed, cut)
     if results is None:
         raise ValueError(f"no aggregate named {ENTRY!r}: the first order of each customer")
     _run_per_cutoff(s, results, per_cutoff)
     return results
-
-
-def _windows_one(
-    s: Session, results: Results, source: str, windowed: Sequence[Aggregate], cut: int
-) -> None:
-    """The sums before each window start of ``windowed``, at the single cutoff ``cut``.
-
-    Window: a row at ``us`` is in the window of ``w`` days when ``cut - w days <= us < cut``.
-    The sum before the start is the lifetime sum minus the window sum, both exact integers.
-    """
-    spans = sorted({w for a in windowed for w in a.windows})
-    # Starts from the latest (shortest window) to the earliest (longest window).
-    starts = [cut - w * DAY_US for w in spans]
-    slot = " + ".join(f"(e.us >= {start})::INTEGER" for start in starts)
-    sums = ", ".join(f"{sum_sql(a)} AS {ident(a.name)}" for a in windowed)
-    got = s.fetch(
-        f"SELECT d.cid, r.* EXCLUDE (customer_id) FROM (SELECT customer_id, {slot} AS slot, "
-        f"{sums} FROM {ident(source)} e WHERE e.us >= {starts[-1]} AND e.us < {cut} "
-        "GROUP BY ALL) r JOIN dim d USING (customer_id)"
-    )
-    n, k = len(results.customer_ids), len(spans)
-    cid = _filled(got["cid"], 0).astype(np.int64)
-    key = cid * (k + 1) + _filled(got["slot"], 0).astype(np.int64)
-    everyone = np.arange(n, dtype=np.int64)
-    first = np.zeros(n, dtype=np.int64)
-    for agg in windowed:
-        by_slot = np.zeros(n * (k + 1), dtype=np.int64)
-        np.add.at(by_slot, key, _filled(got[agg.name], 0).astype(np.int64))
-        # Rows of slot q are in the windows of the q longest spans: the window of spans[m]
-        # holds the slots k - m and above.
-        inside = np.cumsum(by_slot.reshape(n, k + 1)[:, ::-1], axis=1)[:, ::-1]
-        lifetime_cid, _, lifetime = results._sums[agg.name][0]
-        total = np.zeros(n, dtype=np.int64)
-        total[lifetime_cid] = lifetime
-        for w in agg.windows:
-            m = spans.index(w)
-            results._sums[agg.name][w] = (everyone, first, total - inside[:, k - m])
 
 
 def _run_per_cutoff(s: Session, results: Results, per_cutoff: Sequence[PerCutoff]) -> None:
