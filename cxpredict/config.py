@@ -127,13 +127,21 @@ class PythonFeatureConfig(_Frozen):
 
 
 class FeaturesConfig(_Frozen):
-    """Feature windows and user-defined features."""
+    """Feature windows, user-defined features and the limits of the feature engine.
+
+    ``duckdb_temp_directory`` is where DuckDB spills when the data exceed
+    ``duckdb_memory_limit`` (a fresh temporary folder when unset; a relative path resolves
+    against the config file's folder). ``vocabulary_max_values`` caps the values one-hot
+    encoded per categorical column (the most frequent ones; the rest count as ``other``).
+    """
 
     windows: tuple[int, ...] = DEFAULT_WINDOWS
     sql: tuple[SqlFeatureConfig, ...] = ()
     python: tuple[PythonFeatureConfig, ...] = ()
     duckdb_memory_limit: str | None = None
     duckdb_threads: int | None = Field(None, gt=0)
+    duckdb_temp_directory: Path | None = None
+    vocabulary_max_values: int = Field(10, ge=1)
 
     @field_validator("windows")
     @classmethod
@@ -308,7 +316,13 @@ def parse_config(raw: dict[str, Any], *, root: Path, source: str = "config") -> 
         name: table.model_copy(update={"path": (root / table.path).resolve()})
         for name, table in config.data.tables().items()
     }
-    return config.model_copy(update={"data": config.data.model_copy(update=resolved)})
+    features = config.features
+    if features.duckdb_temp_directory is not None:
+        spill = (root / features.duckdb_temp_directory).resolve()
+        features = features.model_copy(update={"duckdb_temp_directory": spill})
+    return config.model_copy(
+        update={"data": config.data.model_copy(update=resolved), "features": features}
+    )
 
 
 def load_config(path: str | Path) -> ProjectConfig:

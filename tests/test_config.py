@@ -25,6 +25,21 @@ def test_relative_paths_resolve_against_the_config_files_folder(tmp_path: Path) 
     assert config.root == tmp_path.resolve()
 
 
+def test_the_duckdb_spill_folder_resolves_against_the_config_files_folder(tmp_path: Path) -> None:
+    text = MINIMAL + "features: {duckdb_temp_directory: spill/duckdb}\n"
+    config = load_config(write(tmp_path, text))
+    assert config.features.duckdb_temp_directory == (tmp_path / "spill" / "duckdb").resolve()
+    assert load_config(write(tmp_path, MINIMAL)).features.duckdb_temp_directory is None
+
+
+def test_the_vocabulary_cap_is_ten_values_unless_set_and_at_least_one(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).features.vocabulary_max_values == 10
+    capped = load_config(write(tmp_path, MINIMAL + "features: {vocabulary_max_values: 3}\n"))
+    assert capped.features.vocabulary_max_values == 3
+    with pytest.raises(ConfigError, match=r"features.vocabulary_max_values"):
+        load_config(write(tmp_path, MINIMAL + "features: {vocabulary_max_values: 0}\n"))
+
+
 def test_an_unknown_key_suggests_the_closest_valid_key(tmp_path: Path) -> None:
     with pytest.raises(
         ConfigError, match=r"traning: unknown key 'traning'; did you mean 'training'"

@@ -23,6 +23,7 @@ from cxpredict.features import (
     feature_catalogue,
     learn_vocabulary,
 )
+from cxpredict.features.engine import session
 from cxpredict.sample import generate_sample
 from cxpredict.schemas import Tables
 from cxpredict.spine import population, spine
@@ -178,6 +179,12 @@ def test_the_vocabulary_keeps_the_most_frequent_values_before_the_instant(tiny: 
     assert earlier.get("orders.category") == ("shoes",)
 
 
+def test_the_configured_vocabulary_cap_limits_the_one_hot_columns(tiny: Tables) -> None:
+    got = build_features(tiny, CUTOFF, settings=FeaturesConfig(vocabulary_max_values=1))
+    shares = [c for c in got.columns if c.startswith("share_category_")]
+    assert shares == ["share_category_shoes", "share_category_other"]
+
+
 def test_a_vocabulary_round_trips_through_json(tiny_vocabulary: Vocabulary) -> None:
     text = tiny_vocabulary.to_json()
     assert json.loads(text)["values"]["orders.category"] == ["shoes", "bags"]
@@ -237,6 +244,21 @@ def test_parquet_sources_give_the_same_features(
     from_files = build_features(paths, CUTOFF, vocabulary=tiny_vocabulary)
     in_memory = build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary)
     pd.testing.assert_frame_equal(from_files, in_memory)
+
+
+def test_the_engine_spills_into_the_configured_folder_with_the_same_features(
+    tiny: Tables, tiny_vocabulary: Vocabulary, tmp_path
+) -> None:
+    spill = tmp_path / "spill"
+    settings = FeaturesConfig(
+        duckdb_memory_limit="64MB", duckdb_threads=1, duckdb_temp_directory=spill
+    )
+    with session(tiny, temp_directory=settings.duckdb_temp_directory) as s:
+        folder = s.con.execute("SELECT current_setting('temp_directory')").fetchone()
+    assert folder == (str(spill),)
+    limited = build_features(tiny, CUTOFF, settings=settings, vocabulary=tiny_vocabulary)
+    default = build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary)
+    pd.testing.assert_frame_equal(limited, default)
 
 
 def test_a_missing_column_is_reported_with_the_columns_found(tiny: Tables) -> None:

@@ -13,6 +13,8 @@ All three are NaN for a customer without a purchase (known from signup only).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from cxpredict.features.engine import DAY_US, Aggregate, Request, Results
@@ -57,15 +59,15 @@ def _requests(ctx: Context) -> list[Request]:
     ]
 
 
-def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
+def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
     days = res.total("purchase_day_count").astype(np.float64)
     first = res.value("first_purchase_day")
     last = res.value("last_purchase_day")
-    return {
+    yield from {
         "btyd_frequency": np.where(days > 0, days - 1.0, np.nan),
         "btyd_recency_weeks": (last - first) / 7.0,
         "btyd_t_weeks": (res.cutoffs[None, :] - first * DAY_US) / (7.0 * DAY_US),
-    }
+    }.items()
 
 
 FAMILY = Family(

@@ -16,7 +16,16 @@ import pandas as pd
 
 from cxpredict.config import FeaturesConfig
 from cxpredict.features import btyd, care, engagement, preferences, rfm, rhythm, tenure
-from cxpredict.features.engine import Results, TableSource, cutoff_micros, run, session
+from cxpredict.features.engine import (
+    Aggregate,
+    PerCutoff,
+    Request,
+    Results,
+    TableSource,
+    cutoff_micros,
+    run,
+    session,
+)
 from cxpredict.features.extensions import (
     Extension,
     PythonFeature,
@@ -69,14 +78,17 @@ def build_features(
     cutoff
         The instant; a naive value is read as UTC.
     settings
-        Windows, SQL and Python extensions and DuckDB limits.
+        Windows, SQL and Python extensions, DuckDB limits and spill folder, and the cap on
+        the vocabulary learned when ``vocabulary`` is ``None``.
     vocabulary
-        The categorical values to one-hot; learned before ``cutoff`` when ``None``. Pass the
-        training vocabulary when scoring so that the columns match.
+        The categorical values to one-hot; learned before ``cutoff`` (at most
+        ``settings.vocabulary_max_values`` per column) when ``None``. Pass the training
+        vocabulary when scoring so that the columns match.
     extensions
         :class:`SqlFeature` and :class:`PythonFeature` objects added to those of ``settings``.
     temp_directory
-        Where DuckDB spills when the data exceed ``settings.duckdb_memory_limit``.
+        Where DuckDB spills when the data exceed ``settings.duckdb_memory_limit``; overrides
+        ``settings.duckdb_temp_directory``.
 
     Returns
     -------
@@ -158,11 +170,13 @@ def _build(
         tables,
         threads=settings.duckdb_threads,
         memory_limit=settings.duckdb_memory_limit,
-        temp_directory=temp_directory,
+        temp_directory=temp_directory or settings.duckdb_temp_directory,
     ) as s:
         available = s.availability()
         if vocabulary is None:
-            vocabulary = learn_in_session(s, available, int(micros[-1]))
+            vocabulary = learn_in_session(
+                s, available, int(micros[-1]), max_values=settings.vocabulary_max_values
+            )
         ctx = Context(settings, vocabulary, available)
         defs = available_definitions(ctx, chosen)
         requests = [r for family in FAMILIES for r in family.requests(ctx)]
@@ -171,6 +185,10 @@ def _build(
         fills = sql_fills(s, ctx, chosen)
         results = run(s, micros, requests)
     return _assemble(tables, ctx, results, defs, chosen, fills)
+
+
+def _names(requests: Sequence[Request]) -> set[str]:
+    return {r.name for r in requests if isinstance(r, Aggregate | PerCutoff)}
 
 
 def _assemble(
@@ -201,10 +219,18 @@ def _assemble(
         for start in range(0, len(flat), _GATHER):
             row[start : start + _GATHER] = values[flat[start : start + _GATHER]]
 
-    for family in FAMILIES:
-        for name, dense in family.compute(ctx, results).items():
+    # The aggregates each later step still reads: the others are dropped as soon as possible,
+    # so that their memory is reused by the output instead of adding to it.
+    needs = [_names(family.requests(ctx)) for family in FAMILIES]
+    needs.append(_names(sql_requests(ctx, extensions)))
+    for k, family in enumerate(FAMILIES):
+        for name, dense in family.compute(ctx, results):
             put(name, dense)
+            # Copied into the output: its memory can go back before the next is computed.
+            results.forget(dense)
+            del dense
         results.clear()
+        results.release(set().union(*needs[k + 1 :]))
     for name, dense in sql_values(ctx, results, extensions, fills).items():
         put(name, dense)
     if len(filled) != len(position):

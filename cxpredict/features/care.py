@@ -22,6 +22,8 @@ so the contact counts as unanswered and its response time as unknown.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from cxpredict.features.engagement import interaction_rows
@@ -193,9 +195,7 @@ def _requests(ctx: Context) -> list[Request]:
             f"COALESCE(round(rating * {RATING_SCALE}), 0)::BIGINT",
             (RECENT_RATING_DAYS,),
         ),
-        Aggregate(
-            "interaction_rows", "negative_ratings", "count", "rating <= 2"
-        ),
+        Aggregate("interaction_rows", "negative_ratings", "count", "rating <= 2"),
         Aggregate(
             "interaction_rows", "rating_last", "last", "rating", order=last_order(rating_code, 13)
         ),
@@ -220,37 +220,35 @@ def _requests(ctx: Context) -> list[Request]:
     return out
 
 
-def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
+def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
     if not ctx.available.table("interactions"):
-        return {}
-    out: dict[str, np.ndarray] = {}
+        return
     for w in ctx.windows:
-        out[f"messages_{w}d"] = res.window("messages", w)
-        out[f"complaints_{w}d"] = res.window("complaints", w)
-    out["days_since_last_message"] = res.days_since(res.value("last_contact_us"))
+        yield f"messages_{w}d", res.window("messages", w)
+        yield f"complaints_{w}d", res.window("complaints", w)
+    yield "days_since_last_message", res.days_since(res.value("last_contact_us"))
     n, total = res.total("rating_n"), res.total("rating_sum")
     recent_n, recent_total = res.window("rating_n", 90), res.window("rating_sum", 90)
-    out["rating_mean"] = ratio(total, n) / RATING_SCALE
-    out["rating_last"] = res.value("rating_last")
+    yield "rating_mean", ratio(total, n) / RATING_SCALE
+    yield "rating_last", res.value("rating_last")
     recent_mean = ratio(recent_total, recent_n)
     prior_mean = ratio(total - recent_total, n - recent_n)
-    out["rating_trend"] = (recent_mean - prior_mean) / RATING_SCALE
-    out["negative_ratings"] = res.total("negative_ratings")
+    yield "rating_trend", (recent_mean - prior_mean) / RATING_SCALE
+    yield "negative_ratings", res.total("negative_ratings")
     if not ctx.available.has("interactions", "responded_at"):
-        return out
+        return
 
     def count(name: str) -> np.ndarray:
         return np.nan_to_num(res.value(f"care_{name}"), nan=0.0)
 
     for w in ctx.windows:
-        out[f"unanswered_messages_{w}d"] = count(f"unanswered_{w}")
+        yield f"unanswered_messages_{w}d", count(f"unanswered_{w}")
     unanswered = count("unanswered")
-    out["unanswered_messages_lifetime"] = unanswered
-    out["unanswered_share"] = ratio(unanswered, res.total("contacts"))
-    out["response_hours_median"] = res.value("care_response_us_median") / HOUR_US
-    out["response_hours_max"] = res.value("care_response_us_max") / HOUR_US
-    out["days_since_last_unanswered"] = res.days_since(res.value("care_last_unanswered_us"))
-    return out
+    yield "unanswered_messages_lifetime", unanswered
+    yield "unanswered_share", ratio(unanswered, res.total("contacts"))
+    yield "response_hours_median", res.value("care_response_us_median") / HOUR_US
+    yield "response_hours_max", res.value("care_response_us_max") / HOUR_US
+    yield "days_since_last_unanswered", res.days_since(res.value("care_last_unanswered_us"))
 
 
 FAMILY = Family(

@@ -20,6 +20,8 @@ Kinds are matched exactly: ``visit``, ``email_open``, ``email_click``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from cxpredict.features.engine import Aggregate, Request, Results, Source, code_sql, floor_day_sql
@@ -155,26 +157,24 @@ def _requests(ctx: Context) -> list[Request]:
     return out
 
 
-def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
+def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
     if not ctx.available.table("interactions"):
-        return {}
-    out: dict[str, np.ndarray] = {}
+        return
     for stem, _kind, _words in _COUNTS:
         for w in ctx.windows:
-            out[f"{stem}_{w}d"] = res.window(stem, w)
+            yield f"{stem}_{w}d", res.window(stem, w)
     for w in ctx.windows:
-        out[f"sessions_{w}d"] = res.window("sessions", w)
-    out["email_click_rate"] = ratio(res.total("email_clicks"), res.total("email_opens"))
+        yield f"sessions_{w}d", res.window("sessions", w)
+    yield "email_click_rate", ratio(res.total("email_clicks"), res.total("email_opens"))
     recent = res.window("visits", 30)
-    out["visits_trend_30d_vs_90d"] = trend(recent, res.window("visits", 120) - recent, 3.0)
-    out["days_since_last_interaction"] = res.days_since(res.value("last_interaction_us"))
+    yield "visits_trend_30d_vs_90d", trend(recent, res.window("visits", 120) - recent, 3.0)
+    yield "days_since_last_interaction", res.days_since(res.value("last_interaction_us"))
     used = np.zeros(res.shape)
     for k, (slug, _label) in enumerate(_channels(ctx)):
         last = res.value(f"last_interaction_us_{k}")
         used += ~np.isnan(last)
-        out[f"days_since_last_interaction_{slug}"] = res.days_since(last)
-    out["distinct_interaction_channels"] = used
-    return out
+        yield f"days_since_last_interaction_{slug}", res.days_since(last)
+    yield "distinct_interaction_channels", used
 
 
 FAMILY = Family(

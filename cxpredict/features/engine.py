@@ -561,6 +561,17 @@ class Results:
         """Forget the dense arrays computed so far."""
         self._cache.clear()
 
+    def release(self, keep: set[str]) -> None:
+        """Drop the fetched values of every aggregate not named in ``keep``."""
+        for store in (self._sums, self._values):
+            for name in [n for n in store if n not in keep]:
+                del store[name]
+
+    def forget(self, dense: np.ndarray) -> None:
+        """Drop ``dense`` from the cache (computed again if asked for again)."""
+        for key in [k for k, v in self._cache.items() if v is dense]:
+            del self._cache[key]
+
     def value(self, name: str) -> np.ndarray:
         """A ``max``, ``min``, ``last`` or per-cutoff aggregate as float64 (NaN: no rows)."""
         kind, cid, j, values = self._values[name]

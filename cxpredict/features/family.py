@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,14 +61,16 @@ class Context:
 class Family:
     """A feature family: catalogue entries, engine requests and the formulas on the results.
 
-    ``compute`` returns float64 ``(customers, cutoffs)`` arrays for the available features.
+    ``compute`` yields ``(name, array)`` pairs, one ``(customers, cutoffs)`` array for each
+    available feature; the caller copies each array into the output as it comes, so that only
+    the arrays still needed are kept in memory.
     """
 
     name: str
     summary: str
     definitions: Callable[[Context], Sequence[FeatureDef]]
     requests: Callable[[Context], Sequence[Request]]
-    compute: Callable[[Context, Results], dict[str, np.ndarray]]
+    compute: Callable[[Context, Results], Iterable[tuple[str, np.ndarray]]]
 
 
 def feature(

@@ -16,6 +16,8 @@ over the purchase lines (non-negative amount, a value present) strictly before t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from cxpredict.features.engine import Aggregate, Request, Results, last_order
@@ -117,8 +119,7 @@ def _requests(ctx: Context) -> list[Request]:
     return out
 
 
-def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
+def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
     for key, column, stem, plural, _words in _FACETS:
         if not ctx.available.has("orders", column):
             continue
@@ -126,13 +127,12 @@ def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
         counts = [res.total(f"{stem}_lines_{k}") for k in range(len(slugs))]
         shares, entropy = shares_and_entropy(counts)
         for slug, share in zip(slugs, shares, strict=True):
-            out[f"share_{stem}_{slug}"] = share
-        out[f"distinct_{plural}"] = sum((c > 0).astype(np.float64) for c in counts)
-        out[f"{stem}_entropy"] = entropy
+            yield f"share_{stem}_{slug}", share
+        yield f"distinct_{plural}", sum((c > 0).astype(np.float64) for c in counts)
+        yield f"{stem}_entropy", entropy
         last = res.value(f"{stem}_last")
         for k, slug in enumerate(slugs):
-            out[f"last_{stem}_is_{slug}"] = (last == k).astype(np.float64)
-    return out
+            yield f"last_{stem}_is_{slug}", (last == k).astype(np.float64)
 
 
 FAMILY = Family(

@@ -19,6 +19,8 @@ Definitions (every count and sum is over the orders strictly before the cutoff):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from cxpredict.features.engine import (
@@ -178,22 +180,20 @@ def _requests(ctx: Context) -> list[Request]:
     ]
 
 
-def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
+def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
     for w in ctx.windows:
-        out[f"orders_{w}d"] = res.window("orders", w)
+        yield f"orders_{w}d", res.window("orders", w)
     orders = res.total("orders")
-    out["orders_lifetime"] = orders
+    yield "orders_lifetime", orders
     for w in ctx.windows:
-        out[f"spend_{w}d"] = res.window("spend_units", w) / MONEY_SCALE
-    out["spend_lifetime"] = res.total("spend_units") / MONEY_SCALE
-    out["refunds_lifetime"] = res.total("refund_lines")
-    out["refund_amount_lifetime"] = res.total("refund_units") / MONEY_SCALE
-    out["order_value_mean"] = ratio(res.total("purchase_units"), orders) / MONEY_SCALE
-    out["order_value_max"] = res.value("order_value_max_units") / MONEY_SCALE
-    out["days_since_first_order"] = res.days_since(res.value("first_purchase_us"))
-    out["days_since_last_order"] = res.days_since(res.value("last_purchase_us"))
-    return out
+        yield f"spend_{w}d", res.window("spend_units", w) / MONEY_SCALE
+    yield "spend_lifetime", res.total("spend_units") / MONEY_SCALE
+    yield "refunds_lifetime", res.total("refund_lines")
+    yield "refund_amount_lifetime", res.total("refund_units") / MONEY_SCALE
+    yield "order_value_mean", ratio(res.total("purchase_units"), orders) / MONEY_SCALE
+    yield "order_value_max", res.value("order_value_max_units") / MONEY_SCALE
+    yield "days_since_first_order", res.days_since(res.value("first_purchase_us"))
+    yield "days_since_last_order", res.days_since(res.value("last_purchase_us"))
 
 
 FAMILY = Family(

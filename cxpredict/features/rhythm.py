@@ -17,6 +17,8 @@ between consecutive purchase days):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from cxpredict.features.engine import Aggregate, Request, Results, Source, floor_day_sql
@@ -89,7 +91,7 @@ def _requests(ctx: Context) -> list[Request]:
     ]
 
 
-def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
+def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
     n = res.total("gap_count")
     total = res.total("gap_sum")
     squares = res.total("gap_sq_sum")
@@ -99,13 +101,13 @@ def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
     since = res.days_since(res.value("last_purchase_us"))
     recent = res.window("orders", 30)
     prior = res.window("orders", 120) - recent
-    return {
+    yield from {
         "gap_mean_days": mean,
         "gap_std_days": np.sqrt(np.maximum(variance, 0.0)),
         "gap_last_days": res.value("gap_last"),
         "overdue_ratio": since / np.where(mean > 0, mean, np.nan),
         "orders_trend_30d_vs_90d": trend(recent, prior, 3.0),
-    }
+    }.items()
 
 
 FAMILY = Family(

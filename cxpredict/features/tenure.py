@@ -19,6 +19,8 @@ signup (country, acquisition channel).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from cxpredict.features.engine import (
@@ -123,12 +125,12 @@ def _requests(ctx: Context) -> list[Request]:
     return out
 
 
-def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
-    out = {"tenure_days": (res.cutoffs[None, :] - res.entry[:, None]) / DAY_US}
+def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
+    yield "tenure_days", (res.cutoffs[None, :] - res.entry[:, None]) / DAY_US
     if not ctx.available.table("customers"):
-        return out
+        return
     if ctx.available.has("customers", "signup_at"):
-        out["days_since_signup"] = res.days_since(res.value("signup_us"))
+        yield "days_since_signup", res.days_since(res.value("signup_us"))
     vocabulary = ctx.vocabulary
     for i, column in enumerate(vocabulary.attributes()):
         if _attribute_why(ctx, column):
@@ -136,12 +138,11 @@ def _compute(ctx: Context, res: Results) -> dict[str, np.ndarray]:
         code = res.value(f"attribute_code_{i}")
         key = attribute_key(column)
         for k, slug in enumerate((*vocabulary.slugs(key), OTHER)):
-            out[f"attr_{slugify(column)}_{slug}"] = (code == k).astype(np.float64)
+            yield f"attr_{slugify(column)}_{slug}", (code == k).astype(np.float64)
     for i, column in enumerate(vocabulary.numeric):
         if _attribute_why(ctx, column):
             continue
-        out[f"attr_{slugify(column)}"] = res.value(f"attribute_value_{i}")
-    return out
+        yield f"attr_{slugify(column)}", res.value(f"attribute_value_{i}")
 
 
 FAMILY = Family(

@@ -22,7 +22,6 @@ from cxpredict.features.engine import (
     TableSource,
     cutoff_micros,
     ident,
-    quote,
     session,
 )
 from cxpredict.schemas import Tables
@@ -149,14 +148,21 @@ def learn_in_session(
     s.prepare(before)
 
     def top(relation: str, columns: list[str], where: str) -> dict[str, tuple[str, ...]]:
-        # One scan per table: each row gives one (column, value) pair per column.
-        names = ", ".join(quote(c) for c in columns)
-        cells = ", ".join(f"CAST({ident(c)} AS VARCHAR)" for c in columns)
-        rows = s.con.execute(
-            f"SELECT k, v, count(*) AS n FROM (SELECT unnest([{names}]) AS k, "
-            f"unnest([{cells}]) AS v FROM {relation} WHERE {where}) WHERE v IS NOT NULL "
-            "GROUP BY k, v"
+        # One scan per table, one grouping set per column (GROUPING(...) = 0: grouped by it).
+        cells = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS v{i}" for i, c in enumerate(columns))
+        flags = ", ".join(f"GROUPING(v{i}) AS g{i}" for i in range(len(columns)))
+        sets = ", ".join(f"(v{i})" for i in range(len(columns)))
+        grouped = s.con.execute(
+            f"SELECT {', '.join(f'v{i}' for i in range(len(columns)))}, {flags}, count(*) AS n "
+            f"FROM (SELECT {cells} FROM {relation} WHERE {where}) GROUP BY GROUPING SETS ({sets})"
         ).fetchall()
+        width = len(columns)
+        rows = [
+            (column, row[i], row[-1])
+            for row in grouped
+            for i, column in enumerate(columns)
+            if row[width + i] == 0 and row[i] is not None
+        ]
         ranked = sorted(rows, key=lambda row: (row[0], -row[2], row[1]))
         found: dict[str, list[str]] = {c: [] for c in columns}
         for column, value, _count in ranked:
