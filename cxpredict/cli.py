@@ -242,6 +242,25 @@ def print_backtest(name: str, summary: pd.DataFrame, kind: str) -> None:
     out.print(table)
 
 
+def final_model_text(details: dict) -> str:
+    """What the final model serves: its calibration and where it was chosen, or its ranker."""
+    final = details.get("final_model") or {}
+    parts = []
+    if "calibration" in final:
+        parts.append(
+            f"calibration {final['calibration'] or 'none'} "
+            f"(chosen on {details.get('calibration_chosen_on', 'the validation cutoff')})"
+        )
+    if final.get("served"):
+        hits = final.get("validation_hit@1") or {}
+        shown = ", ".join(f"{k} {float(v):.3f}" for k, v in hits.items())
+        parts.append(
+            f"serves the {final['served'].replace('_', ' ')} ranker"
+            + (f" (hit@1 on the validation cutoff: {shown})" if shown else "")
+        )
+    return "; ".join(parts) or "no calibration (not a probability)"
+
+
 @app.command()
 @reported
 def train(
@@ -288,6 +307,7 @@ def train(
             highlight=False,
             soft_wrap=True,
         )
+        out.print(f"{name}: {final_model_text(result.details)}", highlight=False, soft_wrap=True)
         if register:
             from cxpredict import registry
 

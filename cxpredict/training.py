@@ -436,7 +436,9 @@ def feature_function(config: ProjectConfig) -> FeatureFunction:
     """The engine's features with the project's settings, vocabulary learned before ``as_of``."""
 
     def features(tables: Tables, cutoffs: Sequence[pd.Timestamp], as_of: pd.Timestamp):
-        vocabulary = learn_vocabulary(tables, as_of)
+        vocabulary = learn_vocabulary(
+            tables, as_of, max_values=config.features.vocabulary_max_values
+        )
         return build_training_features(
             tables, list(cutoffs), settings=config.features, vocabulary=vocabulary
         )
@@ -618,7 +620,7 @@ def train_task(
     )
     if fitted.details.get("start") is not None:
         method = "btyd_start"
-    vocabulary = learn_vocabulary(known, as_of)
+    vocabulary = learn_vocabulary(known, as_of, max_values=config.features.vocabulary_max_values)
     catalogue = feature_catalogue(known, settings=config.features, vocabulary=vocabulary)
     version = catalogue_version(catalogue)
     bundle = _bundle(task_name, task, fitted, data, vocabulary, version, as_of, method, result)

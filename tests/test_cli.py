@@ -104,3 +104,20 @@ def test_train_on_the_sample_writes_each_bundle_and_its_backtest_next_to_the_bas
     assert {"lightgbm", "recency", "logistic", "bgnbd", "pareto"} <= set(metrics["model"])
     assert metrics["cutoff"].nunique() == 1
     assert (out / "validation" / "validation_report.json").is_file()
+    assert f"calibration {bundle.calibration_method or 'none'} (chosen on" in result.output
+
+
+def test_the_final_model_line_names_the_served_ranker_and_its_validation_hits() -> None:
+    from cxpredict.cli import final_model_text
+
+    details = {
+        "final_model": {
+            "served": "most_frequent",
+            "validation_hit@1": {"lightgbm": 0.5, "most_frequent": 0.6},
+        }
+    }
+    assert final_model_text(details) == (
+        "serves the most frequent ranker (hit@1 on the validation cutoff: lightgbm 0.500, "
+        "most_frequent 0.600)"
+    )
+    assert final_model_text({"final_model": {}}) == "no calibration (not a probability)"
