@@ -206,7 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     command = [sys.executable, __file__, "--reasons-for", args.reasons_for, "--child"]
     subprocess.run([*command, str(config), str(out), str(report)], check=True)
     wall = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**10  # kB on Linux
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = usage.ru_maxrss / 2**10  # kB on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    load = os.getloadavg()[0]
     figures = json.loads(report.read_text())
     reference = _reference_seconds(config)
 
@@ -223,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {stage:<30} {seconds:>8.1f} s")
     print(f"job (in the child) {figures['total']:>12.1f} s")
     print(f"wall incl. start   {wall:>12.1f} s  (target 90 s)")
+    print(f"CPU time           {cpu:>12.1f} s  (user + system, all threads; load {load:.1f})")
     print(f"peak memory        {peak:>12,.0f} MB (target 6,144 MB)")
     print(f"drift warnings     {figures['drift_warnings']:>12,}")
     print(f"reference          {reference:>12.1f} s  (read the raw files with pyarrow)")

@@ -390,7 +390,9 @@ def _coerce(
             text = _textual(text)
             stripped = text.astype("str").str.strip() if len(text) else text.astype("str")
             out[column] = stripped.where(stripped != "", None).astype("str")
-            out.loc[text.isna(), column] = None
+            missing = text.isna().to_numpy()
+            if missing.any() and out[column][missing].notna().any():
+                out.loc[missing, column] = None
     return out
 
 
@@ -536,10 +538,11 @@ def _duplicates(raw: pd.DataFrame, table: str, reasons: _Reasons) -> None:
     content = raw.drop(columns=[LINE_COLUMN])
     if content.empty:
         return
-    duplicated = content.duplicated(keep="first").to_numpy()
-    if duplicated.any():
-        repeated = content.duplicated(keep=False).to_numpy()
+    repeated = _repeated(content)
+    duplicated = np.zeros(len(raw), dtype=bool)
+    if repeated.any():
         copies = raw[repeated]
+        duplicated[repeated] = copies.drop(columns=[LINE_COLUMN]).duplicated(keep="first")
         first_line = copies.groupby(list(content.columns), dropna=False, sort=False)[
             LINE_COLUMN
         ].transform("min")
@@ -555,6 +558,25 @@ def _duplicates(raw: pd.DataFrame, table: str, reasons: _Reasons) -> None:
             "customer_id appears on an earlier line with other attributes; keep one row per "
             "customer, or add an updated_at column to make the table a history",
         )
+
+
+def _repeated(content: pd.DataFrame) -> np.ndarray:
+    """Rows equal in every column to another row, found one column more at a time.
+
+    Instants and numbers are compared first: a row that has no twin in them has none at all,
+    so the text columns are compared only among the few rows still in question.
+    """
+    cheap = [c for c in content.columns if _kind(content[c]) in ("instant", "number")]
+    stages = [cheap[: k + 1] for k in range(len(cheap))] + [list(content.columns)]
+    rows = np.arange(len(content))
+    for columns in stages:
+        part = content[columns] if len(rows) == len(content) else content[columns].iloc[rows]
+        rows = rows[part.duplicated(keep=False).to_numpy()]
+        if not len(rows):
+            break
+    mask = np.zeros(len(content), dtype=bool)
+    mask[rows] = True
+    return mask
 
 
 def validate_table(
@@ -692,11 +714,16 @@ def check_rejects(result: LoadResult, *, max_reject_fraction: float) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
 
-    A crash or kill before the end leaves the previous file at ``path`` intact.
+    A crash or kill before the end leaves the previous file at ``path`` intact. The file gets
+    the permissions any new file would (``0o666`` less the umask), not ``mkstemp``'s private
+    ``0o600``.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     temporary = Path(name)
     try:

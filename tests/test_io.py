@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import string
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from cxpredict.io import (
     read_raw,
     validate_table,
     write_table,
+    write_text,
     write_validation,
 )
 
@@ -320,6 +323,22 @@ def test_too_many_rejects_stop_the_run_after_the_rejects_are_written(tmp_path: P
     with pytest.raises(ValidationFailed, match=r"orders: 1 of 2 rows rejected \(50.0%"):
         check_rejects(result, max_reject_fraction=0.01)
     check_rejects(result, max_reject_fraction=0.5)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_get_the_permissions_of_any_new_file(
+    tmp_path: Path, umask: int, mode: int
+) -> None:
+    previous = os.umask(umask)
+    try:
+        paths = [
+            write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.csv"),
+            write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.parquet"),
+            write_text("x", tmp_path / "t.txt"),
+        ]
+    finally:
+        os.umask(previous)
+    assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [mode] * 3
 
 
 def test_an_interrupted_write_leaves_the_previous_file_intact(tmp_path: Path) -> None:
