@@ -21,9 +21,11 @@ starts from those files can beat it.
     .venv/bin/python benchmarks/bench_scoring.py --customers 100000  # a quick look
 
 Measured on the 2-core, 24 GB development machine (1,000,000 customers, 10,964,706 events,
-Parquet input): 315 s and 6.15 GB peak with reasons for the top 20% (validation 107 s,
-features 13 s, predictions 78 s, reasons 95 s, everything else 21 s); reasons for every
-customer cost about 0.2 ms per customer and task. Stage by stage in ``docs/scoring.md``.
+Parquet input), shared with two other benchmarks (load average 4 to 6): 343 s of wall time,
+249 s of CPU and 4.2 GB peak with reasons for the top 20% (validation 14 s, features 32 s,
+predictions 104 s, reasons 156 s, everything else 26 s); 894 s, 753 s of CPU and 5.1 GB with
+reasons for everyone. The earlier release took 315 s and 6.15 GB for the top 20% on the quiet
+machine (validation 107 s). Stage by stage in ``docs/scoring.md``.
 """
 
 from __future__ import annotations

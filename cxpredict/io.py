@@ -3,7 +3,9 @@
 Reading a table goes through four steps, and every row read ends in exactly one place:
 
 1. the file is read with every column as text, so that nothing is lost before it is judged
-   ("00001" stays "00001");
+   ("00001" stays "00001"); Parquet columns that already hold instants, numbers or text
+   keep their type, which loses nothing either, and their text is written only for the rows
+   that are rejected;
 2. the user's columns are renamed to the canonical ones (a missing required column is a
    :class:`~cxpredict.errors.DataError` naming the table, the column, the file's columns and
    the closest match);
@@ -11,6 +13,9 @@ Reading a table goes through four steps, and every row read ends in exactly one 
    with its reason instead of failing the run;
 4. the coerced table is validated lazily with its pandera schema, plus checks no schema can
    state alone (timestamps after the run's moment, exact duplicates, answers before messages).
+   The schema's checks are per value, so whole-column operations first find the rows that
+   can fail one, and pandera validates those rows only: the same failures and reasons, in
+   seconds at ten million rows.
 
 Rows whose event time is at or after the ``as_of`` instant are not bad rows: they are simply
 not read (counted as ``rows_after_as_of``). Of the rows read, each is accepted or rejected,
