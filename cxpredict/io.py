@@ -123,7 +123,8 @@ def read_raw(table: str, config: TableConfig, *, typed: bool = False) -> pd.Data
     With ``typed=True``, Parquet columns that are already instants, numbers or text keep
     their type (their text is the one :func:`read_raw` would give, produced only for the
     rows that are rejected); :func:`validate_table` accepts both forms and gives the same
-    accepted rows, rejects and reasons. Other columns, and every CSV column, are text.
+    accepted rows, rejects and reasons. Other columns are text; CSV columns are text held by
+    Arrow (pandas ``str``) rather than one Python object per value.
 
     Raises
     ------
@@ -142,7 +143,7 @@ def read_raw(table: str, config: TableConfig, *, typed: bool = False) -> pd.Data
             frame = _read_parquet_as_text(path, typed=typed)
             frame.insert(0, LINE_COLUMN, np.arange(1, len(frame) + 1, dtype="int64"))
         else:
-            frame = _read_csv_as_text(path, config.sep)
+            frame = _read_csv_as_text(path, config.sep, typed=typed)
             frame.insert(0, LINE_COLUMN, np.arange(2, len(frame) + 2, dtype="int64"))
     except DataError:
         raise
@@ -155,7 +156,7 @@ def read_raw(table: str, config: TableConfig, *, typed: bool = False) -> pd.Data
     return frame
 
 
-def _read_csv_as_text(path: Path, sep: str) -> pd.DataFrame:
+def _read_csv_as_text(path: Path, sep: str, *, typed: bool = False) -> pd.DataFrame:
     if sep == "whitespace":
         frame = pd.read_csv(path, sep=r"\s+", dtype=str, keep_default_na=False)
         return frame.astype(object).where(frame != "", None)
@@ -173,7 +174,10 @@ def _read_csv_as_text(path: Path, sep: str) -> pd.DataFrame:
             quoted_strings_can_be_null=True,
         ),
     )
-    return table.to_pandas().astype(object).where(lambda f: f.notna(), None)
+    frame = table.to_pandas()
+    if typed:  # Arrow-backed text: the same values, without a Python object per cell
+        return frame
+    return frame.astype(object).where(lambda f: f.notna(), None)
 
 
 def _read_parquet_as_text(path: Path, *, typed: bool = False) -> pd.DataFrame:
@@ -534,7 +538,7 @@ def _row_checks(
         reasons.add(frame["quantity"].fillna(0) < 0, "quantity is negative")
 
 
-def _duplicates(raw: pd.DataFrame, table: str, reasons: _Reasons) -> None:
+def _duplicates(raw: pd.DataFrame, coerced: pd.DataFrame, table: str, reasons: _Reasons) -> None:
     """Exact duplicate rows (every column's text equal) after the first are rejected.
 
     Typed columns are compared by value, which is comparing their text: an instant or a
@@ -543,7 +547,7 @@ def _duplicates(raw: pd.DataFrame, table: str, reasons: _Reasons) -> None:
     content = raw.drop(columns=[LINE_COLUMN])
     if content.empty:
         return
-    repeated = _repeated(content)
+    repeated = _repeated(content, coerced)
     duplicated = np.zeros(len(raw), dtype=bool)
     if repeated.any():
         copies = raw[repeated]
@@ -565,17 +569,23 @@ def _duplicates(raw: pd.DataFrame, table: str, reasons: _Reasons) -> None:
         )
 
 
-def _repeated(content: pd.DataFrame) -> np.ndarray:
+def _repeated(content: pd.DataFrame, coerced: pd.DataFrame) -> np.ndarray:
     """Rows equal in every column to another row, found one column more at a time.
 
-    Instants and numbers are compared first: a row that has no twin in them has none at all,
-    so the text columns are compared only among the few rows still in question.
+    Coercion is a function of the text, so rows with the same text have the same coerced
+    instants and numbers: those are compared first, and the text only among the few rows
+    still in question.
     """
-    cheap = [c for c in content.columns if _kind(content[c]) in ("instant", "number")]
-    stages = [cheap[: k + 1] for k in range(len(cheap))] + [list(content.columns)]
+    cheap = [
+        c
+        for c in coerced.columns
+        if c != LINE_COLUMN and _kind(coerced[c]) in ("instant", "number")
+    ]
+    stages = [(coerced, cheap[: k + 1]) for k in range(len(cheap))]
+    stages.append((content, list(content.columns)))
     rows = np.arange(len(content))
-    for columns in stages:
-        part = content[columns] if len(rows) == len(content) else content[columns].iloc[rows]
+    for frame, columns in stages:
+        part = frame[columns] if len(rows) == len(frame) else frame[columns].iloc[rows]
         rows = rows[part.duplicated(keep=False).to_numpy()]
         if not len(rows):
             break
@@ -618,7 +628,7 @@ def validate_table(
     coerced = _coerce(raw, table, config, reasons)
     _schema_failures(coerced, raw, table, reasons)
     _row_checks(coerced, table, reasons, run_at=run_at)
-    _duplicates(raw, table, reasons)
+    _duplicates(raw, coerced, table, reasons)
 
     bad = reasons.mask()
     after = np.zeros(len(raw), dtype=bool)

@@ -126,6 +126,21 @@ def test_a_blank_customer_id_is_rejected_as_empty(tmp_path: Path) -> None:
     assert result.tables.orders["customer_id"].tolist() == ["a"]
 
 
+def test_only_rows_with_the_same_text_are_duplicates_not_rows_with_equal_values(
+    tmp_path: Path,
+) -> None:
+    write(
+        tmp_path / "orders.csv",
+        "customer_id,timestamp,amount\n"
+        "a,2024-01-01,1.0\na,2024-01-01,1.00\nb,2024-01-01,1.0\na,2024-01-01,1.0",
+    )
+    result = load_tables(project(tmp_path, orders={"path": "orders.csv"}), run_at=RUN_AT)
+    rejects = result.rejects["orders"]
+    assert rejects[["line", "reason"]].to_dict("records") == [
+        {"line": 5, "reason": "exact duplicate (of line 2)"}
+    ]
+
+
 def test_ids_with_leading_zeros_survive_a_round_trip(tmp_path: Path) -> None:
     write(
         tmp_path / "orders.csv",
