@@ -643,7 +643,9 @@ class PreferenceModel(BaseEstimator):
                     own[:, j, k] = X[column].to_numpy(dtype=np.float64)
         scores = np.empty((n, m))
         block = max(1, 200_000 // m)
-        threads = len(os.sched_getaffinity(0))
+        # the cores this process may run on (sched_getaffinity is Linux only)
+        affinity = getattr(os, "sched_getaffinity", None)
+        threads = len(affinity(0)) if affinity else os.cpu_count() or 1
         for start in range(0, n, block):
             rows = min(block, n - start)
             pairs = np.empty((rows, m, width + 1 + len(names)))

@@ -210,7 +210,9 @@ class ModelBundle:
 
         inputs = self.model_input(X)
         extend = self.horizon_method == "btyd_extrapolation"
-        threads = len(os.sched_getaffinity(0))
+        # the cores this process may run on (sched_getaffinity is Linux only)
+        affinity = getattr(os, "sched_getaffinity", None)
+        threads = len(affinity(0)) if affinity else os.cpu_count() or 1
 
         def raw(estimator: Any) -> np.ndarray:
             # The booster straight from a float matrix, on every core the process may use.
