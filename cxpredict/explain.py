@@ -12,6 +12,8 @@ them), and the one-hot columns of one attribute (``attr_country_fr``, ``attr_cou
 
 from __future__ import annotations
 
+import re
+import string
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -70,6 +72,43 @@ def _sentence(template: str, row: Mapping[str, Any]) -> str | None:
     return text if "nan" not in text.split() else None
 
 
+#: A window suffix: ``orders_30d`` and ``orders_lifetime`` are windows of the signal ``orders``.
+_WINDOW = re.compile(r"_(?:\d+d|lifetime)$")
+
+
+def signal_of(name: str) -> str:
+    """The signal a feature measures, without its window (``orders_90d`` -> ``orders``).
+
+    Windows of one signal say the same thing over different spans; a customer's reasons
+    name each signal once, in the words of its strongest window.
+    """
+    return _WINDOW.sub("", name)
+
+
+def _fields(template: str) -> list[str]:
+    """The feature names a sentence template refers to."""
+    return [
+        field.split(".")[0].split("[")[0]
+        for _, field, _, _ in string.Formatter().parse(template)
+        if field
+    ]
+
+
+def _sentences(template: str, features: pd.DataFrame, rows: np.ndarray) -> list[str | None]:
+    """``template`` formatted with each row of ``rows``; each distinct value set once."""
+    try:
+        fields = list(dict.fromkeys(_fields(template)))
+    except ValueError:  # a malformed template says nothing
+        return [None] * len(rows)
+    present = [f for f in fields if f in features.columns]
+    if not present:
+        return [_sentence(template, {})] * len(rows)
+    values = features[present].to_numpy(dtype=float)[rows]
+    distinct, inverse = np.unique(values, axis=0, return_inverse=True)
+    texts = [_sentence(template, dict(zip(present, row, strict=True))) for row in distinct]
+    return [texts[k] for k in inverse.reshape(-1)]
+
+
 def top_reasons(
     contributions: pd.DataFrame,
     features: pd.DataFrame,
@@ -79,6 +118,9 @@ def top_reasons(
     groups: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """The ``top`` features raising each customer's score, with their sentences.
+
+    Windows of one signal (``orders_30d``, ``orders_90d``, ``orders_lifetime``; see
+    :func:`signal_of`) give one reason at most, the strongest window's.
 
     Parameters
     ----------
@@ -104,7 +146,8 @@ def top_reasons(
     groups = dict(groups or {})
     templates = catalogue.set_index("name")["reason"].dropna().to_dict()
     names = [c for c in contributions.columns if c != "bias" and c in templates]
-    values = features.reindex(index=contributions.index, columns=names).to_numpy(dtype=float)
+    features = features.reindex(index=contributions.index)
+    values = features.reindex(columns=names).to_numpy(dtype=float)
     contrib = contributions[names].to_numpy(dtype=float)
     group_names = list(dict.fromkeys(groups.get(n, n) for n in names))
     position = {g: k for k, g in enumerate(group_names)}
@@ -124,22 +167,70 @@ def top_reasons(
     for g in np.flatnonzero(sizes > 1):
         members = np.flatnonzero(membership[:, g])
         chosen_column[:, g] = members[np.argmax(active[:, members], axis=1)]
-    order = np.argsort(-strength, axis=1, kind="stable")
-    rows = features.reindex(contributions.index).to_dict(orient="records")
-    records: list[tuple[Any, int, str, float, str]] = []
-    for i, key in enumerate(contributions.index):
-        rank = 0
-        for g in order[i]:
-            if strength[i, g] <= 0 or rank == top:
+    signals = pd.factorize(np.asarray([signal_of(g) for g in group_names], dtype=object))[0]
+    same_signal = signals[:, None] == signals[None, :]
+    # Reasons are taken strongest first, one rank at a time over all customers at once: the
+    # strongest group left speaks if its sentence can be said (else it is dropped and the
+    # next one tried), then the group and its sibling windows leave the race.
+    n = len(values)
+    records: list[tuple[np.ndarray, int, np.ndarray, np.ndarray, list[str]]] = []
+    pending = np.arange(n)
+    for rank in range(1, top + 1):
+        said_rows: list[np.ndarray] = []
+        said_groups: list[np.ndarray] = []
+        said_texts: list[str] = []
+        while len(pending):
+            best = np.argmax(strength[pending], axis=1)
+            alive = strength[pending, best] > 0
+            pending, best = pending[alive], best[alive]
+            if not len(pending):
                 break
-            column = names[int(chosen_column[i, g])]
-            sentence = _sentence(templates[column], rows[i])
-            if sentence is None:
-                continue
-            rank += 1
-            feature = column if sizes[g] == 1 else group_names[g]
-            records.append((key, rank, feature, float(strength[i, g]), sentence))
-    frame = pd.DataFrame.from_records(records, columns=["key", *LONG_COLUMNS]).set_index("key")
+            columns = chosen_column[pending, best]
+            texts = np.empty(len(pending), dtype=object)
+            for column in np.unique(columns):
+                at = np.flatnonzero(columns == column)
+                texts[at] = _sentences(templates[names[column]], features, pending[at])
+            mute = np.asarray([t is None for t in texts], dtype=bool)
+            speak = ~mute
+            said_rows.append(pending[speak])
+            said_groups.append(best[speak])
+            said_texts.extend(texts[speak].tolist())
+            strength[pending[mute], best[mute]] = 0.0
+            pending = pending[mute]
+        rows = np.concatenate(said_rows) if said_rows else np.empty(0, dtype=np.int64)
+        chosen = np.concatenate(said_groups) if said_groups else np.empty(0, dtype=np.int64)
+        if not len(rows):
+            break
+        records.append((rows, rank, chosen, strength[rows, chosen].copy(), said_texts))
+        strength[rows] = np.where(same_signal[chosen], 0.0, strength[rows])
+        pending = np.sort(rows)
+    if records:
+        rows = np.concatenate([r[0] for r in records])
+        ranks = np.concatenate([np.full(len(r[0]), r[1]) for r in records])
+        chosen = np.concatenate([r[2] for r in records])
+        strengths = np.concatenate([r[3] for r in records])
+        sentences = [t for r in records for t in r[4]]
+    else:
+        rows = ranks = chosen = np.empty(0, dtype=np.int64)
+        strengths = np.empty(0)
+        sentences = []
+    order = np.lexsort((ranks, rows))
+    labels = np.asarray(
+        [
+            names[int(chosen_column[i, g])] if sizes[g] == 1 else group_names[g]
+            for i, g in zip(rows[order], chosen[order], strict=True)
+        ],
+        dtype=object,
+    )
+    frame = pd.DataFrame(
+        {
+            "rank": ranks[order].astype(np.int64),
+            "feature": labels,
+            "contribution": strengths[order].astype(float),
+            "sentence": np.asarray(sentences, dtype=object)[order],
+        },
+        index=contributions.index[rows[order]],
+    )
     frame.index.name = contributions.index.name
     return frame
 

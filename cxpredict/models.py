@@ -648,13 +648,50 @@ class PreferenceModel(BaseEstimator):
 
     def predict_scores(self, X: pd.DataFrame) -> pd.DataFrame:
         """Scores per customer (rows, like ``X``) and value (columns); higher is preferred."""
+        import os
+
         values = [str(v) for v in self.values_]
         X = X[list(self.feature_names_in_)]
-        if self.strategy == "pairs":
+        if self.strategy != "pairs":
+            return pd.DataFrame(self.model_.predict_proba(X), index=X.index, columns=values)
+        # The pairs of :func:`pair_features` are built as one float matrix per block of
+        # customers (the value as its category code, as LightGBM reads a categorical), not
+        # as a frame of customers x values rows: same inputs, same scores, a fraction of the
+        # time and memory. Prediction uses every core the process may run on.
+        names = sorted({name for v in values for name in self.value_columns_.get(v, {})})
+        model = self.model_
+        expected = [*X.columns, "value", *(f"value_{name}" for name in names)]
+        if list(model.feature_names_in_) != expected:
             pairs = pair_features(X, values, self.value_columns_)
-            p = self.model_.predict_proba(pairs)[:, 1]
+            p = model.predict_proba(pairs)[:, 1]
             return pd.DataFrame(p.reshape(len(X), len(values)), index=X.index, columns=values)
-        return pd.DataFrame(self.model_.predict_proba(X), index=X.index, columns=values)
+        n, m, width = len(X), len(values), len(X.columns)
+        base = X.to_numpy(dtype=np.float64)
+        own = np.full((n, m, len(names)), np.nan)
+        for j, value in enumerate(values):
+            for k, name in enumerate(names):
+                column = self.value_columns_.get(value, {}).get(name)
+                if column is not None:
+                    own[:, j, k] = X[column].to_numpy(dtype=np.float64)
+        scores = np.empty((n, m))
+        block = max(1, 200_000 // m)
+        # the cores this process may run on (sched_getaffinity is Linux only)
+        affinity = getattr(os, "sched_getaffinity", None)
+        threads = len(affinity(0)) if affinity else os.cpu_count() or 1
+        for start in range(0, n, block):
+            rows = min(block, n - start)
+            pairs = np.empty((rows, m, width + 1 + len(names)))
+            pairs[:, :, :width] = base[start : start + rows, None, :]
+            pairs[:, :, width] = np.arange(m, dtype=np.float64)
+            pairs[:, :, width + 1 :] = own[start : start + rows]
+            raw = model.booster_.predict(
+                pairs.reshape(rows * m, -1),
+                num_iteration=model.best_iteration_,
+                raw_score=True,
+                num_threads=threads,
+            )
+            scores[start : start + rows] = model.calibrator_.transform(raw).reshape(rows, m)
+        return pd.DataFrame(scores, index=X.index, columns=values)
 
     def to_dict(self) -> dict[str, Any]:
         """The fitted state as JSON types plus the booster as text."""

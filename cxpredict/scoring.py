@@ -896,13 +896,6 @@ def customer_table(
 # ------------------------------------------------------------------------------ writing
 
 
-def _readable(path: Path) -> None:
-    """Give a temporary file the permissions a new file would get (``mkstemp`` makes 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def write_list(frame: pd.DataFrame, path: Path) -> Path:
     """Write a list as CSV (``.csv``) or Parquet (``.parquet``), atomically and reproducibly.
 
@@ -916,7 +909,6 @@ def write_list(frame: pd.DataFrame, path: Path) -> Path:
             _write_csv(frame, temporary)
         else:
             frame.to_parquet(temporary, index=False, engine="pyarrow", compression="zstd")
-        _readable(temporary)
     return path
 
 
@@ -951,7 +943,6 @@ def write_document(text: str, path: Path) -> Path:
     """Write UTF-8 text atomically, readable like any new file."""
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8", newline="\n")
-        _readable(temporary)
     return path
 
 

@@ -3,6 +3,7 @@
 #
 #   CONFIG=path/to/cxpredict.yaml pipelines/score_weekly.sh            # as of today (UTC)
 #   CONFIG=... AS_OF=2026-01-05 OUT_ROOT=/srv/scores TASKS="churn value" pipelines/score_weekly.sh
+#   CONFIG=... REASONS_FOR=top pipelines/score_weekly.sh    # reasons for the top of each list only
 #
 # Writes OUT_ROOT/<as-of>/ (ranked lists, customers.csv, report.html, drift.csv, manifest.json)
 # and then points OUT_ROOT/latest at it in one rename, so readers never see a half-written week.
@@ -20,6 +21,9 @@ task_args=()
 for task in ${TASKS:-}; do  # empty: every configured task
     task_args+=(--task "$task")
 done
+if [[ -n "${REASONS_FOR:-}" ]]; then  # empty: scoring.reasons_for of the config
+    task_args+=(--reasons-for "$REASONS_FOR")
+fi
 
 mkdir -p "$OUT_ROOT"
 cxpredict score --config "$CONFIG" --as-of "$AS_OF" --out "$OUT" ${task_args[@]+"${task_args[@]}"}

@@ -159,3 +159,43 @@ def test_no_unanswered_reason_is_given_to_customers_without_an_unanswered_messag
     served = X.index[X["unanswered_messages_lifetime"].fillna(0) == 0]
     unanswered = long[long["sentence"].str.contains("unanswered|never answered")]
     assert not unanswered.index.isin(served).any()
+
+
+def test_windows_of_one_signal_give_one_reason_in_the_words_of_the_strongest():
+    catalogue = pd.DataFrame(
+        {
+            "name": ["orders_30d", "orders_90d", "orders_lifetime", "complaints_90d"],
+            "reason": [
+                "{orders_30d:.0f} orders in the last 30 days",
+                "{orders_90d:.0f} orders in the last 90 days",
+                "{orders_lifetime:.0f} orders so far",
+                "{complaints_90d:.0f} complaints in the last 90 days",
+            ],
+        }
+    )
+    contributions = frame(
+        {
+            "orders_30d": [0.4, 0.1],
+            "orders_90d": [0.5, 0.2],
+            "orders_lifetime": [0.3, 0.3],
+            "complaints_90d": [0.1, 0.0],
+        },
+        ["a", "b"],
+    )
+    features = frame(
+        {
+            "orders_30d": [0.0, 1.0],
+            "orders_90d": [0.0, 1.0],
+            "orders_lifetime": [1.0, np.nan],
+            "complaints_90d": [2.0, 0.0],
+        },
+        ["a", "b"],
+    )
+    reasons = explain(contributions, features, catalogue)
+    assert reasons.loc["a"].tolist() == [
+        "0 orders in the last 90 days",
+        "2 complaints in the last 90 days",
+        "",
+    ]
+    # b's strongest window has no value: the next window of the signal speaks instead
+    assert reasons.loc["b"].tolist() == ["1 orders in the last 90 days", "", ""]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import string
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from cxpredict.io import (
     read_raw,
     validate_table,
     write_table,
+    write_text,
     write_validation,
 )
 
@@ -113,6 +116,28 @@ def test_a_row_with_several_problems_lists_every_reason(tmp_path: Path) -> None:
     assert result.rejects["orders"]["reason"].tolist() == [
         "timestamp 'yesterday' is not a date/time; amount 'lots' is not a number; "
         "customer_id is missing"
+    ]
+
+
+def test_a_blank_customer_id_is_rejected_as_empty(tmp_path: Path) -> None:
+    write(tmp_path / "orders.csv", 'customer_id,timestamp,amount\n" ",2024-01-01,1\na,2024-01-01,1')
+    result = load_tables(project(tmp_path, orders={"path": "orders.csv"}), run_at=RUN_AT)
+    assert result.rejects["orders"]["reason"].tolist() == ["customer_id is empty"]
+    assert result.tables.orders["customer_id"].tolist() == ["a"]
+
+
+def test_only_rows_with_the_same_text_are_duplicates_not_rows_with_equal_values(
+    tmp_path: Path,
+) -> None:
+    write(
+        tmp_path / "orders.csv",
+        "customer_id,timestamp,amount\n"
+        "a,2024-01-01,1.0\na,2024-01-01,1.00\nb,2024-01-01,1.0\na,2024-01-01,1.0",
+    )
+    result = load_tables(project(tmp_path, orders={"path": "orders.csv"}), run_at=RUN_AT)
+    rejects = result.rejects["orders"]
+    assert rejects[["line", "reason"]].to_dict("records") == [
+        {"line": 5, "reason": "exact duplicate (of line 2)"}
     ]
 
 
@@ -253,6 +278,58 @@ def test_a_folder_of_parquet_files_is_one_table(tmp_path: Path) -> None:
     assert orders.tables.orders["customer_id"].tolist() == ["00", "01"]
 
 
+def _typed_tables() -> dict[str, pd.DataFrame]:
+    """Typed tables with one bad row of every kind a typed column can hold."""
+    stamps = pd.to_datetime(
+        ["2024-01-01 10:00", "2024-01-02 00:00", "2030-01-01 00:00", None]
+        + ["2024-01-03 00:00", "2024-01-01 10:00"]
+        + ["2024-01-04 00:00", "2024-01-05 00:00"],
+    )
+    orders = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d", None, "a", "", "e"],
+            "timestamp": stamps.tz_localize("UTC"),
+            "amount": [1.0, np.inf, 2.0, 3.0, 4.0, 1.0, 5.0, np.nan],
+            "quantity": [1.0, 2.0, 1.0, 1.5, -2.0, 1.0, 1.0, 1.0],
+            "category": ["x", " y ", None, "x", "x", "x", "x", "x"],
+        }
+    )
+    interactions = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d"],
+            "timestamp": stamps[:4],  # naive: taken in the configured timezone
+            "channel": ["web", "chat", None, "web"],
+            "kind": ["visit", "message", "visit", "review"],
+            "responded_at": pd.to_datetime([None, "2023-12-31", None, None]),
+            "rating": [np.nan, 3.0, 9.0, -1.0],
+        }
+    )
+    return {"orders": orders, "interactions": interactions}
+
+
+@pytest.mark.parametrize("table", ["orders", "interactions"])
+def test_typed_parquet_columns_give_the_rows_and_reasons_of_their_text(
+    tmp_path: Path, table: str
+) -> None:
+    _typed_tables()[table].to_parquet(tmp_path / f"{table}.parquet")
+    config = TableConfig(path=tmp_path / f"{table}.parquet", timezone="Europe/Paris")
+    results = [
+        validate_table(
+            map_columns(read_raw(table, config, typed=typed), table, config),
+            table,
+            config,
+            run_at=RUN_AT,
+            as_of=pd.Timestamp("2025-01-01", tz="UTC"),
+        )
+        for typed in (False, True)
+    ]
+    (text_rows, text_rejects, text_report), (rows, rejects, report) = results
+    assert report == text_report
+    assert len(rejects) == {"orders": 7, "interactions": 3}[table]
+    pd.testing.assert_frame_equal(rows, text_rows)
+    pd.testing.assert_frame_equal(rejects, text_rejects)
+
+
 def test_too_many_rejects_stop_the_run_after_the_rejects_are_written(tmp_path: Path) -> None:
     write(tmp_path / "orders.csv", "customer_id,timestamp,amount\na,2024-01-01,x\nb,2024-01-01,1")
     result = load_tables(project(tmp_path, orders={"path": "orders.csv"}), run_at=RUN_AT)
@@ -261,6 +338,22 @@ def test_too_many_rejects_stop_the_run_after_the_rejects_are_written(tmp_path: P
     with pytest.raises(ValidationFailed, match=r"orders: 1 of 2 rows rejected \(50.0%"):
         check_rejects(result, max_reject_fraction=0.01)
     check_rejects(result, max_reject_fraction=0.5)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_get_the_permissions_of_any_new_file(
+    tmp_path: Path, umask: int, mode: int
+) -> None:
+    previous = os.umask(umask)
+    try:
+        paths = [
+            write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.csv"),
+            write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.parquet"),
+            write_text("x", tmp_path / "t.txt"),
+        ]
+    finally:
+        os.umask(previous)
+    assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [mode] * 3
 
 
 def test_an_interrupted_write_leaves_the_previous_file_intact(tmp_path: Path) -> None:
