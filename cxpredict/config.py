@@ -215,7 +215,7 @@ class ScoringConfig(_Frozen):
     tier_cuts: tuple[float, float] = (0.8, 0.5)
     drift_warn_psi: float = Field(0.1, gt=0)
     drift_fail_psi: float = Field(0.25, gt=0)
-    reasons_for: Literal["all", "top"] = "all"
+    reasons_for: Literal["all", "top"] = "top"
     reasons_top_fraction: float = Field(0.2, gt=0, le=1)
 
 

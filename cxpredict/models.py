@@ -12,6 +12,7 @@ Models are deterministic for a seed: LightGBM runs with a fixed thread count,
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -61,6 +62,12 @@ def _frame(X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def cores() -> int:
+    """The cores this process may run on (``sched_getaffinity`` is Linux only)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 class _Booster(BaseEstimator):
@@ -155,9 +162,17 @@ class _Booster(BaseEstimator):
         return X
 
     def raw_score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """The booster's raw score (log-odds or log-mean) for each row."""
+        """The booster's raw score (log-odds or log-mean) for each row.
+
+        All-numeric inputs reach the booster as a float matrix (the columns in training
+        order), on every core this process may use: the same scores as from the frame,
+        without pandas' per-call checks. A frame with a categorical column is passed as is.
+        """
+        frame = self._check(X)
+        numeric = all(pd.api.types.is_numeric_dtype(t) for t in frame.dtypes)
+        inputs = frame.to_numpy(dtype=np.float64) if numeric else frame
         return self.booster_.predict(
-            self._check(X), num_iteration=self.best_iteration_, raw_score=True
+            inputs, num_iteration=self.best_iteration_, raw_score=True, num_threads=cores()
         )
 
     def contributions(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
@@ -648,8 +663,6 @@ class PreferenceModel(BaseEstimator):
 
     def predict_scores(self, X: pd.DataFrame) -> pd.DataFrame:
         """Scores per customer (rows, like ``X``) and value (columns); higher is preferred."""
-        import os
-
         values = [str(v) for v in self.values_]
         X = X[list(self.feature_names_in_)]
         if self.strategy != "pairs":
@@ -675,9 +688,7 @@ class PreferenceModel(BaseEstimator):
                     own[:, j, k] = X[column].to_numpy(dtype=np.float64)
         scores = np.empty((n, m))
         block = max(1, 200_000 // m)
-        # the cores this process may run on (sched_getaffinity is Linux only)
-        affinity = getattr(os, "sched_getaffinity", None)
-        threads = len(affinity(0)) if affinity else os.cpu_count() or 1
+        threads = cores()
         for start in range(0, n, block):
             rows = min(block, n - start)
             pairs = np.empty((rows, m, width + 1 + len(names)))

@@ -213,36 +213,20 @@ class ModelBundle:
         ``orders`` expected over the horizon. Preference: one column per value, higher is
         preferred (the pairs model's probability that the customer chooses the value).
         """
-        import os
-
         inputs = self.model_input(X)
         extend = self.horizon_method == "btyd_extrapolation"
-        # the cores this process may run on (sched_getaffinity is Linux only)
-        affinity = getattr(os, "sched_getaffinity", None)
-        threads = len(affinity(0)) if affinity else os.cpu_count() or 1
-
-        def raw(estimator: Any) -> np.ndarray:
-            # The booster straight from a float matrix, on every core the process may use.
-            matrix = inputs[list(estimator.feature_names_in_)].to_numpy(dtype=np.float64)
-            return estimator.booster_.predict(
-                matrix, num_iteration=estimator.best_iteration_, raw_score=True, num_threads=threads
-            )
-
         if self.kind in ("churn", "repurchase"):
-            p = self.estimators["score"].calibrator_.transform(raw(self.estimators["score"]))
+            p = self.estimators["score"].predict_proba(inputs)[:, 1]
             if extend:
                 survival = self._btyd_ratio(X, "survival")
                 p = p * survival if self.kind == "churn" else 1.0 - (1.0 - p) * survival
             return pd.DataFrame({"probability": p}, index=X.index)
         if self.kind == "value":
             ratio = self._btyd_ratio(X, "expected") if extend else 1.0
-            spend, orders = self.estimators["spend"], self.estimators["orders"]
-            if spend.uses_exposure_ or orders.uses_exposure_:  # their own error: no exposure
-                spend.predict(inputs), orders.predict(inputs)
             return pd.DataFrame(
                 {
-                    "spend": np.exp(raw(spend)) * ratio,
-                    "orders": np.exp(raw(orders)) * ratio,
+                    "spend": self.estimators["spend"].predict(inputs) * ratio,
+                    "orders": self.estimators["orders"].predict(inputs) * ratio,
                 },
                 index=X.index,
             )

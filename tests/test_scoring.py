@@ -518,6 +518,16 @@ def test_a_rerun_with_the_same_inputs_writes_byte_identical_files(
     assert "2025-10-02" not in text  # the moment of the run is nowhere in the outputs
 
 
+def test_reasons_for_all_explains_every_customer_and_top_only_the_top_share(
+    shop: ProjectConfig, tmp_path: Path
+) -> None:
+    assert shop.scoring.reasons_for == "top"  # the default
+    score_shop(shop, tmp_path / "all", reasons_for="all")
+    churn = pd.read_csv(tmp_path / "all" / "churn.csv", dtype={"customer_id": str})
+    assert churn["reason_1"].notna().all()
+    assert churn["reason_1"].str.startswith("no order for").all()
+
+
 def test_the_lists_have_the_documented_columns_and_every_eligible_customer(
     shop: ProjectConfig, tmp_path: Path
 ) -> None:
@@ -526,7 +536,11 @@ def test_the_lists_have_the_documented_columns_and_every_eligible_customer(
     assert churn.columns.tolist() == list(LIST_COLUMNS)
     assert churn["rank"].tolist() == list(range(1, len(churn) + 1))
     assert churn["score"].is_monotonic_decreasing
-    assert (churn["reason_1"].str.startswith("no order for")).all()
+    explained = math.ceil(len(churn) * shop.scoring.reasons_top_fraction)
+    assert churn["reason_1"].notna().tolist() == [True] * explained + [False] * (
+        len(churn) - explained
+    )
+    assert churn["reason_1"].head(explained).str.startswith("no order for").all()
     parquet = pd.read_parquet(tmp_path / "churn.parquet")
     assert parquet["customer_id"].tolist() == churn["customer_id"].tolist()
     category = pd.read_csv(tmp_path / "next_category.csv")
@@ -657,7 +671,8 @@ def test_trained_champions_score_the_sample_reproducibly_and_the_run_is_logged(
     for file in runs[0].files:
         assert file.read_bytes() == (tmp_path / "b" / file.name).read_bytes(), file.name
     churn = pd.read_csv(tmp_path / "a" / "churn.csv")
-    assert (churn["reason_1"].fillna("") != "").mean() > 0.9
+    top = churn.head(math.ceil(len(churn) * config.scoring.reasons_top_fraction))
+    assert (top["reason_1"].fillna("") != "").mean() > 0.9  # reasons for the top share
     assert churn["score"].between(0, 1).all()
     checked = runs[0].drift[runs[0].drift["status"] != "not checked"]
     assert {"score"} <= set(checked["variable"])  # the bundle stores its training reference
