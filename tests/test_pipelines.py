@@ -1,0 +1,144 @@
+"""The scheduled jobs in pipelines/: the commands they run, the exit codes they pass on.
+
+A stand-in ``cxpredict`` on PATH records each call and answers with the exit code the test
+asks of it, so the scripts' own logic is checked without training or scoring anything.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+SAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "data" / "sample" / "cxpredict.yaml"
+
+STANDIN = """#!/usr/bin/env bash
+# Records its arguments; `score` writes a file into --out; exits with the code asked for.
+echo "$*" >> "$CALLS"
+if [[ "$1" == score ]]; then
+    out=""
+    while [[ $# -gt 0 ]]; do
+        if [[ "$1" == --out ]]; then out="$2"; fi
+        shift
+    done
+    if [[ -z "${FAIL_SCORE:-}" ]]; then
+        mkdir -p "$out" && echo ranked > "$out/churn.csv"
+    fi
+    exit "${FAIL_SCORE:-0}"
+fi
+if [[ "$1" == promote ]]; then exit "${PROMOTE_EXIT:-0}"; fi
+exit "${TRAIN_EXIT:-0}"
+"""
+
+
+def run_pipeline(script: str, tmp_path: Path, **env: str) -> tuple[int, list[str], str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    standin = bin_dir / "cxpredict"
+    standin.write_text(STANDIN, encoding="utf-8")
+    standin.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    calls.unlink(missing_ok=True)
+    environment = {
+        **os.environ,
+        # the stand-in first; then this interpreter (for `python -c` reading the config)
+        "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), "/usr/bin:/bin"]),
+        "CALLS": str(calls),
+        **env,
+    }
+    done = subprocess.run(
+        ["bash", str(PIPELINES / script)],
+        env=environment,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    return done.returncode, lines, done.stdout + done.stderr
+
+
+def test_weekly_scoring_passes_its_settings_and_points_latest_at_the_new_week(
+    tmp_path: Path,
+) -> None:
+    settings = {"CONFIG": "p.yaml", "OUT_ROOT": str(tmp_path / "scores")}
+    code, calls, output = run_pipeline(
+        "score_weekly.sh",
+        tmp_path,
+        **settings,
+        AS_OF="2026-01-05",
+        TASKS="churn value",
+        REASONS_FOR="all",
+    )
+    assert code == 0, output
+    out = tmp_path / "scores" / "2026-01-05"
+    assert calls == [
+        f"score --config p.yaml --as-of 2026-01-05 --out {out} --task churn --task value "
+        "--reasons-for all"
+    ]
+    latest = tmp_path / "scores" / "latest"
+    assert os.readlink(latest) == "2026-01-05"
+    assert (latest / "churn.csv").read_text() == "ranked\n"
+    code, calls, output = run_pipeline("score_weekly.sh", tmp_path, **settings, AS_OF="2026-01-12")
+    assert code == 0, output
+    assert calls == [f"score --config p.yaml --as-of 2026-01-12 --out {out.parent / '2026-01-12'}"]
+    assert os.readlink(latest) == "2026-01-12"
+    assert not (tmp_path / "scores" / ".latest.tmp").exists()
+
+
+def test_a_failed_scoring_week_keeps_latest_and_passes_the_exit_code_on(tmp_path: Path) -> None:
+    settings = {"CONFIG": "p.yaml", "OUT_ROOT": str(tmp_path / "scores")}
+    code, _, output = run_pipeline("score_weekly.sh", tmp_path, **settings, AS_OF="2026-01-05")
+    assert code == 0, output
+    code, _, _ = run_pipeline(
+        "score_weekly.sh", tmp_path, **settings, AS_OF="2026-01-12", FAIL_SCORE="6"
+    )
+    assert code == 6  # no champion
+    assert os.readlink(tmp_path / "scores" / "latest") == "2026-01-05"
+
+
+def test_weekly_scoring_needs_a_config(tmp_path: Path) -> None:
+    code, calls, output = run_pipeline("score_weekly.sh", tmp_path)
+    assert code != 0 and calls == []
+    assert "set CONFIG" in output
+
+
+def test_monthly_retraining_trains_and_promotes_every_configured_task(tmp_path: Path) -> None:
+    code, calls, output = run_pipeline(
+        "retrain_monthly.sh", tmp_path, CONFIG=str(SAMPLE_CONFIG), AS_OF="2026-01-01"
+    )
+    assert code == 0, output
+    tasks = ["churn", "repurchase", "next_category", "best_channel", "value"]
+    expected = []
+    for task in tasks:
+        expected += [
+            f"train --config {SAMPLE_CONFIG} --as-of 2026-01-01 --task {task}",
+            f"promote --config {SAMPLE_CONFIG} --task {task}",
+        ]
+    assert calls == expected
+
+
+@pytest.mark.parametrize(("promote", "expected"), [("11", 0), ("3", 3)])
+def test_a_refused_promotion_keeps_the_champion_and_other_failures_stop_the_job(
+    tmp_path: Path, promote: str, expected: int
+) -> None:
+    code, calls, output = run_pipeline(
+        "retrain_monthly.sh",
+        tmp_path,
+        CONFIG="p.yaml",
+        AS_OF="2026-01-01",
+        TASKS="churn value",
+        PROMOTE_EXIT=promote,
+    )
+    assert code == expected, output
+    if expected == 0:
+        assert len(calls) == 4 and "churn: challenger not better; champion kept" in output
+    else:
+        assert calls == [
+            "train --config p.yaml --as-of 2026-01-01 --task churn",
+            "promote --config p.yaml --task churn",
+        ]
