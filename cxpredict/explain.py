@@ -64,12 +64,25 @@ def one_hot_groups(
     return out
 
 
+#: "1 orders", "1 replies": a count of one followed by a plural noun (not "1 class").
+_ONE_PLURAL = re.compile(r"(?<![\d.,])\b1 ([a-z]+?)(ies|s)\b(?<!ss)")
+
+
+def singular_after_one(text: str) -> str:
+    """``text`` with a plural noun right after the count 1 made singular.
+
+    Catalogue sentences are written for any count ("{orders_lifetime:.0f} orders so far");
+    a customer with one reads "1 order so far", "1 reply", "no order for 1 day".
+    """
+    return _ONE_PLURAL.sub(lambda m: f"1 {m[1]}{'y' if m[2] == 'ies' else ''}", text)
+
+
 def _sentence(template: str, row: Mapping[str, Any]) -> str | None:
     try:
         text = template.format(**row)
     except (KeyError, ValueError, TypeError, IndexError):
         return None
-    return text if "nan" not in text.split() else None
+    return singular_after_one(text) if "nan" not in text.split() else None
 
 
 #: A window suffix: ``orders_30d`` and ``orders_lifetime`` are windows of the signal ``orders``.

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxpredict.explain import explain, one_hot_groups, top_reasons
+from cxpredict.explain import explain, one_hot_groups, singular_after_one, top_reasons
 from cxpredict.features import build_training_features, feature_catalogue, learn_vocabulary
 from cxpredict.labels import churn_labels
 from cxpredict.models import LightGBMClassifier
@@ -95,7 +95,7 @@ def test_one_hot_siblings_count_as_one_reason_in_the_words_of_the_column_set():
     # a: the country group adds 0.6 > 0.5 and speaks as the column the customer has
     assert reasons.loc["a", "sentence"].tolist() == [
         "country is DE",
-        "1 complaints in the last 90 days",
+        "1 complaint in the last 90 days",
     ]
     # b: the group sums to -0.2 and lowers the score, so it is no reason
     assert reasons.loc[["b"], "feature"].tolist() == ["complaints_90d"]
@@ -113,8 +113,8 @@ def test_reasons_are_limited_to_top_and_blank_when_nothing_raises_the_score():
     )
     features = frame({c: [1.0, 1.0] for c in contributions.columns}, ["a", "b"])
     reasons = explain(contributions, features, CATALOGUE, top=3)
-    assert reasons.loc["a", "reason_1"] == "1 orders so far"
-    assert reasons.loc["a", "reason_3"] == "1 complaints in the last 90 days"
+    assert reasons.loc["a", "reason_1"] == "1 order so far"
+    assert reasons.loc["a", "reason_3"] == "1 complaint in the last 90 days"
     assert reasons.loc["b"].tolist() == ["", "", ""]
 
 
@@ -198,4 +198,22 @@ def test_windows_of_one_signal_give_one_reason_in_the_words_of_the_strongest():
         "",
     ]
     # b's strongest window has no value: the next window of the signal speaks instead
-    assert reasons.loc["b"].tolist() == ["1 orders in the last 90 days", "", ""]
+    assert reasons.loc["b"].tolist() == ["1 order in the last 90 days", "", ""]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1 ratings of 2 stars or less", "1 rating of 2 stars or less"),
+        (
+            "no order for 1 days; usually orders every 35 days",
+            "no order for 1 day; usually orders every 35 days",
+        ),
+        ("1 replies", "1 reply"),
+        ("11 orders so far", "11 orders so far"),
+        ("0.1 days", "0.1 days"),
+        ("1 class", "1 class"),
+    ],
+)
+def test_a_count_of_one_reads_in_the_singular(text: str, expected: str) -> None:
+    assert singular_after_one(text) == expected
