@@ -624,6 +624,8 @@ def train_task(
     catalogue = feature_catalogue(known, settings=config.features, vocabulary=vocabulary)
     version = catalogue_version(catalogue)
     bundle = _bundle(task_name, task, fitted, data, vocabulary, version, as_of, method, result)
+    now = build_features(known, as_of, settings=config.features, vocabulary=vocabulary)
+    bundle.reference = drift_reference(bundle, now[eligible(now, task)])
     metrics = (
         result.metrics
         if result is not None
@@ -701,22 +703,29 @@ def _bundle(
     if result is not None and result.calibration is not None:
         table = result.calibration.assign(cutoff=result.calibration["cutoff"].astype(str))
         bundle.calibration = table.to_dict(orient="records")
-    reference: dict[str, Any] = {"features": {}}
-    # A preference model learns from the customers who bought in the window, not from the
-    # population it scores, so its rows are no drift reference; the other tasks' references
-    # cover the same features over the scored population.
-    if task.kind != "preference":
-        reference["features"] = {
-            f: _reference(recent[f].to_numpy(dtype=float)) for f in fitted.inputs
-        }
-        engine_rows = recent[fitted.inputs].droplevel("cutoff")
-        scores = _score_column(bundle.predict(engine_rows), task.kind)
-        reference["score"] = _reference(scores)
-    bundle.reference = reference
     return bundle
 
 
+def drift_reference(bundle: ModelBundle, population: pd.DataFrame) -> dict[str, Any]:
+    """Binned shares of every model input and of the score over ``population``.
+
+    ``population`` is the task's eligible customers' features at the training as-of date:
+    the population a scoring run at that date would score, so that a later run compares
+    like with like (the validation rows sit a horizon earlier, and every tenure-like
+    feature would drift by construction).
+    """
+    features = {str(f): _reference(population[f].to_numpy(dtype=float)) for f in bundle.features}
+    reference: dict[str, Any] = {"features": features}
+    if len(population):
+        reference["score"] = _reference(_score_column(bundle.predict(population), bundle.kind))
+    return reference
+
+
 def _score_column(predictions: pd.DataFrame, kind: str) -> np.ndarray:
+    """The list's score: the probability, the expected spend, or the top value's probability."""
+    if kind == "preference":
+        matrix = predictions.to_numpy(dtype=float)
+        return matrix.max(axis=1) if matrix.shape[1] else np.full(len(matrix), np.nan)
     column = "spend" if kind == "value" else "probability"
     return predictions[column].to_numpy(dtype=float)
 

@@ -256,3 +256,35 @@ def test_the_calibration_is_fitted_on_the_validation_cutoff_and_chosen_on_later_
     best = min(on_test[0], key=on_test[0].__getitem__)
     assert churn.bundle.calibration_method == best
     assert churn.details["calibration_chosen_on"] == "the backtest's test cutoffs"
+
+
+def test_scoring_on_the_training_date_finds_no_drift_from_the_stored_reference(tables, churn):
+    from cxpredict.features import Vocabulary, build_features
+    from cxpredict.scoring import Reference, psi
+    from cxpredict.training import eligible
+
+    bundle = churn.bundle
+    known = tables.before(AS_OF)
+    X = build_features(
+        known, AS_OF, settings=CONFIG.features, vocabulary=Vocabulary.from_dict(bundle.vocabulary)
+    )
+    X = X[eligible(X, CONFIG.task("churn"))]
+    references = bundle.reference["features"]
+    assert set(references) == set(bundle.features)
+    for name in ("tenure_days", "days_since_first_order", "days_since_last_order"):
+        if name in references:
+            value = psi(Reference.from_dict(references[name]), X[name].to_numpy(dtype=float))
+            assert value == pytest.approx(0.0, abs=1e-9), name
+    scores = bundle.predict(X)["probability"].to_numpy()
+    assert psi(Reference.from_dict(bundle.reference["score"]), scores) == pytest.approx(
+        0.0, abs=1e-9
+    )
+
+
+def test_a_preference_model_stores_a_reference_of_its_top_probability(tables):
+    result = train_task(CONFIG, "category", as_of=AS_OF, tables=tables)
+    reference = result.bundle.reference
+    assert set(reference["features"]) == set(result.bundle.features)
+    assert sum(reference["score"]["proportions"]) + reference["score"]["missing"] == (
+        pytest.approx(1.0)
+    )
