@@ -25,7 +25,7 @@ from cxpredict.config import (
     TrainingConfig,
     ValueTask,
 )
-from cxpredict.errors import IneligibleTask
+from cxpredict.errors import FeatureMismatch, IneligibleTask
 from cxpredict.schemas import Tables, to_utc
 from cxpredict.spine import feature_window, label_window
 
@@ -434,3 +434,30 @@ def check_history(
             f"{len(ordered)}), a shorter step (training.step_days), a shorter horizon than "
             f"{task.horizon_days} days, or a later as-of date"
         )
+
+
+# ------------------------------------------------------------------------------ scored population
+
+
+def eligible(features: pd.DataFrame, task: Task) -> np.ndarray:
+    """Which customers of ``features`` a task scores: the population its labels were defined on.
+
+    Window: events strictly before the cutoff. Every task needs an order (non-negative
+    amount) before the cutoff; churn also needs one within its ``active_days``
+    (``days_since_last_order <= active_days``, the label's ``[cutoff - active_days, cutoff)``).
+
+    Raises
+    ------
+    FeatureMismatch
+        When the features lack ``days_since_last_order`` (the rfm family), which decides.
+    """
+    if "days_since_last_order" not in features.columns:
+        raise FeatureMismatch(
+            "the features lack 'days_since_last_order', which decides who is scored; build "
+            "them with the rfm feature family"
+        )
+    last = features["days_since_last_order"].to_numpy(dtype=np.float64, na_value=np.nan)
+    mask = np.isfinite(last)
+    if task.kind == "churn":
+        mask &= last <= float(task.active_days)
+    return mask

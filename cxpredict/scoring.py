@@ -65,6 +65,7 @@ from cxpredict.features import (
     feature_catalogue,
 )
 from cxpredict.io import atomic_path, check_rejects, load_tables, write_validation
+from cxpredict.labels import eligible
 from cxpredict.schemas import Tables, to_utc
 
 #: Decimals kept for every float written (scores, probabilities, values, percentiles).
@@ -967,23 +968,6 @@ def manifest(
         },
     }
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
-
-
-# ------------------------------------------------------------------------------ eligibility
-
-
-def eligible(features: pd.DataFrame, task: Any) -> np.ndarray:
-    """Which customers a task scores: the population its labels were defined on.
-
-    Window: events strictly before the cutoff. Every task needs an order (non-negative
-    amount) before the cutoff; churn also needs one within its ``active_days``
-    (``days_since_last_order <= active_days``, the label's ``[cutoff - active_days, cutoff)``).
-    """
-    last = _column(features, "days_since_last_order")
-    mask = np.isfinite(last)
-    if task.kind == "churn":
-        mask &= last <= float(task.active_days)
-    return mask
 
 
 # ------------------------------------------------------------------------------ predictions

@@ -66,7 +66,7 @@ from cxpredict.features import (
     feature_catalogue,
     learn_vocabulary,
 )
-from cxpredict.labels import Task
+from cxpredict.labels import Task, eligible
 from cxpredict.models import PreferenceModel, booster_from_dict, booster_to_dict
 from cxpredict.schemas import Tables, to_utc
 
@@ -731,23 +731,6 @@ def _score_column(predictions: pd.DataFrame, kind: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ scoring
-
-
-def eligible(features: pd.DataFrame, task: Task) -> pd.Series:
-    """The task's population among the customers of ``features`` (the labels' population).
-
-    Every task needs an order before the cutoff; churn one within its ``active_days``.
-    """
-    if "days_since_last_order" not in features.columns:
-        raise FeatureMismatch(
-            "the features lack 'days_since_last_order', which decides who is scored; build "
-            "them with the rfm feature family"
-        )
-    last = features["days_since_last_order"].astype(float)
-    mask = last.notna()
-    if isinstance(task, ChurnTask):
-        mask &= last <= task.active_days
-    return mask
 
 
 def score_task(

@@ -15,11 +15,12 @@ from cxpredict.config import (
     TrainingConfig,
     ValueTask,
 )
-from cxpredict.errors import IneligibleTask
+from cxpredict.errors import FeatureMismatch, IneligibleTask
 from cxpredict.labels import (
     check_class_balance,
     check_history,
     churn_labels,
+    eligible,
     make_labels,
     median_days_to_next,
     preference_labels,
@@ -227,3 +228,13 @@ def test_a_first_cutoff_without_history_is_refused_with_the_earliest_valid_date(
             first_event=pd.Timestamp("2024-01-21", tz="UTC"),
             min_history_days=30,
         )
+
+
+def test_churn_scores_customers_active_within_its_window_and_others_any_buyer() -> None:
+    features = pd.DataFrame({"days_since_last_order": [10.0, 180.0, 181.0, np.nan]})
+    churn = ChurnTask(kind="churn", horizon_days=90, active_days=180)
+    again = RepurchaseTask(kind="repurchase", horizon_days=90)
+    assert eligible(features, churn).tolist() == [True, True, False, False]
+    assert eligible(features, again).tolist() == [True, True, True, False]
+    with pytest.raises(FeatureMismatch, match="lack 'days_since_last_order'"):
+        eligible(features.rename(columns=str.upper), churn)
