@@ -1358,25 +1358,30 @@ def run_scoring(
         versions = {name: r.version for name, r in results.items()}
         rows_out = {name: len(r.frame) for name, r in results.items()}
         files: list[Path] = []
+
+        def log(status: str) -> str:
+            """This run in MLflow as it stands: the files written so far, the time so far."""
+            return _log_run(
+                config,
+                as_of=as_of,
+                run_at=run_at,
+                tracking_uri=tracking_uri,
+                results=results,
+                drift=drift,
+                rows_in=rows_in,
+                files=files,
+                timings=watch.timings,
+                total=watch.total,
+                status=status,
+            )
+
         with watch.stage("writing lists"):
             files.append(write_list(drift, out / "drift.csv"))
             try:
                 check_drift(drift, fail=settings.drift_fail_psi)
             except DriftFailed:
                 if log_run:
-                    _log_run(
-                        config,
-                        as_of=as_of,
-                        run_at=run_at,
-                        tracking_uri=tracking_uri,
-                        results=results,
-                        drift=drift,
-                        rows_in=rows_in,
-                        files=files,
-                        timings=watch.timings,
-                        total=watch.total,
-                        status="FAILED",
-                    )
+                    log("FAILED")
                 raise
             lists = {name: r.frame for name, r in results.items()}
             for name, frame in lists.items():
@@ -1417,19 +1422,7 @@ def run_scoring(
         run_id = None
         if log_run:
             with watch.stage("logging the run"):
-                run_id = _log_run(
-                    config,
-                    as_of=as_of,
-                    run_at=run_at,
-                    tracking_uri=tracking_uri,
-                    results=results,
-                    drift=drift,
-                    rows_in=rows_in,
-                    files=files,
-                    timings=watch.timings,
-                    total=watch.total,
-                    status="FINISHED",
-                )
+                run_id = log("FINISHED")
     return ScoringRun(
         out_dir=out,
         as_of=as_of,

@@ -604,6 +604,32 @@ def test_drift_beyond_the_fail_level_stops_the_run_and_keeps_the_previous_lists(
     assert "fail" in set(drift["status"])
 
 
+def test_a_run_stopped_by_drift_is_logged_as_failed_with_its_drift_report(
+    shop: ProjectConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cxpredict.scoring as scoring
+
+    reference = build_features(
+        load_tables(shop, run_at=RUN_AT, as_of=SHOP_AS_OF).tables, SHOP_AS_OF
+    )
+    logged: list[dict] = []
+    monkeypatch.setattr(scoring, "_log_run", lambda config, **kw: logged.append(kw) or "run")
+    shifted = shop_project(tmp_path / "shifted", spend_factor=4.0)
+    with pytest.raises(DriftFailed):
+        run_scoring(
+            shifted,
+            as_of=SHOP_AS_OF,
+            out_dir=tmp_path / "out",
+            run_at=RUN_AT,
+            load_model=standin_loader(reference),
+            log_run=True,
+        )
+    (run,) = logged
+    assert run["status"] == "FAILED"
+    assert [f.name for f in run["files"]] == ["drift.csv"]
+    assert "fail" in set(run["drift"]["status"])
+
+
 def test_scoring_without_a_champion_exits_with_the_missing_model_code(
     shop: ProjectConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
