@@ -50,18 +50,10 @@ DAYS = 340
 AS_OF = "2024-12-01"
 #: The moment of the run: the end of the generated history (nothing in the files is later).
 RUN_AT = pd.Timestamp(START, tz="UTC") + pd.Timedelta(days=DAYS)
-TASKS = {
-    "churn": {"kind": "churn", "horizon_days": 90, "active_days": 180},
-    "repurchase": {"kind": "repurchase", "horizon_days": 90},
-    "next_category": {"kind": "preference", "attribute": "category", "horizon_days": 90},
-    "best_channel": {
-        "kind": "preference",
-        "attribute": "channel",
-        "table": "interactions",
-        "horizon_days": 90,
-    },
-    "value": {"kind": "value", "horizon_days": 180},
-}
+#: The five tasks of the bundled sample project, one of every kind.
+TASKS = yaml.safe_load(
+    (HERE.parent / "data" / "sample" / "cxpredict.yaml").read_text(encoding="utf-8")
+)["tasks"]
 
 
 def _project(folder: Path, data: Path, fmt: str, store: Path) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from cxpredict.config import parse_config
 from cxpredict.metrics import calibration_table
@@ -17,18 +18,12 @@ from cxpredict.scoring import customer_table, drift_report, reference_from_value
 
 AS_OF = pd.Timestamp("2025-06-01", tz="UTC")
 CHROMIUM = Path("/usr/bin/chromium")
-TASKS = {
-    "churn": {"kind": "churn", "horizon_days": 90},
-    "repurchase": {"kind": "repurchase", "horizon_days": 90},
-    "next_category": {"kind": "preference", "attribute": "category", "horizon_days": 90},
-    "best_channel": {
-        "kind": "preference",
-        "attribute": "channel",
-        "table": "interactions",
-        "horizon_days": 90,
-    },
-    "value": {"kind": "value", "horizon_days": 180},
-}
+#: The five tasks of the bundled sample project, one of every kind.
+TASKS = yaml.safe_load(
+    (Path(__file__).resolve().parents[1] / "data" / "sample" / "cxpredict.yaml").read_text(
+        encoding="utf-8"
+    )
+)["tasks"]
 
 
 @pytest.fixture(scope="module")

@@ -451,18 +451,12 @@ def standin_loader(reference: pd.DataFrame | None = None) -> Any:
 
 SHOP_AS_OF = pd.Timestamp("2025-10-01", tz="UTC")
 RUN_AT = pd.Timestamp("2025-10-02 06:00", tz="UTC")
-SHOP_TASKS = {
-    "churn": {"kind": "churn", "horizon_days": 90},
-    "repurchase": {"kind": "repurchase", "horizon_days": 90},
-    "next_category": {"kind": "preference", "attribute": "category", "horizon_days": 90},
-    "best_channel": {
-        "kind": "preference",
-        "attribute": "channel",
-        "table": "interactions",
-        "horizon_days": 90,
-    },
-    "value": {"kind": "value", "horizon_days": 180},
-}
+#: The five tasks of the bundled sample project, one of every kind.
+SHOP_TASKS = yaml.safe_load(
+    (Path(__file__).resolve().parents[1] / "data" / "sample" / "cxpredict.yaml").read_text(
+        encoding="utf-8"
+    )
+)["tasks"]
 
 
 def shop_project(folder: Path, *, spend_factor: float = 1.0) -> ProjectConfig:
