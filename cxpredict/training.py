@@ -50,6 +50,7 @@ from cxpredict.backtest import (
 from cxpredict.baselines import FrequentValueBaseline
 from cxpredict.config import (
     ChurnTask,
+    FeaturesConfig,
     PreferenceTask,
     ProjectConfig,
     RepurchaseTask,
@@ -624,8 +625,10 @@ def train_task(
     catalogue = feature_catalogue(known, settings=config.features, vocabulary=vocabulary)
     version = catalogue_version(catalogue)
     bundle = _bundle(task_name, task, fitted, data, vocabulary, version, as_of, method, result)
-    now = build_features(known, as_of, settings=config.features, vocabulary=vocabulary)
-    bundle.reference = drift_reference(bundle, now[eligible(now, task)])
+    population = scored_population(
+        known, as_of, task, settings=config.features, vocabulary=vocabulary
+    )
+    bundle.reference = drift_reference(bundle, population)
     metrics = (
         result.metrics
         if result is not None
@@ -733,6 +736,23 @@ def _score_column(predictions: pd.DataFrame, kind: str) -> np.ndarray:
 # ------------------------------------------------------------------------------ scoring
 
 
+def scored_population(
+    known: Tables,
+    as_of: pd.Timestamp,
+    task: Task,
+    *,
+    settings: FeaturesConfig,
+    vocabulary: Vocabulary,
+) -> pd.DataFrame:
+    """The features at ``as_of`` of the customers the task scores (:func:`eligible`).
+
+    Window: events strictly before ``as_of``. What a scoring run on that date scores, and
+    so what a model's drift reference is taken over.
+    """
+    X = build_features(known, as_of, settings=settings, vocabulary=vocabulary)
+    return X[eligible(X, task)]
+
+
 def score_task(
     config: ProjectConfig,
     task_name: str,
@@ -768,7 +788,6 @@ def score_task(
     as_of = to_utc(as_of)
     known = tables.before(as_of)
     vocabulary = Vocabulary.from_dict(model.vocabulary)
-    X = build_features(known, as_of, settings=config.features, vocabulary=vocabulary)
     catalogue = feature_catalogue(known, settings=config.features, vocabulary=vocabulary)
     version = catalogue_version(catalogue)
     if version != model.catalogue_version:
@@ -777,7 +796,7 @@ def score_task(
             f"today's features are {version!r} (the data's columns or the feature settings "
             "changed); retrain the task"
         )
-    X = X[eligible(X, task)]
+    X = scored_population(known, as_of, task, settings=config.features, vocabulary=vocabulary)
     predictions = model.predict(X)
     out = pd.DataFrame({"customer_id": X.index.astype(str)})
     if isinstance(task, PreferenceTask):
