@@ -218,6 +218,14 @@ def _short(value: Any) -> str:
 # ------------------------------------------------------------------------------ the pyfunc
 
 
+def bad_request(problem: InvalidInput | FeatureMismatch) -> Exception:
+    """An input problem as the ``MlflowException`` MLflow's server answers with HTTP 400."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(str(problem), error_code=INVALID_PARAMETER_VALUE)
+
+
 class ScoringModel(PythonModel):
     """An MLflow pyfunc that scores customer features with a cxpredict model bundle."""
 
@@ -238,7 +246,7 @@ class ScoringModel(PythonModel):
         ``params["catalogue_version"]``, when given, must equal the model's.
         """
         from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+        from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
         try:
             given = (params or {}).get(CATALOGUE_PARAM)
@@ -246,7 +254,7 @@ class ScoringModel(PythonModel):
             frame = validate_input(model_input, list(self.bundle.features))
             return score(self.bundle, frame)
         except (InvalidInput, FeatureMismatch) as exc:
-            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+            raise bad_request(exc) from None
         except Exception as exc:
             raise MlflowException(
                 f"scoring failed ({type(exc).__name__}: {_short(str(exc))}); the input passed "
@@ -436,7 +444,6 @@ def guard_scoring_server(features: Sequence[str]) -> None:
     only: no stack trace, no echo of the request's rows. Installing twice is harmless.
     """
     from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
     from mlflow.pyfunc import scoring_server
 
     original: Callable[..., Any] = scoring_server.invocations
@@ -453,7 +460,7 @@ def guard_scoring_server(features: Sequence[str]) -> None:
                 validate_input(request, features)
             return original(data, content_type, model, input_schema)
         except (InvalidInput, FeatureMismatch) as exc:
-            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+            raise bad_request(exc) from None
         except MlflowException as exc:
             exc.message = _ECHO.sub("", exc.message)
             exc.json_kwargs.pop("stack_trace", None)
