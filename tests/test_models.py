@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +16,6 @@ from cxpredict.models import (
     booster_to_dict,
     choose_calibration,
     pair_features,
-    tree_contributions,
 )
 
 FAST = {"learning_rate": 0.1, "min_data_in_leaf": 20, "num_leaves": 7}
@@ -86,56 +84,6 @@ def test_contributions_add_up_to_the_raw_score_and_find_the_planted_signal(data,
     strength = contributions.drop(columns="bias").abs().mean()
     assert strength.idxmax() == "signal"
     assert classifier.feature_importance().index[0] == "signal"
-
-
-def gappy(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows with missing values, exact zeros and values on a coarse grid (ties at splits)."""
-    rng = np.random.default_rng(seed)
-    X = np.round(rng.normal(size=(n, 5)), 1)
-    X[rng.random(X.shape) < 0.15] = np.nan
-    X[rng.random(X.shape) < 0.1] = 0.0
-    signal = np.nan_to_num(X[:, 0]) - np.isnan(X[:, 1]) + (X[:, 2] == 0)
-    return X, (rng.random(n) < 1 / (1 + np.exp(-signal))).astype(int)
-
-
-@pytest.mark.parametrize(
-    "missing",
-    [{}, {"zero_as_missing": True}, {"use_missing": False}],
-    ids=["missing as NaN", "zero as missing", "missing ignored"],
-)
-def test_contributions_tree_by_tree_equal_lightgbms_own_for_every_kind_of_missing_value(missing):
-    contributions_match_lightgbm(missing, num_leaves=15)
-
-
-def test_contributions_tree_by_tree_equal_lightgbms_own_for_trees_of_many_leaves():
-    contributions_match_lightgbm({}, num_leaves=40)
-
-
-def contributions_match_lightgbm(missing: dict, *, num_leaves: int) -> None:
-    X, y = gappy(3000, 0)
-    params = {"objective": "binary", "num_leaves": num_leaves, "min_data_in_leaf": 5}
-    params["verbosity"] = -1
-    booster = lgb.train({**params, **missing}, lgb.Dataset(X, label=y), num_boost_round=40)
-    rows, _ = gappy(2000, 1)
-    # values exactly at the thresholds, where "<=" and "<" part ways
-    splits = booster.trees_to_dataframe().dropna(subset=["threshold"])
-    at = rows[: len(splits)].copy()
-    features = splits["split_feature"].str.removeprefix("Column_").astype(int)
-    at[np.arange(len(splits)), features] = splits["threshold"]
-    rows = np.vstack([rows, at])
-    expected = booster.predict(rows, num_iteration=30, pred_contrib=True)
-    np.testing.assert_allclose(tree_contributions(booster, rows, 30), expected, atol=1e-12)
-
-
-def test_contributions_of_a_model_with_a_categorical_split_are_lightgbms_own():
-    X, y = gappy(3000, 2)
-    X[:, 4] = np.random.default_rng(3).integers(0, 6, len(X))
-    y = ((X[:, 4] % 2 == 0) ^ (np.random.default_rng(4).random(len(X)) < 0.2)).astype(int)
-    params = {"objective": "binary", "min_data_in_leaf": 5, "verbosity": -1}
-    data = lgb.Dataset(X, label=y, categorical_feature=[4])
-    booster = lgb.train(params, data, num_boost_round=10)
-    expected = booster.predict(X[:500], pred_contrib=True)
-    np.testing.assert_allclose(tree_contributions(booster, X[:500], 10), expected, atol=1e-12)
 
 
 def test_features_in_another_order_are_reordered_and_missing_ones_are_refused(data, classifier):
