@@ -19,8 +19,10 @@ left to LightGBM: :func:`booster_tables` returns ``None`` for them.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import lightgbm as lgb
@@ -30,12 +32,32 @@ import numpy as np
 ZERO = float(np.float32(1e-35))
 #: Splits per tree up to which a tree is kept as a table of its leaves (2**16 entries).
 MAX_SPLITS = 16
+#: Rows below which a matrix is not shared out between threads.
+ROWS_PER_THREAD = 20_000
 
 
 def cores() -> int:
     """The cores this process may run on (``sched_getaffinity`` is Linux only)."""
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+def by_rows(function: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
+    """``function`` over blocks of the arrays' rows, one block per core, concatenated.
+
+    Every row is computed as it would be alone, so the result does not depend on the number
+    of blocks. NumPy and LightGBM release the interpreter lock in their loops.
+    """
+    n_rows = len(arrays[0])
+    threads = min(cores(), n_rows // ROWS_PER_THREAD)
+    if threads <= 1:
+        return function(*arrays)
+    bounds = np.linspace(0, n_rows, threads + 1).astype(int)
+    blocks = [
+        [a[start:end] for a in arrays] for start, end in zip(bounds, bounds[1:], strict=False)
+    ]
+    with ThreadPoolExecutor(threads) as pool:
+        return np.concatenate(list(pool.map(lambda block: function(*block), blocks)))
 
 
 class Columns:
@@ -195,6 +217,10 @@ class TreeTables:
 
         The leaves are added tree by tree in the booster's order, as LightGBM adds them.
         """
+        self.tables  # noqa: B018  (built before the threads share them)
+        return by_rows(self._raw_score, np.asarray(X, dtype=np.float64))
+
+    def _raw_score(self, X: np.ndarray) -> np.ndarray:
         columns = Columns(X)
         out = np.zeros(columns.n_rows)
         for splits, table in zip(self.splits, self.tables, strict=True):
@@ -217,6 +243,10 @@ class TreeTables:
         ndarray
             ``(n, m)``: the raw score of each pair, as from the full pair rows.
         """
+        self.tables  # noqa: B018  (built before the threads share them)
+        return by_rows(self._pair_raw_score, np.asarray(customers, dtype=np.float64), pairs)
+
+    def _pair_raw_score(self, customers: np.ndarray, pairs: np.ndarray) -> np.ndarray:
         n, m, extra = pairs.shape
         width = customers.shape[1]
         by_customer = Columns(customers)
@@ -241,6 +271,9 @@ class TreeTables:
         return out.reshape(n, m)
 
 
+#: A booster keeps the trees a prediction uses (first tree, number of trees) as its own state,
+#: so calls for one tree at a time, from any thread, take turns.
+_ONE_TREE_AT_A_TIME = threading.Lock()
 #: Tables of the boosters in use, built once per booster and number of trees.
 _CACHE: weakref.WeakKeyDictionary[lgb.Booster, dict[int, TreeTables]] = weakref.WeakKeyDictionary()
 
@@ -310,9 +343,10 @@ def tree_contributions(booster: lgb.Booster, X: np.ndarray, num_iteration: int) 
             continue
         codes = branch_codes(columns, splits, range(len(splits)), n_bits=len(splits))
         first, position = _distinct(codes, len(splits))
-        values = booster.predict(
-            X[first], start_iteration=index, num_iteration=1, pred_contrib=True, num_threads=1
-        )
+        with _ONE_TREE_AT_A_TIME:  # one thread: the tree-at-a-time calls cannot overlap
+            values = booster.predict(
+                X[first], start_iteration=index, num_iteration=1, pred_contrib=True, num_threads=1
+            )
         for feature in [*sorted({node["split_feature"] for node in splits}), n_features]:
             out[feature] += values[:, feature].take(position)
     return out.T

@@ -6,6 +6,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from cxpredict import trees
 from cxpredict.trees import booster_tables, tree_contributions
 
 BINARY = {"objective": "binary", "num_leaves": 15, "min_data_in_leaf": 5, "num_threads": 1}
@@ -115,3 +116,15 @@ def test_contributions_of_trees_of_many_leaves_are_still_lightgbms_own():
     rows = with_thresholds(booster, gappy(2000, 1)[0])
     expected = booster.predict(rows, num_iteration=30, pred_contrib=True)
     np.testing.assert_allclose(tree_contributions(booster, rows, 30), expected, atol=1e-12)
+
+
+def test_rows_shared_out_between_threads_give_the_same_scores_and_contributions(monkeypatch):
+    booster = trained(BINARY)
+    rows = with_thresholds(booster, gappy(2000, 1)[0])
+    tables = booster_tables(booster, 30)
+    assert tables is not None
+    alone = tables.raw_score(rows), tree_contributions(booster, rows, 30)
+    monkeypatch.setattr(trees, "ROWS_PER_THREAD", 300)
+    monkeypatch.setattr(trees, "cores", lambda: 3)
+    np.testing.assert_array_equal(tables.raw_score(rows), alone[0])
+    np.testing.assert_array_equal(tree_contributions(booster, rows, 30), alone[1])
