@@ -76,6 +76,7 @@ class Columns:
         self._matrix = np.asarray(X, dtype=np.float64)
         self._columns: dict[int, np.ndarray] = {}
         self._zeroed: dict[int, np.ndarray] = {}
+        self._wholes: dict[int, np.ndarray] = {}
 
     @property
     def n_rows(self) -> int:
@@ -92,6 +93,12 @@ class Columns:
             self._columns[feature] = values
         return self._columns[feature]
 
+    def _whole(self, feature: int) -> np.ndarray:
+        """The feature's values truncated to whole numbers, as a category is read."""
+        if feature not in self._wholes:
+            self._wholes[feature] = np.trunc(self.column(feature))
+        return self._wholes[feature]
+
     def _as_zero(self, feature: int) -> np.ndarray:
         """The feature's values with a missing value read as zero."""
         if feature not in self._zeroed:
@@ -105,8 +112,13 @@ class Columns:
         feature = node["split_feature"] if feature is None else feature
         if node["decision_type"] == "==":  # the categories listed go left, anything else right
             categories = [float(c) for c in str(node["threshold"]).split("||")]
-            whole = np.trunc(self.column(feature))  # NaN stays NaN and goes right
-            return np.isin(whole, categories)
+            whole = self._whole(feature)  # NaN stays NaN and goes right
+            if len(categories) > 8:
+                return np.isin(whole, categories)
+            left = whole == categories[0]
+            for category in categories[1:]:
+                left |= whole == category
+            return left
         threshold, default_left = node["threshold"], bool(node["default_left"])
         if node["missing_type"] == "NaN":  # a comparison with NaN is false
             values = self.column(feature)
