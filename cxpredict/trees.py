@@ -13,7 +13,8 @@ values as such (``NaN``; ``Zero`` also sends zeros that way) and is read as zero
 then ``value <= threshold`` goes left; at a categorical split, the listed categories go left
 and anything else (missing, negative, unseen) right. Models these tables cannot represent
 (linear trees, several trees per iteration, random forests, trees of more than 16 splits) are
-left to LightGBM: :func:`booster_tables` returns ``None`` for them.
+left to LightGBM, as are models whose tables would exceed :data:`MAX_TABLE_BYTES`:
+:func:`booster_tables` returns ``None`` for them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import numpy as np
 ZERO = float(np.float32(1e-35))
 #: Splits per tree up to which a tree is kept as a table of its leaves (2**16 entries).
 MAX_SPLITS = 16
+#: Memory the leaf tables of one model may take (a tree of 15 leaves takes 128 KiB).
+MAX_TABLE_BYTES = 256 * 2**20
 #: Rows below which a matrix is not shared out between threads.
 ROWS_PER_THREAD = 20_000
 
@@ -211,7 +214,12 @@ class TreeTables:
         self.splits = [split_nodes(tree) for tree in self.trees]
         self.n_features = int(dump["max_feature_idx"]) + 1
         self.representable = _representable(dump, self.splits)
-        self.small = self.representable and all(len(s) <= MAX_SPLITS for s in self.splits)
+        size = sum(8 << len(s) for s in self.splits)
+        self.small = (
+            self.representable
+            and all(len(s) <= MAX_SPLITS for s in self.splits)
+            and size <= MAX_TABLE_BYTES
+        )
         self._tables: list[np.ndarray] | None = None
 
     @property

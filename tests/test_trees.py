@@ -104,11 +104,15 @@ def test_pairs_scored_from_their_parts_equal_the_scores_of_the_full_pair_rows():
     np.testing.assert_array_equal(tables.pair_raw_score(customers, extra), expected)
 
 
-def test_models_the_tables_cannot_follow_are_left_to_lightgbm():
+def test_models_the_tables_cannot_follow_are_left_to_lightgbm(monkeypatch):
     linear = trained({**BINARY, "linear_tree": True}, rounds=5)
     many_leaves = trained({**BINARY, "num_leaves": 40}, rounds=5)
     assert booster_tables(linear, 5) is None
     assert booster_tables(many_leaves, 5) is None
+    monkeypatch.setattr(trees, "MAX_TABLE_BYTES", 4 * 8 << 14)
+    large = trained(BINARY, rounds=5)
+    assert booster_tables(large, 4) is not None
+    assert booster_tables(large, 5) is None
 
 
 def test_contributions_of_trees_of_many_leaves_are_still_lightgbms_own():
