@@ -18,10 +18,12 @@ The calibration period is 39 weeks long, so no training cutoff can have a 39-wee
 13-week) label window that ends by 1997-10-01 with history before it and a validation window
 after it. cxpredict trains on the longest window the history allows (printed) and reaches
 each horizon from the buy-till-you-die models: the repurchase classifier learns a correction
-to Pareto/NBD's probability and applies it to Pareto/NBD's probability over 39 weeks
-(``btyd_start``); expected orders are extended with the BG/NBD ratio between the two windows
+to the chance of at least one purchase of a Poisson count with Pareto/NBD's expected
+transactions, ``1 - exp(-E)``, and applies it to the same over 39 weeks (``btyd_start``);
+expected orders are extended with the BG/NBD ratio between the two windows
 (``btyd_extrapolation``). The run prints the method of each task. The BTYD references are
-fitted in the same run on the same calibration data.
+fitted in the same run on the same calibration data. The orders' ``number_of_cds`` is mapped
+to ``quantity``, which the basket feature family reads (items per order, the first order).
 
     .venv/bin/python benchmarks/bench_cdnow.py
     .venv/bin/python benchmarks/bench_cdnow.py --n-cutoffs 8 --step-days 7

@@ -341,10 +341,16 @@ def btyd_start(
 ) -> np.ndarray:
     """The buy-till-you-die prediction over ``horizon_days`` for each row, in natural units.
 
-    ``purchase``: the probability of at least one purchase; ``no_purchase``: one minus it;
+    ``purchase``: the probability of at least one purchase of a Poisson count with the
+    model's expected purchases ``E``, ``1 - exp(-E)``; ``no_purchase``: one minus it;
     ``orders``: expected purchases; ``spend``: expected purchases times the row's mean order
     value (``basket`` where it is missing or not positive). Rows whose summary the model
     cannot read get the prediction for a customer with one purchase and no repeat.
+
+    The probabilities follow the expected count rather than the model's own probability of
+    at least one purchase: over horizons beyond the labelled window the expected count ranked
+    customers better, on their own and as the start of a corrected classifier
+    (``docs/models.md``, CDNOW).
     """
     outputs = _btyd_block(features, model, horizon_days)
     if outputs.isna().to_numpy().any():
@@ -353,11 +359,11 @@ def btyd_start(
             model, zero, zero, zero, horizon_days=horizon_days, index=pd.RangeIndex(1)
         ).iloc[0]
         outputs = outputs.fillna(fallback)
-    if target in ("purchase", "no_purchase"):
-        p = outputs["btyd_p_purchase"].to_numpy(dtype=float)
-        p = p if target == "purchase" else 1.0 - p
-        return np.clip(p, _START_CLIP, 1.0 - _START_CLIP)
     expected = outputs["btyd_expected_purchases"].to_numpy(dtype=float)
+    if target in ("purchase", "no_purchase"):
+        none = np.exp(-np.maximum(expected, 0.0))
+        p = 1.0 - none if target == "purchase" else none
+        return np.clip(p, _START_CLIP, 1.0 - _START_CLIP)
     if target == "spend":
         values = (
             features[BASKET_COLUMN].to_numpy(dtype=float)

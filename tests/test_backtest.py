@@ -13,6 +13,7 @@ from cxpredict.backtest import (
     METRIC_COLUMNS,
     add_btyd,
     btyd_from_params,
+    btyd_start,
     plan_backtest,
     plan_fold,
     run_backtest,
@@ -229,6 +230,24 @@ def test_a_summary_the_btyd_model_cannot_read_gives_missing_outputs_not_an_error
     )
     out = add_btyd(features, model, horizon_days=91)
     assert out[list(BTYD_FEATURES)].isna().all().all()
+
+
+def test_a_started_probability_is_the_chance_of_a_poisson_count_with_the_expected_purchases():
+    model = btyd_from_params("pareto", {"r": 0.55, "alpha": 10.58, "s": 0.61, "beta": 11.67})
+    features = pd.DataFrame(
+        {
+            "btyd_frequency": [0.0, 3.0, np.nan],
+            "btyd_recency_weeks": [0.0, 20.0, np.nan],
+            "btyd_t_weeks": [30.0, 30.0, np.nan],
+        },
+        index=pd.Index(["a", "b", "no_summary"], name="customer_id"),
+    )
+    expected = btyd_start(model, features, horizon_days=273, target="orders")
+    buys = btyd_start(model, features, horizon_days=273, target="purchase")
+    stays = btyd_start(model, features, horizon_days=273, target="no_purchase")
+    np.testing.assert_allclose(buys, 1.0 - np.exp(-expected))
+    np.testing.assert_allclose(buys + stays, 1.0)
+    assert buys[1] > buys[0] and 0.0 < buys[2] < 1.0
 
 
 def test_a_preference_task_serves_past_use_when_it_ranks_better_on_the_validation_cutoff():

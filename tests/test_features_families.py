@@ -184,6 +184,41 @@ def test_btyd_counts_customer_days_in_weeks(features: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(features[list(want.columns)], want)
 
 
+def test_basket_without_quantities_gives_the_first_order_and_the_first_repeat_gap(
+    features: pd.DataFrame,
+) -> None:
+    want = expected(
+        {
+            "first_order_value": [40, 10, NAN],
+            "first_repeat_gap_days": [12, NAN, NAN],
+        }
+    )
+    pd.testing.assert_frame_equal(features[list(want.columns)], want)
+    assert "items_lifetime" not in features.columns
+
+
+def test_basket_counts_items_of_purchase_lines_before_the_cutoff(
+    tiny: Tables, tiny_vocabulary: Vocabulary, short_windows: FeaturesConfig
+) -> None:
+    # o0: 2 items, o1: 1, o2: 3 and a line without a quantity, the refund and the order at
+    # the cutoff instant do not count
+    quantity = pd.array([2, 1, 3, None, 1, 5, 1, 4], dtype="Int64")
+    orders = tiny.orders.assign(quantity=quantity)
+    tables = Tables(orders, tiny.interactions, tiny.customers)
+    got = build_features(tables, CUTOFF, settings=short_windows, vocabulary=tiny_vocabulary)
+    want = expected(
+        {
+            "first_order_value": [40, 10, NAN],
+            "first_order_items": [2, 1, NAN],
+            "items_lifetime": [6, 1, 0],
+            "items_per_order_mean": [2, 1, NAN],
+            "value_per_item": [190 / 6, 10, NAN],
+            "first_repeat_gap_days": [12, NAN, NAN],
+        }
+    )
+    pd.testing.assert_frame_equal(got[list(want.columns)], want)
+
+
 def test_a_customer_history_gives_the_attributes_known_at_each_cutoff(
     tiny: Tables, tiny_vocabulary: Vocabulary
 ) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cxpredict.config import FeaturesConfig
-from cxpredict.features import btyd, care, engagement, preferences, rfm, rhythm, tenure
+from cxpredict.features import basket, btyd, care, engagement, preferences, rfm, rhythm, tenure
 from cxpredict.features.engine import (
     Aggregate,
     PerCutoff,
@@ -44,6 +44,7 @@ from cxpredict.schemas import Tables
 FAMILIES: tuple[Family, ...] = (
     rfm.FAMILY,
     rhythm.FAMILY,
+    basket.FAMILY,
     preferences.FAMILY,
     engagement.FAMILY,
     care.FAMILY,
