@@ -45,14 +45,6 @@ def _first_purchase(items: bool) -> Source:
     )
 
 
-SECOND_PURCHASE_DAY = Source(
-    "second_purchase_day",
-    "SELECT customer_id, us, gap FROM (SELECT customer_id, us, gap, "
-    "row_number() OVER (PARTITION BY customer_id ORDER BY day) AS k FROM purchase_days) "
-    "WHERE k = 2",
-)
-
-
 def _definitions(ctx: Context) -> list[FeatureDef]:
     why = ctx.available.why_not("orders", "quantity")
     return [
@@ -110,10 +102,13 @@ def _requests(ctx: Context) -> list[Request]:
     out: list[Request] = [
         _first_purchase(items),
         PURCHASE_DAYS,
-        SECOND_PURCHASE_DAY,
         # one row per customer: the maximum before a cutoff is that row once it is before it
         Aggregate("first_purchase", "first_value_units", "max", "value_units"),
-        Aggregate("second_purchase_day", "first_repeat_gap", "max", "gap"),
+        # every purchase day but the first has a gap: the second is the first with one
+        Aggregate("purchase_days", "first_purchase_day", "min", "day"),
+        Aggregate(
+            "purchase_days", "second_purchase_day", "min", "CASE WHEN gap IS NOT NULL THEN day END"
+        ),
     ]
     if items:
         out += [
@@ -145,7 +140,10 @@ def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
         yield "items_lifetime", items
         yield "items_per_order_mean", ratio(items, res.total("orders"))
         yield "value_per_item", ratio(res.total("itemised_units"), items) / MONEY_SCALE
-    yield "first_repeat_gap_days", res.value("first_repeat_gap")
+    yield (
+        "first_repeat_gap_days",
+        res.value("second_purchase_day") - res.value("first_purchase_day"),
+    )
 
 
 FAMILY = Family(
