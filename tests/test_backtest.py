@@ -200,16 +200,21 @@ def test_a_value_backtest_scores_spend_and_orders_against_btyd_and_last_period(t
     assert summary.loc["orders/normalised_gini", "lightgbm"] > 0.3
 
 
-def test_btyd_outputs_come_from_the_engine_summary_and_stored_parameters():
-    model = btyd_from_params("bgnbd", {"r": 0.25, "alpha": 4.4, "a": 0.8, "b": 2.4})
-    features = pd.DataFrame(
+def two_buyers_and_one_without_a_summary(ids: list[str]) -> pd.DataFrame:
+    """A one-time buyer, a repeat buyer and a customer without a BTYD summary."""
+    return pd.DataFrame(
         {
             "btyd_frequency": [0.0, 3.0, np.nan],
             "btyd_recency_weeks": [0.0, 20.0, np.nan],
             "btyd_t_weeks": [30.0, 30.0, np.nan],
         },
-        index=pd.Index(["a", "b", "c"], name="customer_id"),
+        index=pd.Index(ids, name="customer_id"),
     )
+
+
+def test_btyd_outputs_come_from_the_engine_summary_and_stored_parameters():
+    model = btyd_from_params("bgnbd", {"r": 0.25, "alpha": 4.4, "a": 0.8, "b": 2.4})
+    features = two_buyers_and_one_without_a_summary(["a", "b", "c"])
     out = add_btyd(features, model, horizon_days=91)
     assert list(out.columns[-3:]) == list(BTYD_FEATURES)
     expected = model.expected_purchases(13.0, [0.0, 3.0], [0.0, 20.0], [30.0, 30.0])
@@ -234,14 +239,7 @@ def test_a_summary_the_btyd_model_cannot_read_gives_missing_outputs_not_an_error
 
 def test_a_started_probability_is_the_chance_of_a_poisson_count_with_the_expected_purchases():
     model = btyd_from_params("pareto", {"r": 0.55, "alpha": 10.58, "s": 0.61, "beta": 11.67})
-    features = pd.DataFrame(
-        {
-            "btyd_frequency": [0.0, 3.0, np.nan],
-            "btyd_recency_weeks": [0.0, 20.0, np.nan],
-            "btyd_t_weeks": [30.0, 30.0, np.nan],
-        },
-        index=pd.Index(["a", "b", "no_summary"], name="customer_id"),
-    )
+    features = two_buyers_and_one_without_a_summary(["a", "b", "no_summary"])
     expected = btyd_start(model, features, horizon_days=273, target="orders")
     buys = btyd_start(model, features, horizon_days=273, target="purchase")
     stays = btyd_start(model, features, horizon_days=273, target="no_purchase")
