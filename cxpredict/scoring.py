@@ -174,10 +174,12 @@ def bin_shares(edges: Sequence[float], values: np.ndarray) -> tuple[np.ndarray, 
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:
         return np.zeros(len(edges) + 1), 0.0
-    present = ~np.isnan(values)
-    bins = np.searchsorted(np.asarray(edges, dtype=np.float64), values[present], side="left")
-    counts = np.bincount(bins, minlength=len(edges) + 1)
-    return counts / len(values), float((~present).mean())
+    missing = int(np.count_nonzero(np.isnan(values)))
+    # A count at or below each edge (NaN is never below): one comparison per edge, which is
+    # several times faster than placing every value among at most nine edges.
+    at_most = [np.count_nonzero(values <= edge) for edge in edges]
+    counts = np.diff(np.array([0, *at_most, len(values) - missing], dtype=np.int64))
+    return counts / len(values), missing / len(values)
 
 
 def reference_from_values(values: np.ndarray, *, n_bins: int = 10) -> Reference:

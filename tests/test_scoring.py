@@ -37,6 +37,7 @@ from cxpredict.scoring import (
     Reference,
     ScoringRun,
     assign_tiers,
+    bin_shares,
     check_drift,
     drift_report,
     eligible,
@@ -69,6 +70,14 @@ def test_psi_counts_missing_values_as_their_own_bin() -> None:
     values = np.array([0.0, 2.0, np.nan, np.nan])
     expected = 2 * (0.25 - 0.5) * math.log(0.25 / 0.5) + (0.5 - 1e-4) * math.log(0.5 / 1e-4)
     assert psi(reference, values) == pytest.approx(expected)
+
+
+def test_bins_are_closed_on_the_right_with_infinities_at_the_ends_and_missing_apart() -> None:
+    values = np.array([-np.inf, 1.0, 1.5, 2.0, 2.0, 7.0, np.inf, np.nan])
+    shares, missing = bin_shares((1.0, 2.0), values)
+    np.testing.assert_array_equal(shares * len(values), [2, 3, 2])
+    assert missing == 1 / 8
+    assert bin_shares((1.0,), np.array([]))[0].tolist() == [0.0, 0.0]
 
 
 def test_psi_of_the_training_values_against_their_own_reference_is_zero() -> None:
