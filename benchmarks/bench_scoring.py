@@ -21,11 +21,10 @@ starts from those files can beat it.
     .venv/bin/python benchmarks/bench_scoring.py --customers 100000  # a quick look
 
 Measured on the 2-core, 24 GB development machine (1,000,000 customers, 10,964,706 events,
-Parquet input), shared with other benchmarks (load average 1.5 to 2): 160 s of wall time,
-251 s of CPU and 4.0 GB peak with reasons for the top 20% (validation 9 s, features 18 s,
-predictions 42 s, reasons 70 s, everything else 15 s); 492 s, 791 s of CPU and 5.1 GB with
-reasons for everyone. The earlier release took 315 s and 6.15 GB for the top 20% on the quiet
-machine (validation 107 s). Stage by stage in ``docs/scoring.md``.
+Parquet input, nothing else running, load average 1.2): 74.9 s of wall time, 91.7 s of CPU
+and 4.7 GB peak with reasons for the top 20% (validation 8.5 s, features 13.2 s,
+predictions 13.4 s, reasons 19.9 s); 143.0 s, 166.9 s of CPU and 5.8 GB with reasons for
+everyone. The previous release took 160 s and 494 s. Stage by stage in ``docs/scoring.md``.
 """
 
 from __future__ import annotations
