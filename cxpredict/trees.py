@@ -212,7 +212,6 @@ class TreeTables:
         trees = dump["tree_info"]
         self.trees = trees[:num_iteration] if num_iteration > 0 else trees
         self.splits = [split_nodes(tree) for tree in self.trees]
-        self.n_features = int(dump["max_feature_idx"]) + 1
         self.representable = _representable(dump, self.splits)
         size = sum(8 << len(s) for s in self.splits)
         self.small = (
@@ -222,9 +221,8 @@ class TreeTables:
         )
         self._tables: list[np.ndarray] | None = None
 
-    @property
-    def tables(self) -> list[np.ndarray]:
-        """Leaf value per bit pattern, one table per tree (built on first use)."""
+    def leaf_tables(self) -> list[np.ndarray]:
+        """Leaf value per bit pattern, one table per tree (built on the first call)."""
         if self._tables is None:
             self._tables = [
                 _leaf_table(tree, splits)
@@ -237,13 +235,13 @@ class TreeTables:
 
         The leaves are added tree by tree in the booster's order, as LightGBM adds them.
         """
-        self.tables  # noqa: B018  (built before the threads share them)
-        return by_rows(self._raw_score, np.asarray(X, dtype=np.float64))
+        tables = self.leaf_tables()  # built here, before threads share them
+        return by_rows(lambda rows: self._raw_score(tables, rows), np.asarray(X, dtype=np.float64))
 
-    def _raw_score(self, X: np.ndarray) -> np.ndarray:
+    def _raw_score(self, tables: Sequence[np.ndarray], X: np.ndarray) -> np.ndarray:
         columns = Columns(X)
         out = np.zeros(columns.n_rows)
-        for splits, table in zip(self.splits, self.tables, strict=True):
+        for splits, table in zip(self.splits, tables, strict=True):
             codes = branch_codes(columns, splits, range(len(splits)), n_bits=len(splits))
             out += table[codes]
         return out
@@ -263,16 +261,22 @@ class TreeTables:
         ndarray
             ``(n, m)``: the raw score of each pair, as from the full pair rows.
         """
-        self.tables  # noqa: B018  (built before the threads share them)
-        return by_rows(self._pair_raw_score, np.asarray(customers, dtype=np.float64), pairs)
+        tables = self.leaf_tables()  # built here, before threads share them
+        return by_rows(
+            lambda rows, extra: self._pair_raw_score(tables, rows, extra),
+            np.asarray(customers, dtype=np.float64),
+            pairs,
+        )
 
-    def _pair_raw_score(self, customers: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    def _pair_raw_score(
+        self, tables: Sequence[np.ndarray], customers: np.ndarray, pairs: np.ndarray
+    ) -> np.ndarray:
         n, m, extra = pairs.shape
         width = customers.shape[1]
         by_customer = Columns(customers)
         by_pair = Columns(pairs.reshape(n * m, extra))
         out = np.zeros(n * m)
-        for splits, table in zip(self.splits, self.tables, strict=True):
+        for splits, table in zip(self.splits, tables, strict=True):
             n_bits = len(splits)
             own = [k for k, node in enumerate(splits) if node["split_feature"] < width]
             rest = [k for k, node in enumerate(splits) if node["split_feature"] >= width]
