@@ -674,10 +674,11 @@ class PreferenceModel(BaseEstimator):
         X = X[list(self.feature_names_in_)]
         if self.strategy != "pairs":
             return pd.DataFrame(self.model_.predict_proba(X), index=X.index, columns=values)
-        # The pairs of :func:`pair_features` are built as one float matrix per block of
-        # customers (the value as its category code, as LightGBM reads a categorical), not
-        # as a frame of customers x values rows: same inputs, same scores, a fraction of the
-        # time and memory. Prediction uses every core the process may run on.
+        # The pairs of :func:`pair_features` are never built as a frame of customers x values
+        # rows. From the leaf tables, each customer's own splits are decided once for all its
+        # pairs; otherwise the pairs are one float matrix per block of customers (the value as
+        # its category code, as LightGBM reads a categorical) scored by LightGBM on every
+        # core. Both give the scores of the frame, bit for bit.
         names = sorted({name for v in values for name in self.value_columns_.get(v, {})})
         model = self.model_
         expected = [*X.columns, "value", *(f"value_{name}" for name in names)]

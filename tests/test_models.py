@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
+from cxpredict import models
 from cxpredict.models import (
     Calibrator,
     LightGBMClassifier,
@@ -193,6 +194,18 @@ def test_a_preference_model_ranks_each_customers_favourite_first(strategy):
     assert (scores.to_numpy().argmax(axis=1) == favourite).mean() > 0.9
     rebuilt = PreferenceModel.from_dict(model.to_dict())
     pd.testing.assert_frame_equal(rebuilt.predict_scores(X_valid), scores)
+
+
+def test_pairs_scored_from_leaf_tables_equal_the_pairs_scored_by_lightgbm(monkeypatch):
+    X, Y = preference_data(600, 0)
+    X_valid, Y_valid = preference_data(400, 1)
+    columns = {v: {"share": f"share_{v}"} for v in VALUES}
+    model = PreferenceModel(params=FAST).fit(
+        X, Y, X_valid=X_valid, Y_valid=Y_valid, value_columns=columns
+    )
+    from_tables = model.predict_scores(X_valid)
+    monkeypatch.setattr(models, "booster_tables", lambda *args: None)
+    pd.testing.assert_frame_equal(model.predict_scores(X_valid), from_tables, check_exact=True)
 
 
 def test_pair_features_put_each_values_own_column_under_one_name():
