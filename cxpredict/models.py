@@ -61,6 +61,13 @@ def _frame(X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
 
 
+def _float_matrix(frame: pd.DataFrame) -> np.ndarray | None:
+    """The frame as a float matrix, or ``None`` when a column is not numeric (a categorical)."""
+    if all(pd.api.types.is_numeric_dtype(t) for t in frame.dtypes):
+        return frame.to_numpy(dtype=np.float64)
+    return None
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -165,13 +172,15 @@ class _Booster(BaseEstimator):
         are scored by LightGBM on every core this process may use.
         """
         frame = self._check(X)
-        numeric = all(pd.api.types.is_numeric_dtype(t) for t in frame.dtypes)
-        tables = booster_tables(self.booster_, self.best_iteration_) if numeric else None
+        matrix = _float_matrix(frame)
+        tables = booster_tables(self.booster_, self.best_iteration_) if matrix is not None else None
         if tables is not None:
-            return tables.raw_score(frame.to_numpy(dtype=np.float64))
-        inputs = frame.to_numpy(dtype=np.float64) if numeric else frame
+            return tables.raw_score(matrix)
         return self.booster_.predict(
-            inputs, num_iteration=self.best_iteration_, raw_score=True, num_threads=cores()
+            frame if matrix is None else matrix,
+            num_iteration=self.best_iteration_,
+            raw_score=True,
+            num_threads=cores(),
         )
 
     def contributions(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
@@ -183,11 +192,9 @@ class _Booster(BaseEstimator):
             One column per feature plus ``bias``; each row sums to :meth:`raw_score`.
         """
         X = self._check(X)
-        numeric = all(pd.api.types.is_numeric_dtype(t) for t in X.dtypes)
-        if numeric:
-            values = tree_contributions(
-                self.booster_, X.to_numpy(dtype=np.float64), self.best_iteration_
-            )
+        matrix = _float_matrix(X)
+        if matrix is not None:
+            values = tree_contributions(self.booster_, matrix, self.best_iteration_)
         else:
             values = self.booster_.predict(
                 X, num_iteration=self.best_iteration_, pred_contrib=True, num_threads=cores()
