@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -157,15 +157,19 @@ def branch_codes(
     return codes
 
 
-def split_nodes(tree: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The split nodes of one tree of ``Booster.dump_model()``, in a fixed order."""
-    nodes, stack = [], [tree["tree_structure"]]
+def _nodes(tree: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """Every node of one tree of ``Booster.dump_model()``, splits and leaves, in a fixed order."""
+    stack = [tree["tree_structure"]]
     while stack:
         node = stack.pop()
+        yield node
         if "split_index" in node:
-            nodes.append(node)
             stack.extend((node["right_child"], node["left_child"]))
-    return nodes
+
+
+def split_nodes(tree: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The split nodes of one tree of ``Booster.dump_model()``, in a fixed order."""
+    return [node for node in _nodes(tree) if "split_index" in node]
 
 
 def _leaf_table(tree: Mapping[str, Any], splits: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -185,20 +189,16 @@ def _leaf_table(tree: Mapping[str, Any], splits: Sequence[Mapping[str, Any]]) ->
     return table
 
 
-def _representable(dump: Mapping[str, Any], nodes: Sequence[Sequence[Mapping[str, Any]]]) -> bool:
+def _representable(dump: Mapping[str, Any], trees: Sequence[Mapping[str, Any]]) -> bool:
     """Whether every tree is a numerical tree these tables (and contributions) can follow."""
     if dump.get("num_tree_per_iteration", 1) != 1 or dump.get("average_output"):
         return False
-    for tree, splits in zip(dump["tree_info"], nodes, strict=False):
-        if any(n["decision_type"] not in ("<=", "==") for n in splits):
-            return False
-        stack = [tree["tree_structure"]]
-        while stack:  # a linear tree's leaves carry coefficients
-            node = stack.pop()
-            if "split_index" in node:
-                stack.extend((node["left_child"], node["right_child"]))
-            elif "leaf_coeff" in node or "leaf_features" in node:
+    for node in (node for tree in trees for node in _nodes(tree)):
+        if "split_index" in node:
+            if node["decision_type"] not in ("<=", "=="):
                 return False
+        elif "leaf_coeff" in node or "leaf_features" in node:  # a linear tree's leaf
+            return False
     return True
 
 
@@ -212,7 +212,9 @@ class TreeTables:
         trees = dump["tree_info"]
         self.trees = trees[:num_iteration] if num_iteration > 0 else trees
         self.splits = [split_nodes(tree) for tree in self.trees]
-        self.representable = _representable(dump, self.splits)
+        self.representable = _representable(dump, self.trees)
+        #: Contributions need a branch code per row: at most 64 splits per tree.
+        self.codable = self.representable and all(len(s) <= 64 for s in self.splits)
         size = sum(8 << len(s) for s in self.splits)
         self.small = (
             self.representable
@@ -354,7 +356,7 @@ def tree_contributions(booster: lgb.Booster, X: np.ndarray, num_iteration: int) 
         ``(rows, features + 1)``: one column per feature, then the bias.
     """
     model = _tables_of(booster, num_iteration)
-    if not model.representable or any(len(s) > 64 for s in model.splits) or not len(X):
+    if not model.codable or not len(X):
         return booster.predict(
             X, num_iteration=num_iteration, pred_contrib=True, num_threads=cores()
         )
