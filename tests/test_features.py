@@ -23,6 +23,7 @@ from cxpredict.features import (
     feature_catalogue,
     learn_vocabulary,
 )
+from cxpredict.features import engine
 from cxpredict.features.engine import session
 from cxpredict.sample import generate_sample
 from cxpredict.schemas import Tables
@@ -104,6 +105,23 @@ def test_features_at_one_cutoff_equal_those_built_among_many(shop: Tables) -> No
     for cutoff in cutoffs:
         alone = build_features(shop, cutoff, vocabulary=vocabulary)
         pd.testing.assert_frame_equal(many.xs(cutoff, level="cutoff"), alone, check_exact=True)
+
+
+@pytest.mark.parametrize("cells", [1, 7, 64])
+def test_features_are_the_same_whatever_the_size_of_the_customer_blocks(
+    shop: Tables, cells: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cutoffs = ["2024-03-01", "2024-06-01", "2024-09-01 12:00", "2025-01-01"]
+    vocabulary = learn_vocabulary(shop, cutoffs[-1])
+    whole = build_training_features(shop, cutoffs, vocabulary=vocabulary)
+    one = build_features(shop, cutoffs[1], vocabulary=vocabulary)
+    monkeypatch.setattr(engine, "BLOCK_CELLS", cells)
+    pd.testing.assert_frame_equal(
+        build_training_features(shop, cutoffs, vocabulary=vocabulary), whole, check_exact=True
+    )
+    pd.testing.assert_frame_equal(
+        build_features(shop, cutoffs[1], vocabulary=vocabulary), one, check_exact=True
+    )
 
 
 def test_a_training_set_has_the_rows_of_the_spine(shop: Tables) -> None:

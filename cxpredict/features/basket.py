@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cxpredict.features.engine import MONEY_SCALE, Aggregate, Request, Results, Source
+from cxpredict.features.engine import MONEY_SCALE, Aggregate, Block, Request, Source
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio
 from cxpredict.features.rfm import order_lines, order_sources
 from cxpredict.features.rhythm import PURCHASE_DAYS
@@ -132,7 +132,7 @@ def _requests(ctx: Context) -> list[Request]:
     return out
 
 
-def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
+def _compute(ctx: Context, res: Block) -> Iterator[tuple[str, np.ndarray]]:
     yield "first_order_value", res.value("first_value_units") / MONEY_SCALE
     if ctx.available.has("orders", "quantity"):
         items = res.total("item_count")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cxpredict.features.engine import DAY_US, Aggregate, Request, Results
+from cxpredict.features.engine import DAY_US, Aggregate, Block, Request
 from cxpredict.features.family import Context, Family, FeatureDef, feature
 from cxpredict.features.rhythm import PURCHASE_DAYS
 
@@ -59,14 +59,14 @@ def _requests(ctx: Context) -> list[Request]:
     ]
 
 
-def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
+def _compute(ctx: Context, res: Block) -> Iterator[tuple[str, np.ndarray]]:
     days = res.total("purchase_day_count").astype(np.float64)
     first = res.value("first_purchase_day")
     last = res.value("last_purchase_day")
     yield from {
         "btyd_frequency": np.where(days > 0, days - 1.0, np.nan),
         "btyd_recency_weeks": (last - first) / 7.0,
-        "btyd_t_weeks": (res.cutoffs[None, :] - first * DAY_US) / (7.0 * DAY_US),
+        "btyd_t_weeks": (res.cutoff_grid - first * DAY_US) / (7.0 * DAY_US),
     }.items()
 
 

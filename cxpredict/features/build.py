@@ -25,6 +25,7 @@ from cxpredict.features.engine import (
     cutoff_micros,
     run,
     session,
+    small_pages,
 )
 from cxpredict.features.extensions import (
     Extension,
@@ -167,6 +168,18 @@ def _build(
 ) -> pd.DataFrame:
     micros = cutoff_micros(cutoffs)
     chosen = resolve_extensions(settings, extensions)
+    with small_pages():
+        return _build_in(tables, micros, settings, vocabulary, chosen, temp_directory)
+
+
+def _build_in(
+    tables: TablesLike,
+    micros: np.ndarray,
+    settings: FeaturesConfig,
+    vocabulary: Vocabulary | None,
+    chosen: Sequence[Extension],
+    temp_directory: str | os.PathLike[str] | None,
+) -> pd.DataFrame:
     with session(
         tables,
         threads=settings.duckdb_threads,
@@ -188,6 +201,21 @@ def _build(
     return _assemble(tables, ctx, results, defs, chosen, fills)
 
 
+def _runs(population: np.ndarray, size: int) -> list[list[tuple[int, int]]]:
+    """For each block of ``size`` customers, its ``(start, stop)`` rows at each cutoff."""
+    n_cutoffs, n_customers = population.shape
+    starts = np.concatenate([[0], np.cumsum(population.sum(axis=1))])
+    edges = list(range(0, max(n_customers, 1), size)) + [n_customers]
+    runs = []
+    before = np.zeros(n_cutoffs, dtype=np.int64)
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = population[:, lo:hi].sum(axis=1)
+        first = starts[:-1] + before
+        runs.append([(int(a), int(a + n)) for a, n in zip(first, inside, strict=True)])
+        before += inside
+    return runs
+
+
 def _names(requests: Sequence[Request]) -> set[str]:
     return {r.name for r in requests if isinstance(r, Aggregate | PerCutoff)}
 
@@ -204,36 +232,40 @@ def _assemble(
     declared = {c for e in python for c in e.columns}
     columns = [d for d in defs if d.available and d.name not in declared]
     position = {d.name: k for k, d in enumerate(columns)}
-    # Rows in cutoff-major order: the transpose's non-zeros run over customers per cutoff.
-    jj, ii = np.nonzero(results.population.T)
-    flat = ii * len(results.cutoffs) + jj
+    # Rows in cutoff-major order, customers sorted within each cutoff: the customers of a
+    # block are one contiguous run of rows at each cutoff.
+    population = results.population
+    jj, ii = np.nonzero(population)
     block = np.empty((len(columns), len(ii)), dtype=np.float64)
+    runs = _runs(population, results.block_size)
 
     filled: set[str] = set()
 
-    def put(name: str, dense: np.ndarray) -> None:
+    def put(number: int, known: np.ndarray, name: str, dense: np.ndarray) -> None:
         if name not in position:
             return
         filled.add(name)
-        row, values = block[position[name]], dense.reshape(-1)
-        # In slices, so that the temporaries stay small and their memory is reused.
-        for start in range(0, len(flat), _GATHER):
-            row[start : start + _GATHER] = values[flat[start : start + _GATHER]]
+        row = block[position[name]]
+        for j, (start, stop) in enumerate(runs[number]):
+            if stop - start == dense.shape[1]:
+                row[start:stop] = dense[j]
+            elif stop > start:
+                row[start:stop] = dense[j][known[j]]
 
     # The aggregates each later step still reads: the others are dropped as soon as possible,
     # so that their memory is reused by the output instead of adding to it.
     needs = [_names(family.requests(ctx)) for family in FAMILIES]
     needs.append(_names(sql_requests(ctx, extensions)))
     for k, family in enumerate(FAMILIES):
-        for name, dense in family.compute(ctx, results):
-            put(name, dense)
-            # Copied into the output: its memory can go back before the next is computed.
-            results.forget(dense)
-            del dense
-        results.clear()
+        for part in results.blocks():
+            known = part.population
+            for name, dense in family.compute(ctx, part):
+                put(part.number, known, name, np.broadcast_to(dense, part.shape))
         results.release(set().union(*needs[k + 1 :]))
-    for name, dense in sql_values(ctx, results, extensions, fills).items():
-        put(name, dense)
+    for part in results.blocks():
+        known = part.population
+        for name, dense in sql_values(ctx, part, extensions, fills).items():
+            put(part.number, known, name, dense)
     if len(filled) != len(position):
         missing = sorted(set(position) - filled)
         raise RuntimeError(f"features listed as available but not computed: {missing}")

@@ -32,9 +32,9 @@ from cxpredict.features.engine import (
     HOUR_US,
     RATING_SCALE,
     Aggregate,
+    Block,
     PerCutoff,
     Request,
-    Results,
     Source,
     last_order,
 )
@@ -220,7 +220,7 @@ def _requests(ctx: Context) -> list[Request]:
     return out
 
 
-def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
+def _compute(ctx: Context, res: Block) -> Iterator[tuple[str, np.ndarray]]:
     if not ctx.available.table("interactions"):
         return
     for w in ctx.windows:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cxpredict.features.engine import Aggregate, Request, Results, Source, code_sql, floor_day_sql
+from cxpredict.features.engine import Aggregate, Block, Request, Source, code_sql, floor_day_sql
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio, trend
 from cxpredict.features.vocabulary import INTERACTION_CHANNEL, OTHER
 
@@ -157,7 +157,7 @@ def _requests(ctx: Context) -> list[Request]:
     return out
 
 
-def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
+def _compute(ctx: Context, res: Block) -> Iterator[tuple[str, np.ndarray]]:
     if not ctx.available.table("interactions"):
         return
     for stem, _kind, _words in _COUNTS:

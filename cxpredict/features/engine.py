@@ -364,6 +364,26 @@ class Session:
 
 
 @contextmanager
+def small_pages() -> Iterator[None]:
+    """Let NumPy's large arrays use ordinary pages while inside, instead of huge pages.
+
+    NumPy asks Linux for transparent huge pages for every large array. Where the kernel then
+    compacts memory to find them, first writes to a fresh array become several times slower
+    (measured here: 2 GB written in 0.7 s with ordinary pages, 1.9-3.9 s with huge pages);
+    a feature build writes every output cell once, so it asks for ordinary pages.
+    """
+    toggle = getattr(np._core.multiarray, "_set_madvise_hugepage", None)  # type: ignore[attr-defined]
+    if toggle is None:
+        yield
+        return
+    before = toggle(False)
+    try:
+        yield
+    finally:
+        toggle(before)
+
+
+@contextmanager
 def session(
     tables: Tables | Mapping[str, TableSource | None],
     *,
@@ -500,7 +520,7 @@ class Grid:
 
 
 # --------------------------------------------------------------------------------------------
-# Results over the (customer, cutoff) grid
+# Results over the (cutoff, customer) grid
 # --------------------------------------------------------------------------------------------
 
 
@@ -510,56 +530,99 @@ def _filled(values: np.ndarray, fill: float | int) -> np.ndarray:
     return np.asarray(values)
 
 
+#: Cells (cutoffs x customers) of one block: the arrays of a block stay in the CPU caches.
+BLOCK_CELLS = 1 << 18
+
+
+@dataclass(frozen=True)
+class Cells:
+    """The (customer, cutoff) cells of one fetch, ordered by block of customers.
+
+    The cells of block ``b`` are the rows ``bounds[b]:bounds[b + 1]``; the values stored
+    with them are in the same order.
+    """
+
+    cid: np.ndarray
+    j: np.ndarray
+    bounds: np.ndarray
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """Integer ``values`` as int32 when they fit (half the memory), else int64."""
+    small = np.iinfo(np.int32)
+    if len(values) == 0 or (values.min() >= small.min and values.max() <= small.max):
+        return values.astype(np.int32)
+    return values.astype(np.int64)
+
+
 @dataclass
 class Results:
-    """Aggregates as dense ``(customers, cutoffs)`` arrays, computed on first use."""
+    """Aggregates fetched per (customer, cutoff), read block by block of customers.
+
+    Families do not read this store directly: :meth:`blocks` yields :class:`Block` views, each
+    holding dense ``(cutoffs, customers)`` arrays for a range of customers small enough to
+    stay in the CPU caches, so that no array is as large as the output.
+    """
 
     customer_ids: np.ndarray
     entry: np.ndarray
     cutoffs: np.ndarray
-    _sums: dict[str, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = field(
-        default_factory=dict
-    )
-    _values: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
-    _cache: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    _sums: dict[str, dict[int, tuple[Cells, np.ndarray]]] = field(default_factory=dict)
+    _values: dict[str, tuple[str, Cells, np.ndarray]] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (len(self.customer_ids), len(self.cutoffs))
+        """``(cutoffs, customers)``."""
+        return (len(self.cutoffs), len(self.customer_ids))
 
-    def _dense(self, cid: np.ndarray, j: np.ndarray, values: np.ndarray, fill: Any) -> np.ndarray:
-        if values.dtype.kind in "iub" and fill == 0:
-            out = np.zeros(self.shape, dtype=np.int64)
-        else:
-            out = np.full(self.shape, fill, dtype=np.float64)
-        out[cid, j] = values
-        return out
+    @property
+    def block_size(self) -> int:
+        """Customers per block."""
+        return max(1, BLOCK_CELLS // max(1, len(self.cutoffs)))
 
-    # The arrays below are as large as the output; they are updated in place because fresh
-    # memory is slow to obtain on some machines.
+    def _cells(self, cid: np.ndarray, j: np.ndarray) -> tuple[Cells, np.ndarray | None]:
+        cid = np.asarray(cid, dtype=np.int32 if self.shape[1] < 2**31 else np.int64)
+        j = np.asarray(j, dtype=np.int16 if self.shape[0] < 2**15 else np.int32)
+        n_blocks = max(1, -(-self.shape[1] // self.block_size))
+        if n_blocks == 1:
+            return Cells(cid, j, np.array([0, len(cid)])), None
+        block = cid // self.block_size
+        # A stable radix sort on a 16-bit key when there are few enough blocks.
+        small = block.astype(np.uint16 if n_blocks <= np.iinfo(np.uint16).max else np.int64)
+        order = np.argsort(small, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(block, minlength=n_blocks))])
+        return Cells(cid[order], j[order], bounds), order
 
-    def total(self, name: str) -> np.ndarray:
-        """The lifetime sum ``name`` (int64): rows before each cutoff."""
-        key = (name, 0)
-        if key not in self._cache:
-            cid, j, values = self._sums[name][0]
-            dense = self._dense(cid, j, values, 0)
-            self._cache[key] = np.cumsum(dense, axis=1, out=dense)
-        return self._cache[key]
+    def keep(
+        self,
+        got: Mapping[str, np.ndarray],
+        sums: Mapping[str, tuple[str, int]] | None = None,
+        values: Mapping[str, tuple[str, str]] | None = None,
+    ) -> None:
+        """Keep the columns of one fetch of ``cid``, ``j`` and values.
 
-    def window(self, name: str, days: int) -> np.ndarray:
-        """The sum ``name`` (int64) over ``[cutoff - days, cutoff)``."""
-        key = (name, days)
-        if key not in self._cache:
-            cid, j, values = self._sums[name][days]
-            exits = self._dense(cid, j, values, 0)
-            np.cumsum(exits, axis=1, out=exits)
-            self._cache[key] = np.subtract(self.total(name), exits, out=exits)
-        return self._cache[key]
+        ``sums`` maps a fetched column to ``(aggregate, days)``: 0 for the sums per first
+        cutoff, ``w`` for the sums per first cutoff after ``w`` days. ``values`` maps a fetched
+        column to ``(aggregate, kind)``: ``max``, ``min``, ``last`` or ``cutoff``.
+        """
+        cells, order = self._cells(_filled(got["cid"], 0), _filled(got["j"], 0))
 
-    def clear(self) -> None:
-        """Forget the dense arrays computed so far."""
-        self._cache.clear()
+        def arranged(column: np.ndarray) -> np.ndarray:
+            return column if order is None else column[order]
+
+        for column, (name, days) in (sums or {}).items():
+            fetched = _compact(arranged(np.asarray(_filled(got[column], 0))))
+            self._sums.setdefault(name, {})[days] = (cells, fetched)
+        for column, (name, kind) in (values or {}).items():
+            keep = arranged(~np.ma.getmaskarray(got[column]))
+            raw = arranged(np.asarray(_filled(got[column], 0), dtype=np.float64))
+            if keep.all():
+                self._values[name] = (kind, cells, raw)
+                continue
+            cid = cells.cid[keep]
+            blocks = np.bincount(cid // self.block_size, minlength=len(cells.bounds) - 1)
+            bounds = np.concatenate([[0], np.cumsum(blocks)])
+            self._values[name] = (kind, Cells(cid, cells.j[keep], bounds), raw[keep])
 
     def release(self, keep: set[str]) -> None:
         """Drop the fetched values of every aggregate not named in ``keep``."""
@@ -567,35 +630,101 @@ class Results:
             for name in [n for n in store if n not in keep]:
                 del store[name]
 
-    def forget(self, dense: np.ndarray) -> None:
-        """Drop ``dense`` from the cache (computed again if asked for again)."""
-        for key in [k for k, v in self._cache.items() if v is dense]:
-            del self._cache[key]
+    @property
+    def population(self) -> np.ndarray:
+        """Whether each customer is known before each cutoff (first order or signup)."""
+        return self.entry[None, :] < self.cutoffs[:, None]
+
+    def blocks(self) -> Iterator[Block]:
+        """The customers in blocks of :attr:`block_size` (one empty block without customers)."""
+        n = self.shape[1]
+        for b, lo in enumerate(range(0, max(n, 1), self.block_size)):
+            yield Block(self, b, lo, min(n, lo + self.block_size))
+
+
+@dataclass
+class Block:
+    """Dense ``(cutoffs, customers)`` arrays of the customers ``lo:hi``, computed on first use.
+
+    The arrays are ordered by cutoff then customer; ``cutoff_grid`` and ``entry`` broadcast
+    against them.
+    """
+
+    results: Results
+    number: int
+    lo: int
+    hi: int
+    _cache: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.results.cutoffs), self.hi - self.lo)
+
+    @property
+    def cutoffs(self) -> np.ndarray:
+        return self.results.cutoffs
+
+    @property
+    def cutoff_grid(self) -> np.ndarray:
+        """The cutoffs (microseconds) as a column, to broadcast against the arrays."""
+        return self.results.cutoffs[:, None]
+
+    @property
+    def entry(self) -> np.ndarray:
+        """The customers' entry instants as a row, to broadcast against the arrays."""
+        return self.results.entry[None, self.lo : self.hi]
+
+    @property
+    def population(self) -> np.ndarray:
+        """Whether each customer of the block is known before each cutoff."""
+        return self.entry < self.cutoff_grid
+
+    def _dense(self, cells: Cells, values: np.ndarray, fill: Any) -> np.ndarray:
+        a, b = cells.bounds[self.number], cells.bounds[self.number + 1]
+        if values.dtype.kind in "iub" and fill == 0:
+            out = np.zeros(self.shape, dtype=np.int64)
+        else:
+            out = np.full(self.shape, fill, dtype=np.float64)
+        out[cells.j[a:b], cells.cid[a:b] - self.lo] = values[a:b]
+        return out
+
+    def total(self, name: str) -> np.ndarray:
+        """The lifetime sum ``name`` (int64): rows before each cutoff."""
+        key = (name, 0)
+        if key not in self._cache:
+            dense = self._dense(*self.results._sums[name][0], 0)
+            self._cache[key] = np.cumsum(dense, axis=0, out=dense)
+        return self._cache[key]
+
+    def window(self, name: str, days: int) -> np.ndarray:
+        """The sum ``name`` (int64) over ``[cutoff - days, cutoff)``."""
+        key = (name, days)
+        if key not in self._cache:
+            exits = self._dense(*self.results._sums[name][days], 0)
+            np.cumsum(exits, axis=0, out=exits)
+            self._cache[key] = np.subtract(self.total(name), exits, out=exits)
+        return self._cache[key]
 
     def value(self, name: str) -> np.ndarray:
         """A ``max``, ``min``, ``last`` or per-cutoff aggregate as float64 (NaN: no rows)."""
-        kind, cid, j, values = self._values[name]
-        dense = self._dense(cid, j, np.asarray(values, dtype=np.float64), np.nan)
+        kind, cells, values = self.results._values[name]
+        dense = self._dense(cells, values, np.nan)
         if kind == "max":
-            np.fmax.accumulate(dense, axis=1, out=dense)
+            np.fmax.accumulate(dense, axis=0, out=dense)
         elif kind == "min":
-            np.fmin.accumulate(dense, axis=1, out=dense)
-        elif kind == "last" and self.shape[1] > 1:
+            np.fmin.accumulate(dense, axis=0, out=dense)
+        elif kind == "last" and self.shape[0] > 1:
+            a, b = cells.bounds[self.number], cells.bounds[self.number + 1]
             seen = np.zeros(self.shape, dtype=bool)
-            seen[cid, j] = True
-            for k in range(1, self.shape[1]):
-                carry = ~seen[:, k]
-                dense[carry, k] = dense[carry, k - 1]
+            seen[cells.j[a:b], cells.cid[a:b] - self.lo] = True
+            for k in range(1, self.shape[0]):
+                carry = ~seen[k]
+                dense[k, carry] = dense[k - 1, carry]
         return dense
 
     def days_since(self, instants: np.ndarray) -> np.ndarray:
         """Days (float) from each instant (microseconds) to its cutoff."""
-        return (self.cutoffs[None, :] - instants) / DAY_US
-
-    @property
-    def population(self) -> np.ndarray:
-        """Whether each customer is known before each cutoff (first order or signup)."""
-        return self.entry[:, None] < self.cutoffs[None, :]
+        return (self.cutoff_grid - instants) / DAY_US
 
 
 # --------------------------------------------------------------------------------------------
@@ -717,17 +846,22 @@ def _level_two(agg: Aggregate) -> str:
     return f"arg_max({name}, {ident(agg.name + '__at')}) AS {name}"
 
 
-def _store(results: Results, aggs: Sequence[Aggregate], got: dict[str, np.ndarray]) -> None:
-    """Keep the per (customer, first cutoff) values of ``aggs`` fetched in ``got``."""
-    cid, j = _filled(got["cid"], 0), _filled(got["j"], 0)
-    for agg in aggs:
-        values = got[agg.name]
-        if agg.kind in SUMMED:
-            results._sums[agg.name] = {0: (cid, j, _filled(values, 0).astype(np.int64))}
-        else:
-            keep = ~np.ma.getmaskarray(values)
-            raw = np.asarray(_filled(values, 0))
-            results._values[agg.name] = (agg.kind, cid[keep], j[keep], raw[keep])
+def _store(
+    results: Results,
+    aggs: Sequence[Aggregate],
+    got: dict[str, np.ndarray],
+    *,
+    windows: bool = False,
+) -> None:
+    """Keep the per (customer, first cutoff) values of ``aggs`` fetched in ``got``.
+
+    With ``windows``, the fetch also holds each windowed sum ``name@w``.
+    """
+    sums = {a.name: (a.name, 0) for a in aggs if a.kind in SUMMED}
+    if windows:
+        sums |= {f"{a.name}@{w}": (a.name, w) for a in aggs if a.kind in SUMMED for w in a.windows}
+    values = {a.name: (a.name, a.kind) for a in aggs if a.kind not in SUMMED}
+    results.keep(got, sums, values)
 
 
 def per_cutoff_rows(source: str, columns: str = "", *, empty: bool = False) -> str:
@@ -854,9 +988,7 @@ def run(
                 f"SELECT cid, b_{w} AS j, {cols} FROM {table} JOIN slot_info USING (slot) "
                 f"WHERE b_{w} < {n} GROUP BY cid, b_{w}"
             )
-            cid_w, j_w = _filled(got["cid"], 0), _filled(got["j"], 0)
-            for m in names:
-                results._sums[m][w] = (cid_w, j_w, _filled(got[m], 0).astype(np.int64))
+            results.keep(got, sums={m: (m, w) for m in names})
         execute(f"DROP TABLE {table}")
 
     _run_per_cutoff(s, results, per_cutoff)
@@ -902,14 +1034,7 @@ def _run_one(
             f"SELECT d.cid, 0 AS j, r.* EXCLUDE (customer_id) FROM ({grouped}) r "
             "JOIN dim d USING (customer_id)"
         )
-        _store(results, aggs, got)
-        cid, j = _filled(got["cid"], 0), _filled(got["j"], 0)
-        for agg in aggs:
-            if agg.kind not in SUMMED:
-                continue
-            for w in agg.windows:
-                values = _filled(got[f"{agg.name}@{w}"], 0).astype(np.int64)
-                results._sums[agg.name][w] = (cid, j, values)
+        _store(results, aggs, got, windows=True)
         if i == 0:
             execute(f"DROP TABLE one_{i}")
     if results is None:
@@ -929,9 +1054,4 @@ def _run_per_cutoff(s: Session, results: Results, per_cutoff: Sequence[PerCutoff
             f"FROM ({per_cutoff_rows(source, columns)}) WHERE {where or 'true'} "
             "GROUP BY customer_id, j) r JOIN dim d USING (customer_id)"
         )
-        cid, j = _filled(got["cid"], 0), _filled(got["j"], 0)
-        for p in items:
-            values = got[p.name]
-            keep = ~np.ma.getmaskarray(values)
-            raw = np.asarray(_filled(values, 0))
-            results._values[p.name] = ("cutoff", cid[keep], j[keep], raw[keep])
+        results.keep(got, values={p.name: (p.name, "cutoff") for p in items})

@@ -35,7 +35,7 @@ import pandas as pd
 
 from cxpredict.config import FeaturesConfig
 from cxpredict.errors import ConfigError, DataError
-from cxpredict.features.engine import DAY_US, PerCutoff, Request, Results, Session, Source
+from cxpredict.features.engine import DAY_US, Block, PerCutoff, Request, Session, Source
 from cxpredict.features.family import Context, FeatureDef, feature
 from cxpredict.schemas import TABLE_NAMES, Tables
 
@@ -239,9 +239,9 @@ def sql_fills(s: Session, ctx: Context, extensions: Sequence[Extension]) -> dict
 
 
 def sql_values(
-    ctx: Context, results: Results, extensions: Sequence[Extension], fills: Mapping[str, float]
+    ctx: Context, results: Block, extensions: Sequence[Extension], fills: Mapping[str, float]
 ) -> dict[str, np.ndarray]:
-    """The SQL extension columns as dense ``(customers, cutoffs)`` arrays."""
+    """The SQL extension columns as dense ``(cutoffs, customers)`` arrays of one block."""
     out: dict[str, np.ndarray] = {}
     for extension in _sql(ctx, extensions):
         values = results.value(f"extension_{extension.name}")

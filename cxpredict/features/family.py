@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxpredict.config import FeaturesConfig
-from cxpredict.features.engine import Availability, Request, Results
+from cxpredict.features.engine import Availability, Block, Request
 from cxpredict.features.vocabulary import Vocabulary
 
 
@@ -61,16 +61,17 @@ class Context:
 class Family:
     """A feature family: catalogue entries, engine requests and the formulas on the results.
 
-    ``compute`` yields ``(name, array)`` pairs, one ``(customers, cutoffs)`` array for each
-    available feature; the caller copies each array into the output as it comes, so that only
-    the arrays still needed are kept in memory.
+    ``compute`` yields ``(name, array)`` pairs for one :class:`~cxpredict.features.engine.Block`
+    of customers, one ``(cutoffs, customers)`` array for each available feature; the caller
+    copies each array into the output as it comes, so that only the arrays still needed are
+    kept in memory.
     """
 
     name: str
     summary: str
     definitions: Callable[[Context], Sequence[FeatureDef]]
     requests: Callable[[Context], Sequence[Request]]
-    compute: Callable[[Context, Results], Iterable[tuple[str, np.ndarray]]]
+    compute: Callable[[Context, Block], Iterable[tuple[str, np.ndarray]]]
 
 
 def feature(

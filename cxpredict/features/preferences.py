@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cxpredict.features.engine import Aggregate, Request, Results, last_order
+from cxpredict.features.engine import Aggregate, Block, Request, last_order
 from cxpredict.features.family import Context, Family, FeatureDef, feature, shares_and_entropy
 from cxpredict.features.rfm import order_lines
 from cxpredict.features.vocabulary import ORDER_CATEGORY, ORDER_CHANNEL, OTHER
@@ -119,7 +119,7 @@ def _requests(ctx: Context) -> list[Request]:
     return out
 
 
-def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
+def _compute(ctx: Context, res: Block) -> Iterator[tuple[str, np.ndarray]]:
     for key, column, stem, plural, _words in _FACETS:
         if not ctx.available.has("orders", column):
             continue

@@ -27,8 +27,8 @@ from cxpredict.features.engine import (
     ENTRY,
     MONEY_SCALE,
     Aggregate,
+    Block,
     Request,
-    Results,
     Source,
     code_sql,
 )
@@ -180,7 +180,7 @@ def _requests(ctx: Context) -> list[Request]:
     ]
 
 
-def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
+def _compute(ctx: Context, res: Block) -> Iterator[tuple[str, np.ndarray]]:
     for w in ctx.windows:
         yield f"orders_{w}d", res.window("orders", w)
     orders = res.total("orders")

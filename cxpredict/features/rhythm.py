@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cxpredict.features.engine import Aggregate, Request, Results, Source, floor_day_sql
+from cxpredict.features.engine import Aggregate, Block, Request, Source, floor_day_sql
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio, trend
 from cxpredict.features.rfm import order_lines, order_sources
 
@@ -91,7 +91,7 @@ def _requests(ctx: Context) -> list[Request]:
     ]
 
 
-def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
+def _compute(ctx: Context, res: Block) -> Iterator[tuple[str, np.ndarray]]:
     n = res.total("gap_count")
     total = res.total("gap_sum")
     squares = res.total("gap_sq_sum")

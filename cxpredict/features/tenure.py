@@ -27,8 +27,8 @@ from cxpredict.features.engine import (
     ALWAYS_US,
     DAY_US,
     Aggregate,
+    Block,
     Request,
-    Results,
     Source,
     code_sql,
     ident,
@@ -125,8 +125,8 @@ def _requests(ctx: Context) -> list[Request]:
     return out
 
 
-def _compute(ctx: Context, res: Results) -> Iterator[tuple[str, np.ndarray]]:
-    yield "tenure_days", (res.cutoffs[None, :] - res.entry[:, None]) / DAY_US
+def _compute(ctx: Context, res: Block) -> Iterator[tuple[str, np.ndarray]]:
+    yield "tenure_days", (res.cutoff_grid - res.entry) / DAY_US
     if not ctx.available.table("customers"):
         return
     if ctx.available.has("customers", "signup_at"):
