@@ -8,6 +8,7 @@ customers known before each cutoff (first order or signup strictly before it).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -197,8 +198,63 @@ def _build_in(
         requests += sql_requests(ctx, chosen)
         s.prepare(int(micros[-1]))
         fills = sql_fills(s, ctx, chosen)
+        declared = {c for e in chosen if isinstance(e, PythonFeature) for c in e.columns}
+        columns = [d.name for d in defs if d.available and d.name not in declared]
         results = run(s, micros, requests)
-    return _assemble(tables, ctx, results, defs, chosen, fills)
+    return _assemble(tables, ctx, results, defs, chosen, fills, columns)
+
+
+class _Output:
+    """The output block, its memory obtained by two threads.
+
+    The float64 output is as large as everything else together, and a fresh page of memory
+    costs time when it is first written. While the main thread fills the columns in order, a
+    helper thread writes the pages of the columns from the last one backwards (NumPy releases
+    the interpreter lock meanwhile); each column is first written by one thread only.
+    """
+
+    def __init__(self, columns: Sequence[str]):
+        self.columns = list(columns)
+        self.block = np.empty((0, 0))
+        self._claimed = [False] * len(self.columns)
+        self._done = threading.Condition()
+        self._busy = -1
+        self._thread: threading.Thread | None = None
+
+    def allocate(self, rows: int) -> np.ndarray:
+        """Allocate the block of ``rows`` rows and start the helper."""
+        self.block = np.empty((len(self.columns), rows), dtype=np.float64)
+        self._thread = threading.Thread(target=self._touch, name="cxpredict-output", daemon=True)
+        self._thread.start()
+        return self.block
+
+    def _touch(self) -> None:
+        for k in reversed(range(len(self.columns))):
+            with self._done:
+                if self._claimed[k]:
+                    return
+                self._claimed[k] = True
+                self._busy = k
+            self.block[k] = 0.0
+            with self._done:
+                self._busy = -1
+                self._done.notify_all()
+
+    def column(self, k: int) -> np.ndarray:
+        """Column ``k`` of the block, to be written by the caller."""
+        with self._done:
+            self._claimed[k] = True
+            while self._busy == k:
+                self._done.wait()
+        return self.block[k]
+
+    def close(self) -> None:
+        """Stop the helper."""
+        with self._done:
+            self._claimed = [True] * len(self.columns)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 def _runs(population: np.ndarray, size: int) -> list[list[tuple[int, int]]]:
@@ -220,32 +276,23 @@ def _names(requests: Sequence[Request]) -> set[str]:
     return {r.name for r in requests if isinstance(r, Aggregate | PerCutoff)}
 
 
-def _assemble(
-    tables: TablesLike,
+def _fill(
     ctx: Context,
     results: Results,
-    defs: Sequence[FeatureDef],
     extensions: Sequence[Extension],
     fills: Mapping[str, float],
-) -> pd.DataFrame:
-    python = [e for e in extensions if isinstance(e, PythonFeature)]
-    declared = {c for e in python for c in e.columns}
-    columns = [d for d in defs if d.available and d.name not in declared]
-    position = {d.name: k for k, d in enumerate(columns)}
-    # Rows in cutoff-major order, customers sorted within each cutoff: the customers of a
-    # block are one contiguous run of rows at each cutoff.
-    population = results.population
-    jj, ii = np.nonzero(population)
-    block = np.empty((len(columns), len(ii)), dtype=np.float64)
-    runs = _runs(population, results.block_size)
-
+    output: _Output,
+    position: Mapping[str, int],
+    runs: Sequence[Sequence[tuple[int, int]]],
+) -> None:
+    """Compute every family block by block and copy each array into its output column."""
     filled: set[str] = set()
 
     def put(number: int, known: np.ndarray, name: str, dense: np.ndarray) -> None:
         if name not in position:
             return
         filled.add(name)
-        row = block[position[name]]
+        row = output.column(position[name])
         for j, (start, stop) in enumerate(runs[number]):
             if stop - start == dense.shape[1]:
                 row[start:stop] = dense[j]
@@ -269,12 +316,37 @@ def _assemble(
     if len(filled) != len(position):
         missing = sorted(set(position) - filled)
         raise RuntimeError(f"features listed as available but not computed: {missing}")
+
+
+def _assemble(
+    tables: TablesLike,
+    ctx: Context,
+    results: Results,
+    defs: Sequence[FeatureDef],
+    extensions: Sequence[Extension],
+    fills: Mapping[str, float],
+    columns: Sequence[str],
+) -> pd.DataFrame:
+    python = [e for e in extensions if isinstance(e, PythonFeature)]
+    position = {name: k for k, name in enumerate(columns)}
+    # Rows in cutoff-major order, customers sorted within each cutoff: the customers of a
+    # block are one contiguous run of rows at each cutoff.
+    population = results.population
+    jj, ii = np.nonzero(population)
+    runs = _runs(population, results.block_size)
+    output = _Output(columns)
+    block = output.allocate(len(ii))
+    try:
+        _fill(ctx, results, extensions, fills, output, position, runs)
+    finally:
+        output.close()
+
     stamps = pd.DatetimeIndex(
         pd.to_datetime(results.cutoffs, unit="us", utc=True), name="cutoff"
     ).as_unit("us")
     ids = pd.Index(results.customer_ids, dtype="str", name="customer_id")
     index = pd.MultiIndex(levels=[ids, stamps], codes=[ii, jj], names=["customer_id", "cutoff"])
-    frame = pd.DataFrame(block.T, index=index, columns=[d.name for d in columns], copy=False)
+    frame = pd.DataFrame(block.T, index=index, columns=list(columns), copy=False)
     if python:
         python_columns(frame, tables, python, stamps)
         order = [d.name for d in defs if d.available]
