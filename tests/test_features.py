@@ -20,10 +20,11 @@ from cxpredict.features import (
     build_features,
     build_training_features,
     catalogue_version,
+    engine,
     feature_catalogue,
     learn_vocabulary,
 )
-from cxpredict.features import engine
+from cxpredict.features import build as build_module
 from cxpredict.features.engine import session
 from cxpredict.sample import generate_sample
 from cxpredict.schemas import Tables
@@ -318,3 +319,26 @@ def test_attributes_without_dates_are_used_as_they_are(
     assert list(got.index) == ["c1", "c2"]
     assert got["attr_segment_gold"].tolist() == [1.0, 0.0]
     assert got["attr_age"].iloc[0] == 30.0
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+def test_a_build_restores_numpys_huge_page_setting_when_the_last_one_leaves() -> None:
+    advice = np._core.multiarray
+    before = advice._get_madvise_hugepage()
+    with engine.small_pages():
+        with engine.small_pages():
+            assert advice._get_madvise_hugepage() is False
+        assert advice._get_madvise_hugepage() is False
+    assert advice._get_madvise_hugepage() is before
+
+
+def test_the_output_keeps_every_column_written_while_its_pages_are_prepared() -> None:
+    columns = [f"c{k}" for k in range(40)]
+    output = build_module._Output(columns)
+    block = output.allocate(50_000)
+    for k in np.random.default_rng(0).permutation(len(columns)):
+        output.column(int(k))[:] = float(k)
+    output.close()
+    assert (block == np.arange(len(columns), dtype=float)[:, None]).all()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -363,6 +364,18 @@ class Session:
         return Availability(columns=tuple(columns), attributes=tuple(attributes))
 
 
+@dataclass
+class _Advice:
+    """How many builds are inside :func:`small_pages`, and NumPy's setting before the first."""
+
+    users: int = 0
+    before: bool = True
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_ADVICE = _Advice()
+
+
 @contextmanager
 def small_pages() -> Iterator[None]:
     """Let NumPy's large arrays use ordinary pages while inside, instead of huge pages.
@@ -370,17 +383,24 @@ def small_pages() -> Iterator[None]:
     NumPy asks Linux for transparent huge pages for every large array. Where the kernel then
     compacts memory to find them, first writes to a fresh array become several times slower
     (measured here: 2 GB written in 0.7 s with ordinary pages, 1.9-3.9 s with huge pages);
-    a feature build writes every output cell once, so it asks for ordinary pages.
+    a feature build writes every output cell once, so it asks for ordinary pages. NumPy's
+    setting is process-wide: it is restored when the last build running leaves.
     """
     toggle = getattr(np._core.multiarray, "_set_madvise_hugepage", None)  # type: ignore[attr-defined]
     if toggle is None:
         yield
         return
-    before = toggle(False)
+    with _ADVICE.lock:
+        if _ADVICE.users == 0:
+            _ADVICE.before = bool(toggle(False))
+        _ADVICE.users += 1
     try:
         yield
     finally:
-        toggle(before)
+        with _ADVICE.lock:
+            _ADVICE.users -= 1
+            if _ADVICE.users == 0:
+                toggle(_ADVICE.before)
 
 
 @contextmanager
