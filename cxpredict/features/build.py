@@ -55,7 +55,6 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 TablesLike = Tables | Mapping[str, TableSource | None]
-_GATHER = 1 << 20
 
 
 def build_features(
