@@ -108,15 +108,18 @@ def test_features_at_one_cutoff_equal_those_built_among_many(shop: Tables) -> No
         pd.testing.assert_frame_equal(many.xs(cutoff, level="cutoff"), alone, check_exact=True)
 
 
-@pytest.mark.parametrize("cells", [1, 7, 64])
+@pytest.mark.parametrize(("cells", "scattered"), [(1, False), (7, False), (64, False), (7, True)])
 def test_features_are_the_same_whatever_the_size_of_the_customer_blocks(
-    shop: Tables, cells: int, monkeypatch: pytest.MonkeyPatch
+    shop: Tables, cells: int, scattered: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cutoffs = ["2024-03-01", "2024-06-01", "2024-09-01 12:00", "2025-01-01"]
     vocabulary = learn_vocabulary(shop, cutoffs[-1])
     whole = build_training_features(shop, cutoffs, vocabulary=vocabulary)
     one = build_features(shop, cutoffs[1], vocabulary=vocabulary)
     monkeypatch.setattr(engine, "BLOCK_CELLS", cells)
+    if scattered:
+        # As with many cutoffs: each block's cells copied in one scatter.
+        monkeypatch.setattr(build_module, "_RUNS_UP_TO", 0)
     pd.testing.assert_frame_equal(
         build_training_features(shop, cutoffs, vocabulary=vocabulary), whole, check_exact=True
     )

@@ -256,19 +256,39 @@ class _Output:
             self._thread = None
 
 
-def _runs(population: np.ndarray, size: int) -> list[list[tuple[int, int]]]:
-    """For each block of ``size`` customers, its ``(start, stop)`` rows at each cutoff."""
+#: Up to this many cutoffs, a block's rows are copied cutoff by cutoff (contiguous runs);
+#: beyond, in one scatter (fewer Python steps).
+_RUNS_UP_TO = 16
+
+Places = tuple[list[tuple[int, int]] | np.ndarray, Any]
+
+
+def _places(population: np.ndarray, size: int) -> list[Places]:
+    """Where the cells of each block of ``size`` customers go in the output rows.
+
+    The output is in cutoff-major order with the customers sorted within each cutoff, so the
+    known cells of a block at one cutoff are one run of rows, and read cutoff by cutoff they
+    go to increasing rows. For each block: its ``(start, stop)`` run at each cutoff (or, with
+    many cutoffs, the row of each known cell) and the mask of its known cells (``None`` when
+    every cell is known).
+    """
     n_cutoffs, n_customers = population.shape
-    starts = np.concatenate([[0], np.cumsum(population.sum(axis=1))])
-    edges = list(range(0, max(n_customers, 1), size)) + [n_customers]
-    runs = []
-    before = np.zeros(n_cutoffs, dtype=np.int64)
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        inside = population[:, lo:hi].sum(axis=1)
-        first = starts[:-1] + before
-        runs.append([(int(a), int(a + n)) for a, n in zip(first, inside, strict=True)])
+    starts = np.concatenate([[0], np.cumsum(population.sum(axis=1))])[:-1, None]
+    before = np.zeros((n_cutoffs, 1), dtype=np.int64)
+    out: list[Places] = []
+    for lo in range(0, max(n_customers, 1), size):
+        known = population[:, lo : lo + size]
+        ranks = np.cumsum(known, axis=1, dtype=np.int64)
+        inside = ranks[:, -1:] if ranks.shape[1] else np.zeros_like(before)
+        mask = None if known.all() else known
+        if n_cutoffs <= _RUNS_UP_TO:
+            first = (starts + before)[:, 0]
+            runs = [(int(a), int(a + n)) for a, n in zip(first, inside[:, 0], strict=True)]
+            out.append((runs, mask))
+        else:
+            out.append(((starts + before + ranks - 1)[known], mask))
         before += inside
-    return runs
+    return out
 
 
 def _names(requests: Sequence[Request]) -> set[str]:
@@ -282,18 +302,22 @@ def _fill(
     fills: Mapping[str, float],
     output: _Output,
     position: Mapping[str, int],
-    runs: Sequence[Sequence[tuple[int, int]]],
+    places: Sequence[Places],
 ) -> None:
     """Compute every family block by block and copy each array into its output column."""
     filled: set[str] = set()
 
-    def put(number: int, known: np.ndarray, name: str, dense: np.ndarray) -> None:
+    def put(number: int, name: str, dense: np.ndarray) -> None:
         if name not in position:
             return
         filled.add(name)
+        rows, known = places[number]
         row = output.column(position[name])
-        for j, (start, stop) in enumerate(runs[number]):
-            if stop - start == dense.shape[1]:
+        if isinstance(rows, np.ndarray):
+            row[rows] = dense.reshape(-1) if known is None else dense[known]
+            return
+        for j, (start, stop) in enumerate(rows):
+            if known is None or stop - start == dense.shape[1]:
                 row[start:stop] = dense[j]
             elif stop > start:
                 row[start:stop] = dense[j][known[j]]
@@ -304,14 +328,12 @@ def _fill(
     needs.append(_names(sql_requests(ctx, extensions)))
     for k, family in enumerate(FAMILIES):
         for part in results.blocks():
-            known = part.population
             for name, dense in family.compute(ctx, part):
-                put(part.number, known, name, np.broadcast_to(dense, part.shape))
+                put(part.number, name, np.broadcast_to(dense, part.shape))
         results.release(set().union(*needs[k + 1 :]))
     for part in results.blocks():
-        known = part.population
         for name, dense in sql_values(ctx, part, extensions, fills).items():
-            put(part.number, known, name, dense)
+            put(part.number, name, dense)
     if len(filled) != len(position):
         missing = sorted(set(position) - filled)
         raise RuntimeError(f"features listed as available but not computed: {missing}")
@@ -328,15 +350,14 @@ def _assemble(
 ) -> pd.DataFrame:
     python = [e for e in extensions if isinstance(e, PythonFeature)]
     position = {name: k for k, name in enumerate(columns)}
-    # Rows in cutoff-major order, customers sorted within each cutoff: the customers of a
-    # block are one contiguous run of rows at each cutoff.
+    # Rows in cutoff-major order, customers sorted within each cutoff.
     population = results.population
     jj, ii = np.nonzero(population)
-    runs = _runs(population, results.block_size)
+    places = _places(population, results.block_size)
     output = _Output(columns)
     block = output.allocate(len(ii))
     try:
-        _fill(ctx, results, extensions, fills, output, position, runs)
+        _fill(ctx, results, extensions, fills, output, position, places)
     finally:
         output.close()
 
