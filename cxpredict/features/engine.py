@@ -919,12 +919,8 @@ def run(
     requests: Sequence[Request],
     *,
     on_sql: Callable[[str], None] | None = None,
-    on_customers: Callable[[Results], None] | None = None,
 ) -> Results:
     """Run every request for every cutoff (microseconds, sorted) in one pass per source.
-
-    ``on_customers`` is called with the (still empty) results as soon as the customers and
-    their entry instants are known, before the other aggregates are computed.
 
     Window: each aggregate sees the rows of its source strictly before each cutoff (and, for
     a window of ``w`` days, at or after ``cutoff - w days``).
@@ -971,7 +967,7 @@ def run(
         by_source.setdefault(agg.source, []).append(agg)
     order = sorted(by_source, key=lambda name: name != entry_source[0])
     if len(cutoffs) == 1:
-        return _run_one(s, cutoffs, order, by_source, per_cutoff, execute, on_customers)
+        return _run_one(s, cutoffs, order, by_source, per_cutoff, execute)
     tables = {source: f"slotted_{i}" for i, source in enumerate(order)}
     for source in order:
         level_one = ", ".join(_level_one(a) for a in by_source[source])
@@ -988,8 +984,6 @@ def run(
         if source == entry_source[0]:
             ids, entry = _dimension(s, cmax, f"{tables[source]}_raw")
             results = Results(customer_ids=ids, entry=entry, cutoffs=cutoffs)
-            if on_customers is not None:
-                on_customers(results)
 
     # Second pass: per (customer, first cutoff after the slot) and per window exit.
     n = len(cutoffs)
@@ -1028,7 +1022,6 @@ def _run_one(
     by_source: Mapping[str, Sequence[Aggregate]],
     per_cutoff: Sequence[PerCutoff],
     execute: Callable[[str], None],
-    on_customers: Callable[[Results], None] | None,
 ) -> Results:
     """:func:`run` for one cutoff: one ``GROUP BY customer`` per source, no slots.
 
@@ -1056,8 +1049,6 @@ def _run_one(
             execute(f"CREATE TEMP TABLE one_{i} AS {grouped}")
             ids, entry = _dimension(s, cut, f"one_{i}")
             results = Results(customer_ids=ids, entry=entry, cutoffs=cutoffs)
-            if on_customers is not None:
-                on_customers(results)
             grouped = f"SELECT * FROM one_{i}"
         got = s.fetch(
             f"SELECT d.cid, 0 AS j, r.* EXCLUDE (customer_id) FROM ({grouped}) r "
