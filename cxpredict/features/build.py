@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from cxpredict.config import FeaturesConfig
 from cxpredict.features import basket, btyd, care, engagement, preferences, rfm, rhythm, tenure
 from cxpredict.features.engine import (
     Aggregate,
+    Block,
     PerCutoff,
     Request,
     Results,
@@ -263,8 +264,8 @@ _RUNS_UP_TO = 16
 Places = tuple[list[tuple[int, int]] | np.ndarray, Any]
 
 
-def _places(population: np.ndarray, size: int) -> list[Places]:
-    """Where the cells of each block of ``size`` customers go in the output rows.
+def _places(population: np.ndarray, blocks: Iterable[Block]) -> list[Places]:
+    """Where the cells of each block of customers go in the output rows.
 
     The output is in cutoff-major order with the customers sorted within each cutoff, so the
     known cells of a block at one cutoff are one run of rows, and read cutoff by cutoff they
@@ -272,12 +273,12 @@ def _places(population: np.ndarray, size: int) -> list[Places]:
     many cutoffs, the row of each known cell) and the mask of its known cells (``None`` when
     every cell is known).
     """
-    n_cutoffs, n_customers = population.shape
+    n_cutoffs = population.shape[0]
     starts = np.concatenate([[0], np.cumsum(population.sum(axis=1))])[:-1, None]
     before = np.zeros((n_cutoffs, 1), dtype=np.int64)
     out: list[Places] = []
-    for lo in range(0, max(n_customers, 1), size):
-        known = population[:, lo : lo + size]
+    for part in blocks:
+        known = population[:, part.lo : part.hi]
         ranks = np.cumsum(known, axis=1, dtype=np.int64)
         inside = ranks[:, -1:] if ranks.shape[1] else np.zeros_like(before)
         mask = None if known.all() else known
@@ -353,7 +354,7 @@ def _assemble(
     # Rows in cutoff-major order, customers sorted within each cutoff.
     population = results.population
     jj, ii = np.nonzero(population)
-    places = _places(population, results.block_size)
+    places = _places(population, results.blocks())
     output = _Output(columns)
     block = output.allocate(len(ii))
     try:

@@ -600,18 +600,26 @@ class Results:
         """Customers per block."""
         return max(1, BLOCK_CELLS // max(1, len(self.cutoffs)))
 
+    @property
+    def n_blocks(self) -> int:
+        """Number of blocks (at least one)."""
+        return max(1, -(-self.shape[1] // self.block_size))
+
+    def _bounds(self, cid: np.ndarray) -> np.ndarray:
+        """Where each block starts and ends among cells ``cid`` ordered by block."""
+        per_block = np.bincount(cid // self.block_size, minlength=self.n_blocks)
+        return np.concatenate([[0], np.cumsum(per_block)])
+
     def _cells(self, cid: np.ndarray, j: np.ndarray) -> tuple[Cells, np.ndarray | None]:
         cid = np.asarray(cid, dtype=np.int32 if self.shape[1] < 2**31 else np.int64)
         j = np.asarray(j, dtype=np.int16 if self.shape[0] < 2**15 else np.int32)
-        n_blocks = max(1, -(-self.shape[1] // self.block_size))
-        if n_blocks == 1:
+        if self.n_blocks == 1:
             return Cells(cid, j, np.array([0, len(cid)])), None
         block = cid // self.block_size
         # A stable radix sort on a 16-bit key when there are few enough blocks.
-        small = block.astype(np.uint16 if n_blocks <= np.iinfo(np.uint16).max else np.int64)
-        order = np.argsort(small, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(block, minlength=n_blocks))])
-        return Cells(cid[order], j[order], bounds), order
+        wide = self.n_blocks > np.iinfo(np.uint16).max
+        order = np.argsort(block.astype(np.int64 if wide else np.uint16), kind="stable")
+        return Cells(cid[order], j[order], self._bounds(cid)), order
 
     def keep(
         self,
@@ -640,9 +648,7 @@ class Results:
                 self._values[name] = (kind, cells, raw)
                 continue
             cid = cells.cid[keep]
-            blocks = np.bincount(cid // self.block_size, minlength=len(cells.bounds) - 1)
-            bounds = np.concatenate([[0], np.cumsum(blocks)])
-            self._values[name] = (kind, Cells(cid, cells.j[keep], bounds), raw[keep])
+            self._values[name] = (kind, Cells(cid, cells.j[keep], self._bounds(cid)), raw[keep])
 
     def release(self, keep: set[str]) -> None:
         """Drop the fetched values of every aggregate not named in ``keep``."""
@@ -681,10 +687,6 @@ class Block:
         return (len(self.results.cutoffs), self.hi - self.lo)
 
     @property
-    def cutoffs(self) -> np.ndarray:
-        return self.results.cutoffs
-
-    @property
     def cutoff_grid(self) -> np.ndarray:
         """The cutoffs (microseconds) as a column, to broadcast against the arrays."""
         return self.results.cutoffs[:, None]
@@ -694,18 +696,18 @@ class Block:
         """The customers' entry instants as a row, to broadcast against the arrays."""
         return self.results.entry[None, self.lo : self.hi]
 
-    @property
-    def population(self) -> np.ndarray:
-        """Whether each customer of the block is known before each cutoff."""
-        return self.entry < self.cutoff_grid
+    def _at(self, cells: Cells) -> tuple[slice, tuple[np.ndarray, np.ndarray]]:
+        """The rows of ``cells`` in this block, and their (cutoff, customer) places here."""
+        rows = slice(cells.bounds[self.number], cells.bounds[self.number + 1])
+        return rows, (cells.j[rows], cells.cid[rows] - self.lo)
 
     def _dense(self, cells: Cells, values: np.ndarray, fill: Any) -> np.ndarray:
-        a, b = cells.bounds[self.number], cells.bounds[self.number + 1]
         if values.dtype.kind in "iub" and fill == 0:
             out = np.zeros(self.shape, dtype=np.int64)
         else:
             out = np.full(self.shape, fill, dtype=np.float64)
-        out[cells.j[a:b], cells.cid[a:b] - self.lo] = values[a:b]
+        rows, places = self._at(cells)
+        out[places] = values[rows]
         return out
 
     def total(self, name: str) -> np.ndarray:
@@ -734,9 +736,8 @@ class Block:
         elif kind == "min":
             np.fmin.accumulate(dense, axis=0, out=dense)
         elif kind == "last" and self.shape[0] > 1:
-            a, b = cells.bounds[self.number], cells.bounds[self.number + 1]
             seen = np.zeros(self.shape, dtype=bool)
-            seen[cells.j[a:b], cells.cid[a:b] - self.lo] = True
+            seen[self._at(cells)[1]] = True
             for k in range(1, self.shape[0]):
                 carry = ~seen[k]
                 dense[k, carry] = dense[k - 1, carry]
