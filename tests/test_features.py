@@ -345,3 +345,51 @@ def test_the_output_keeps_every_column_written_while_its_pages_are_prepared() ->
         output.column(int(k))[:] = float(k)
     output.close()
     assert (block == np.arange(len(columns), dtype=float)[:, None]).all()
+
+
+# -- packed counts ---------------------------------------------------------------------------
+
+
+def _nine_counts(rows_of_first: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nine counts (lifetime and last 30 days) of two customers' orders before 2025-01-01.
+
+    The first customer has ``rows_of_first`` orders, one a minute from 2024-12-01; the second
+    has three. Each count has its own condition, all true, so each equals the number of rows.
+    """
+    stamps = pd.Timestamp("2024-12-01", tz="UTC") + pd.to_timedelta(
+        np.arange(rows_of_first), unit="min"
+    )
+    orders = pd.DataFrame(
+        {
+            "customer_id": ["a"] * rows_of_first + ["b"] * 3,
+            "timestamp": [*stamps, *pd.to_datetime(["2024-01-05"] * 3, utc=True)],
+            "amount": 1.0,
+        }
+    )
+    requests = [engine.Aggregate("orders", engine.ENTRY, "min", "us")] + [
+        engine.Aggregate("orders", f"n{k}", "count", f"us > {-k - 1}", (30,)) for k in range(9)
+    ]
+    with session({"orders": orders}) as s:
+        results = engine.run(s, engine.cutoff_micros(["2025-01-01"]), requests)
+    block = next(results.blocks())
+    totals = np.concatenate([block.total(f"n{k}") for k in range(9)])
+    recent = np.concatenate([block.window(f"n{k}", 30) for k in range(9)])
+    return totals, recent
+
+
+@pytest.mark.parametrize("rows", [100, 20_000, 40_000])
+def test_packed_counts_are_exact_even_past_what_a_packed_field_holds(
+    rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 9 conditions in one 128-bit sum leave 14 bits a count: 20,000 rows overflow a field
+    # into the next one, 40,000 overflow the whole sum; both must fall back to plain counts.
+    # The last 30 days start on 2024-12-02: the first day's 1,440 orders are before them.
+    expected_totals = np.tile([[rows, 3]], (9, 1))
+    expected_recent = np.tile([[max(0, rows - 24 * 60), 0]], (9, 1))
+    totals, recent = _nine_counts(rows)
+    np.testing.assert_array_equal(totals, expected_totals)
+    np.testing.assert_array_equal(recent, expected_recent)
+    monkeypatch.setattr(engine, "PACK_FROM", 10**6)
+    plain_totals, plain_recent = _nine_counts(rows)
+    np.testing.assert_array_equal(plain_totals, expected_totals)
+    np.testing.assert_array_equal(plain_recent, expected_recent)

@@ -34,7 +34,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,16 +97,42 @@ class Aggregate:
     expr: str
     windows: tuple[int, ...] = ()
     order: str = "us"
+    #: For a ``last`` made by :func:`last_code`: how many low bits of ``order`` hold the code.
+    code_bits: int = 0
 
 
 #: Customers become known at their first order: every build asks for this aggregate.
 ENTRY = "entry_us"
 
 
+def _code_bits(n_codes: int) -> int:
+    return max(1, int(n_codes + 1).bit_length())
+
+
 def last_order(code: str, n_codes: int) -> str:
-    """An ``order`` for a ``last`` aggregate over a small code: ties go to the larger code."""
-    bits = max(1, int(n_codes + 1).bit_length())
-    return f"(us * {2**bits} + COALESCE({code}, 0) + 1)"
+    """An ``order`` for a ``last`` aggregate over a small code: ties go to the larger code.
+
+    The code (``-1`` to ``n_codes - 1``) plus one is in the order's low bits.
+    """
+    return f"(us * {2 ** _code_bits(n_codes)} + COALESCE({code}, 0) + 1)"
+
+
+def last_code(source: str, name: str, code: str, n_codes: int, when: str = "") -> Aggregate:
+    """The latest value of a small integer code (``-1`` to ``n_codes - 1``) among the rows
+    where ``when`` holds and the code is not missing; ties go to the larger code.
+
+    The order holds the code in its low bits, so the latest code is read off ``max(order)``:
+    an ``arg_max`` costs several times more.
+    """
+    expr = f"CASE WHEN {when} THEN {code} END" if when else code
+    order = last_order(code, n_codes)
+    return Aggregate(source, name, "last", expr, order=order, code_bits=_code_bits(n_codes))
+
+
+def _decoded(values: np.ndarray, bits: int) -> np.ma.MaskedArray:
+    """The codes held in the low ``bits`` of fetched orders (see :func:`last_order`)."""
+    orders = np.asarray(_filled(values, 0), dtype=np.int64)
+    return np.ma.masked_array((orders & (2**bits - 1)) - 1, mask=np.ma.getmaskarray(values))
 
 
 @dataclass(frozen=True)
@@ -848,11 +874,13 @@ def _level_one(agg: Aggregate) -> str:
     if agg.kind in ("max", "min"):
         return f"{agg.kind}({agg.expr}) AS {name}"
     order = f"CASE WHEN ({agg.expr}) IS NOT NULL THEN {agg.order} END"
+    if agg.code_bits:
+        return f"max({order}) AS {name}"
     return f"arg_max({agg.expr}, {order}) AS {name}, max({order}) AS {ident(agg.name + '__at')}"
 
 
 def _level_single(agg: Aggregate) -> str:
-    if agg.kind != "last":
+    if agg.kind != "last" or agg.code_bits:
         return _level_one(agg)
     order = f"CASE WHEN ({agg.expr}) IS NOT NULL THEN {agg.order} END"
     return f"arg_max({agg.expr}, {order}) AS {ident(agg.name)}"
@@ -862,8 +890,8 @@ def _level_two(agg: Aggregate) -> str:
     name = ident(agg.name)
     if agg.kind in SUMMED:
         return f"sum({name})::BIGINT AS {name}"
-    if agg.kind in ("max", "min"):
-        return f"{agg.kind}({name}) AS {name}"
+    if agg.kind in ("max", "min") or agg.code_bits:
+        return f"{'max' if agg.code_bits else agg.kind}({name}) AS {name}"
     return f"arg_max({name}, {ident(agg.name + '__at')}) AS {name}"
 
 
@@ -882,6 +910,9 @@ def _store(
     if windows:
         sums |= {f"{a.name}@{w}": (a.name, w) for a in aggs if a.kind in SUMMED for w in a.windows}
     values = {a.name: (a.name, a.kind) for a in aggs if a.kind not in SUMMED}
+    for agg in aggs:
+        if agg.code_bits:
+            got[agg.name] = _decoded(got[agg.name], agg.code_bits)
     results.keep(got, sums, values)
 
 
@@ -905,10 +936,9 @@ def merge_aggregates(aggregates: Sequence[Aggregate]) -> list[Aggregate]:
         key = (agg.source, agg.name)
         if key in merged:
             known = merged[key]
-            if (known.kind, known.expr, known.order) != (agg.kind, agg.expr, agg.order):
+            if replace(known, windows=()) != replace(agg, windows=()):
                 raise ValueError(f"two different definitions of the aggregate {agg.name!r}")
-            windows = tuple(sorted(set(known.windows) | set(agg.windows)))
-            merged[key] = Aggregate(agg.source, agg.name, agg.kind, agg.expr, windows, agg.order)
+            merged[key] = replace(agg, windows=tuple(sorted({*known.windows, *agg.windows})))
         else:
             merged[key] = agg
     return list(merged.values())
@@ -1016,6 +1046,121 @@ def run(
     return results
 
 
+#: Count conditions summed together as bit fields of one 128-bit integer (14 bits each at 9).
+PACK_FIELDS = 9
+#: A source's counts are packed when they have at least this many distinct conditions.
+PACK_FROM = 8
+
+
+@dataclass(frozen=True)
+class _Packing:
+    """The ``count`` aggregates of one source, summed as bit fields of a few 128-bit integers.
+
+    DuckDB updates one aggregate state per row and aggregate; summing ``2**(bits * k)`` for each
+    condition ``k`` that holds counts up to :data:`PACK_FIELDS` conditions in one state. The
+    counts are exact while no customer has ``2**bits`` rows or more (checked after the fetch).
+    """
+
+    packs: tuple[tuple[str, ...], ...]
+
+    @classmethod
+    def of(cls, aggs: Sequence[Aggregate]) -> _Packing:
+        """The packing of ``aggs``' counts, or an empty one when they are too few to gain."""
+        conditions = list(dict.fromkeys(a.expr for a in aggs if a.kind == "count"))
+        if len(conditions) < PACK_FROM:
+            return cls(())
+        size = -(-len(conditions) // -(-len(conditions) // PACK_FIELDS))
+        return cls(tuple(tuple(conditions[k : k + size]) for k in range(0, len(conditions), size)))
+
+    @property
+    def bits(self) -> int:
+        """Bits per field in the fullest pack."""
+        return 126 // max(len(p) for p in self.packs)
+
+    def place(self, agg: Aggregate) -> tuple[int, int] | None:
+        """``(pack, shift)`` of a packed count, ``None`` for any other aggregate."""
+        for p, conditions in enumerate(self.packs):
+            if agg.kind == "count" and agg.expr in conditions:
+                return p, conditions.index(agg.expr) * (126 // len(conditions))
+        return None
+
+    def source(self, source: str) -> str:
+        """``source`` with one column of bit fields per pack."""
+        if not self.packs:
+            return ident(source)
+        columns = []
+        for p, conditions in enumerate(self.packs):
+            width = 126 // len(conditions)
+            terms = " + ".join(
+                f"CASE WHEN ({c}) THEN {2 ** (width * k)}::HUGEINT ELSE 0::HUGEINT END"
+                for k, c in enumerate(conditions)
+            )
+            columns.append(f"{terms} AS __pack_{p}")
+        return f"(SELECT *, {', '.join(columns)} FROM {ident(source)} e)"
+
+    def _days(self, aggs: Sequence[Aggregate], p: int) -> list[int]:
+        return sorted({w for a in aggs if (self.place(a) or (-1, 0))[0] == p for w in a.windows})
+
+    def columns(self, aggs: Sequence[Aggregate]) -> list[str]:
+        """The names of the aggregated packs (and of the row count that checks them)."""
+        if not self.packs:
+            return []
+        out = ["__rows"]
+        for p in range(len(self.packs)):
+            out += [f"__pack_{p}", *(f"__pack_{p}_{w}" for w in self._days(aggs, p))]
+        return out
+
+    def sums(self, aggs: Sequence[Aggregate], cut: int) -> list[str]:
+        """The aggregates summing each pack over all rows and before each window start."""
+        if not self.packs:
+            return []
+        out = ["count(*) AS __rows"]
+        for p in range(len(self.packs)):
+            out.append(f"sum(__pack_{p}) AS __pack_{p}")
+            out += [
+                f"sum(__pack_{p}) FILTER (WHERE e.us < {cut - w * DAY_US}) AS __pack_{p}_{w}"
+                for w in self._days(aggs, p)
+            ]
+        return out
+
+    def reads(self, aggs: Sequence[Aggregate]) -> list[str]:
+        """Select items reading each packed count (and its sums before window starts) back."""
+        out = ["r.__rows"] if self.packs else []
+        for agg in aggs:
+            place = self.place(agg)
+            if place is None:
+                continue
+            p, shift = place
+            mask = 2 ** (126 // len(self.packs[p])) - 1
+            out.append(f"((r.__pack_{p} >> {shift}) & {mask})::BIGINT AS {ident(agg.name)}")
+            out += [
+                f"((r.__pack_{p}_{w} >> {shift}) & {mask})::BIGINT AS {ident(f'{agg.name}@{w}')}"
+                for w in agg.windows
+            ]
+        return out
+
+    def fits(self, got: Mapping[str, np.ndarray]) -> bool:
+        """Whether no field can have overflowed into the next one."""
+        rows = _filled(got["__rows"], 0)
+        return len(rows) == 0 or int(rows.max()) < 2**self.bits
+
+
+def _grouped_one(source: str, aggs: Sequence[Aggregate], cut: int, packing: _Packing) -> str:
+    """SQL for ``aggs`` over the rows of ``source`` before ``cut``, one row per customer."""
+    parts = [_level_single(a) for a in aggs if packing.place(a) is None]
+    parts += [
+        f"{sum_sql(a, f'e.us < {cut - w * DAY_US}')} AS {ident(f'{a.name}@{w}')}"
+        for a in aggs
+        if a.kind in SUMMED and packing.place(a) is None
+        for w in a.windows
+    ]
+    parts += packing.sums(aggs, cut)
+    return (
+        f"SELECT customer_id, {', '.join(parts)} FROM {packing.source(source)} e "
+        f"WHERE e.us < {cut} GROUP BY customer_id"
+    )
+
+
 def _run_one(
     s: Session,
     cutoffs: np.ndarray,
@@ -1028,33 +1173,37 @@ def _run_one(
 
     The values are those of the slotted path: integer sums (and the sums before each window
     start, from which the window sums are derived the same way), extrema and ``last`` values
-    over the same rows.
+    over the same rows. Counts are packed (:class:`_Packing`) unless a customer has too many
+    rows, in which case the source is aggregated again without.
     """
     cut = int(cutoffs[0])
     results: Results | None = None
     for i, source in enumerate(order):
         aggs = by_source[source]
-        parts = [_level_single(a) for a in aggs]
-        parts += [
-            f"{sum_sql(a, f'e.us < {cut - w * DAY_US}')} AS {ident(f'{a.name}@{w}')}"
-            for a in aggs
-            if a.kind in SUMMED
-            for w in a.windows
-        ]
-        grouped = (
-            f"SELECT customer_id, {', '.join(parts)} FROM {ident(source)} e "
-            f"WHERE e.us < {cut} GROUP BY customer_id"
-        )
-        if results is None:
-            # The first source holds the first orders: the customers come from it.
-            execute(f"CREATE TEMP TABLE one_{i} AS {grouped}")
-            ids, entry = _dimension(s, cut, f"one_{i}")
-            results = Results(customer_ids=ids, entry=entry, cutoffs=cutoffs)
-            grouped = f"SELECT * FROM one_{i}"
-        got = s.fetch(
-            f"SELECT d.cid, 0 AS j, r.* EXCLUDE (customer_id) FROM ({grouped}) r "
-            "JOIN dim d USING (customer_id)"
-        )
+        packing = _Packing.of(aggs)
+        while True:
+            grouped = _grouped_one(source, aggs, cut, packing)
+            try:
+                if results is None:
+                    # The first source holds the first orders: the customers come from it.
+                    execute(f"CREATE TEMP TABLE one_{i} AS {grouped}")
+                    ids, entry = _dimension(s, cut, f"one_{i}")
+                    results = Results(customer_ids=ids, entry=entry, cutoffs=cutoffs)
+                    grouped = f"SELECT * FROM one_{i}"
+                hidden = ", ".join(["customer_id", *packing.columns(aggs)])
+                reads = "".join(f", {r}" for r in packing.reads(aggs))
+                got = s.fetch(
+                    f"SELECT d.cid, 0 AS j, r.* EXCLUDE ({hidden}){reads} "
+                    f"FROM ({grouped}) r JOIN dim d USING (customer_id)"
+                )
+            except duckdb.OutOfRangeException:
+                if not packing.packs:
+                    raise
+                packing = _Packing(())
+                continue
+            if not packing.packs or packing.fits(got):
+                break
+            packing = _Packing(())
         _store(results, aggs, got, windows=True)
         if i == 0:
             execute(f"DROP TABLE one_{i}")

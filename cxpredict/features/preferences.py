@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cxpredict.features.engine import Aggregate, Block, Request, last_order
+from cxpredict.features.engine import Aggregate, Block, Request, last_code
 from cxpredict.features.family import Context, Family, FeatureDef, feature, shares_and_entropy
 from cxpredict.features.rfm import order_lines
 from cxpredict.features.vocabulary import ORDER_CATEGORY, ORDER_CHANNEL, OTHER
@@ -108,13 +108,7 @@ def _requests(ctx: Context) -> list[Request]:
                 )
             )
         out.append(
-            Aggregate(
-                "order_lines",
-                f"{stem}_last",
-                "last",
-                f"CASE WHEN amount >= 0 THEN {code} END",
-                order=last_order(code, len(_slugs(ctx, key))),
-            )
+            last_code("order_lines", f"{stem}_last", code, len(_slugs(ctx, key)), "amount >= 0")
         )
     return out
 

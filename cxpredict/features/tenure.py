@@ -32,7 +32,7 @@ from cxpredict.features.engine import (
     Source,
     code_sql,
     ident,
-    last_order,
+    last_code,
 )
 from cxpredict.features.family import Context, Family, FeatureDef, feature
 from cxpredict.features.vocabulary import OTHER, attribute_key, slugify
@@ -114,8 +114,7 @@ def _requests(ctx: Context) -> list[Request]:
             continue
         known = vocabulary.get(attribute_key(column))
         code = f"COALESCE({code_sql(ident(column), known)}, -1)"
-        order = last_order(code, len(known) + 2)
-        out.append(Aggregate("customer_history", f"attribute_code_{i}", "last", code, order=order))
+        out.append(last_code("customer_history", f"attribute_code_{i}", code, len(known) + 2))
     for i, column in enumerate(vocabulary.numeric):
         if _attribute_why(ctx, column):
             continue
