@@ -350,14 +350,14 @@ def test_the_output_keeps_every_column_written_while_its_pages_are_prepared() ->
 # -- packed counts ---------------------------------------------------------------------------
 
 
-def _nine_counts(rows_of_first: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nine counts (lifetime and last 30 days) of two customers' orders before 2025-01-01.
+def _nine_counts(rows_of_first: int, cutoffs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Nine counts (lifetime and last 30 days) of two customers' orders before the last cutoff.
 
-    The first customer has ``rows_of_first`` orders, one a minute from 2024-12-01; the second
+    The first customer has ``rows_of_first`` orders, one every 20 s from 2024-12-01; the second
     has three. Each count has its own condition, all true, so each equals the number of rows.
     """
     stamps = pd.Timestamp("2024-12-01", tz="UTC") + pd.to_timedelta(
-        np.arange(rows_of_first), unit="min"
+        20 * np.arange(rows_of_first), unit="s"
     )
     orders = pd.DataFrame(
         {
@@ -370,26 +370,28 @@ def _nine_counts(rows_of_first: int) -> tuple[np.ndarray, np.ndarray]:
         engine.Aggregate("orders", f"n{k}", "count", f"us > {-k - 1}", (30,)) for k in range(9)
     ]
     with session({"orders": orders}) as s:
-        results = engine.run(s, engine.cutoff_micros(["2025-01-01"]), requests)
+        results = engine.run(s, engine.cutoff_micros(cutoffs), requests)
     block = next(results.blocks())
-    totals = np.concatenate([block.total(f"n{k}") for k in range(9)])
-    recent = np.concatenate([block.window(f"n{k}", 30) for k in range(9)])
+    totals = np.stack([block.total(f"n{k}")[-1] for k in range(9)])
+    recent = np.stack([block.window(f"n{k}", 30)[-1] for k in range(9)])
     return totals, recent
 
 
 @pytest.mark.parametrize("rows", [100, 20_000, 40_000])
+@pytest.mark.parametrize("cutoffs", [["2025-01-01"], ["2024-06-01", "2024-12-15", "2025-01-01"]])
 def test_packed_counts_are_exact_even_past_what_a_packed_field_holds(
-    rows: int, monkeypatch: pytest.MonkeyPatch
+    rows: int, cutoffs: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 9 conditions in one 128-bit sum leave 14 bits a count: 20,000 rows overflow a field
-    # into the next one, 40,000 overflow the whole sum; both must fall back to plain counts.
-    # The last 30 days start on 2024-12-02: the first day's 1,440 orders are before them.
+    # into the next one, 40,000 overflow the whole sum (35,680 of them fall between
+    # 2024-12-02 and 2024-12-15); both must fall back to plain counts. The last 30 days start
+    # on 2024-12-02: the first day's 4,320 orders are before them.
     expected_totals = np.tile([[rows, 3]], (9, 1))
-    expected_recent = np.tile([[max(0, rows - 24 * 60), 0]], (9, 1))
-    totals, recent = _nine_counts(rows)
+    expected_recent = np.tile([[max(0, rows - 4_320), 0]], (9, 1))
+    totals, recent = _nine_counts(rows, cutoffs)
     np.testing.assert_array_equal(totals, expected_totals)
     np.testing.assert_array_equal(recent, expected_recent)
     monkeypatch.setattr(engine, "PACK_FROM", 10**6)
-    plain_totals, plain_recent = _nine_counts(rows)
+    plain_totals, plain_recent = _nine_counts(rows, cutoffs)
     np.testing.assert_array_equal(plain_totals, expected_totals)
     np.testing.assert_array_equal(plain_recent, expected_recent)

@@ -1000,47 +1000,91 @@ def run(
     if len(cutoffs) == 1:
         return _run_one(s, cutoffs, order, by_source, per_cutoff, execute)
     tables = {source: f"slotted_{i}" for i, source in enumerate(order)}
-    for source in order:
-        level_one = ", ".join(_level_one(a) for a in by_source[source])
+    packings = {source: _Packing.of(by_source[source]) for source in order}
+    n = len(cutoffs)
+
+    def first_pass(source: str) -> None:
+        """``{table}_raw``: the source reduced to one row per (customer, slot)."""
+        aggs, packing = by_source[source], packings[source]
+        level_one = [_level_one(a) for a in aggs if packing.place(a) is None]
+        level_one += packing.sums(aggs)
+        rows = packing.source(source)
         compared = grid.slot_sql("e.us")
         slotted = (
-            f"SELECT customer_id, {compared} AS slot, {level_one} FROM {ident(source)} e"
+            f"SELECT customer_id, {compared} AS slot, {', '.join(level_one)} FROM {rows} e"
             if compared is not None
-            else f"SELECT customer_id, COALESCE(k.slot, 0) AS slot, {level_one} "
-            f"FROM {ident(source)} e LEFT JOIN slot_keys k ON k.k = {grid.key_sql('e.us')}"
+            else f"SELECT customer_id, COALESCE(k.slot, 0) AS slot, {', '.join(level_one)} "
+            f"FROM {rows} e LEFT JOIN slot_keys k ON k.k = {grid.key_sql('e.us')}"
         )
         execute(
-            f"CREATE TEMP TABLE {tables[source]}_raw AS {slotted} WHERE e.us < {cmax} GROUP BY ALL"
+            f"CREATE OR REPLACE TEMP TABLE {tables[source]}_raw AS {slotted} "
+            f"WHERE e.us < {cmax} GROUP BY ALL"
         )
-        if source == entry_source[0]:
-            ids, entry = _dimension(s, cmax, f"{tables[source]}_raw")
-            results = Results(customer_ids=ids, entry=entry, cutoffs=cutoffs)
 
-    # Second pass: per (customer, first cutoff after the slot) and per window exit.
-    n = len(cutoffs)
-    for source in order:
-        aggs, table = by_source[source], tables[source]
-        level_two = ", ".join(_level_two(a) for a in aggs)
-        summed = [a for a in aggs if a.kind in SUMMED and a.windows]
+    def second_pass(source: str) -> bool:
+        """Keep the source's values per (customer, first cutoff after the slot) and per window
+        exit; ``False`` when a packed count may have overflowed."""
+        aggs, table, packing = by_source[source], tables[source], packings[source]
+        plain = [a for a in aggs if packing.place(a) is None]
         execute(
-            f"CREATE TEMP TABLE {table} AS SELECT d.cid, r.* EXCLUDE (customer_id) "
+            f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT d.cid, r.* EXCLUDE (customer_id) "
             f"FROM {table}_raw r JOIN dim d USING (customer_id)"
         )
         execute(f"DROP TABLE {table}_raw")
+        level_two = [_level_two(a) for a in plain] + packing.resums(aggs)
         got = s.fetch(
-            f"SELECT cid, a AS j, {level_two} FROM {table} JOIN slot_info USING (slot) "
-            f"WHERE a < {n} GROUP BY cid, a"
-        )
-        _store(results, aggs, got)
-        for w in sorted({w for a in summed for w in a.windows}):
-            names = [a.name for a in summed if w in a.windows]
-            cols = ", ".join(f"sum({ident(m)})::BIGINT AS {ident(m)}" for m in names)
-            got = s.fetch(
-                f"SELECT cid, b_{w} AS j, {cols} FROM {table} JOIN slot_info USING (slot) "
-                f"WHERE b_{w} < {n} GROUP BY cid, b_{w}"
+            packing.read(
+                f"SELECT cid, a AS j, {', '.join(level_two)} FROM {table} "
+                f"JOIN slot_info USING (slot) WHERE a < {n} GROUP BY cid, a",
+                aggs,
             )
-            results.keep(got, sums={m: (m, w) for m in names})
+        )
+        if not packing.fits(got):
+            return False
+        _store(results, aggs, got)
+        summed = [a for a in aggs if a.kind in SUMMED and a.windows]
+        for w in sorted({w for a in summed for w in a.windows}):
+            exits = [a for a in summed if w in a.windows]
+            cols = [
+                f"sum({ident(a.name)})::BIGINT AS {ident(a.name)}"
+                for a in exits
+                if packing.place(a) is None
+            ]
+            got = s.fetch(
+                packing.read(
+                    f"SELECT cid, b_{w} AS j, {', '.join(cols + packing.resums(exits))} "
+                    f"FROM {table} JOIN slot_info USING (slot) WHERE b_{w} < {n} "
+                    f"GROUP BY cid, b_{w}",
+                    exits,
+                )
+            )
+            if not packing.fits(got):
+                return False
+            results.keep(got, sums={a.name: (a.name, w) for a in exits})
         execute(f"DROP TABLE {table}")
+        return True
+
+    # First pass: every source reduced to one row per (customer, slot), keyed by the raw id;
+    # then per (customer, first cutoff after the slot) and per window exit.
+    for source in order:
+        try:
+            first_pass(source)
+        except duckdb.OutOfRangeException:
+            packings[source] = _Packing(())
+            first_pass(source)
+        if source == entry_source[0]:
+            ids, entry = _dimension(s, cmax, f"{tables[source]}_raw")
+            results = Results(customer_ids=ids, entry=entry, cutoffs=cutoffs)
+    for source in order:
+        try:
+            done = second_pass(source)
+        except duckdb.OutOfRangeException:
+            done = False
+        if not done:
+            # Counted again without packing: some customer has too many rows.
+            packings[source] = _Packing(())
+            first_pass(source)
+            second_pass(source)
 
     _run_per_cutoff(s, results, per_cutoff)
     return results
@@ -1058,7 +1102,8 @@ class _Packing:
 
     DuckDB updates one aggregate state per row and aggregate; summing ``2**(bits * k)`` for each
     condition ``k`` that holds counts up to :data:`PACK_FIELDS` conditions in one state. The
-    counts are exact while no customer has ``2**bits`` rows or more (checked after the fetch).
+    counts are exact while no group has ``2**bits`` rows or more: every fetch carries its row
+    count ``__rows`` so that :meth:`fits` can tell, and a sum past 128 bits raises.
     """
 
     packs: tuple[tuple[str, ...], ...]
@@ -1072,17 +1117,27 @@ class _Packing:
         size = -(-len(conditions) // -(-len(conditions) // PACK_FIELDS))
         return cls(tuple(tuple(conditions[k : k + size]) for k in range(0, len(conditions), size)))
 
-    @property
-    def bits(self) -> int:
-        """Bits per field in the fullest pack."""
-        return 126 // max(len(p) for p in self.packs)
-
     def place(self, agg: Aggregate) -> tuple[int, int] | None:
         """``(pack, shift)`` of a packed count, ``None`` for any other aggregate."""
         for p, conditions in enumerate(self.packs):
             if agg.kind == "count" and agg.expr in conditions:
                 return p, conditions.index(agg.expr) * (126 // len(conditions))
         return None
+
+    def _used(self, aggs: Sequence[Aggregate]) -> list[int]:
+        return sorted({place[0] for a in aggs if (place := self.place(a)) is not None})
+
+    def _days(self, aggs: Sequence[Aggregate], p: int) -> list[int]:
+        return sorted({w for a in aggs if p in self._used([a]) for w in a.windows})
+
+    def field(self, agg: Aggregate, suffix: str = "") -> str:
+        """SQL reading ``agg``'s count from the summed pack column ``r.__pack_<p><suffix>``."""
+        place = self.place(agg)
+        if place is None:
+            raise ValueError(f"{agg.name!r} is not a packed count")
+        p, shift = place
+        mask = 2 ** (126 // len(self.packs[p])) - 1
+        return f"((r.__pack_{p}{suffix} >> {shift}) & {mask})::BIGINT"
 
     def source(self, source: str) -> str:
         """``source`` with one column of bit fields per pack."""
@@ -1098,20 +1153,9 @@ class _Packing:
             columns.append(f"{terms} AS __pack_{p}")
         return f"(SELECT *, {', '.join(columns)} FROM {ident(source)} e)"
 
-    def _days(self, aggs: Sequence[Aggregate], p: int) -> list[int]:
-        return sorted({w for a in aggs if (self.place(a) or (-1, 0))[0] == p for w in a.windows})
-
-    def columns(self, aggs: Sequence[Aggregate]) -> list[str]:
-        """The names of the aggregated packs (and of the row count that checks them)."""
-        if not self.packs:
-            return []
-        out = ["__rows"]
-        for p in range(len(self.packs)):
-            out += [f"__pack_{p}", *(f"__pack_{p}_{w}" for w in self._days(aggs, p))]
-        return out
-
-    def sums(self, aggs: Sequence[Aggregate], cut: int) -> list[str]:
-        """The aggregates summing each pack over all rows and before each window start."""
+    def sums(self, aggs: Sequence[Aggregate], cut: int | None = None) -> list[str]:
+        """Aggregates over rows: each pack's sum and the row count; with ``cut``, also each
+        pack's sums before the window starts of its counts (``__pack_<p>_<w>``)."""
         if not self.packs:
             return []
         out = ["count(*) AS __rows"]
@@ -1119,30 +1163,55 @@ class _Packing:
             out.append(f"sum(__pack_{p}) AS __pack_{p}")
             out += [
                 f"sum(__pack_{p}) FILTER (WHERE e.us < {cut - w * DAY_US}) AS __pack_{p}_{w}"
-                for w in self._days(aggs, p)
+                for w in (self._days(aggs, p) if cut is not None else ())
             ]
         return out
 
+    def resums(self, aggs: Sequence[Aggregate]) -> list[str]:
+        """Aggregates over rows of :meth:`sums`: the packs holding ``aggs`` and the rows."""
+        used = self._used(aggs)
+        if not used:
+            return []
+        return ["sum(__rows)::BIGINT AS __rows"] + [f"sum(__pack_{p}) AS __pack_{p}" for p in used]
+
+    def read(self, sql: str, aggs: Sequence[Aggregate]) -> str:
+        """``sql`` (a query of :meth:`resums` of ``aggs``) with each packed count read back."""
+        used = self._used(aggs)
+        if not used:
+            return sql
+        hidden = ", ".join(["__rows", *(f"__pack_{p}" for p in used)])
+        reads = [f"{self.field(a)} AS {ident(a.name)}" for a in aggs if self.place(a)]
+        return f"SELECT r.* EXCLUDE ({hidden}), r.__rows, {', '.join(reads)} FROM ({sql}) r"
+
+    def columns(self, aggs: Sequence[Aggregate]) -> list[str]:
+        """The columns of :meth:`sums` with ``cut``."""
+        if not self.packs:
+            return []
+        out = ["__rows"]
+        for p in range(len(self.packs)):
+            out += [f"__pack_{p}", *(f"__pack_{p}_{w}" for w in self._days(aggs, p))]
+        return out
+
     def reads(self, aggs: Sequence[Aggregate]) -> list[str]:
-        """Select items reading each packed count (and its sums before window starts) back."""
+        """Select items reading each packed count and its sums before window starts back from
+        the columns of :meth:`sums` with ``cut``."""
         out = ["r.__rows"] if self.packs else []
         for agg in aggs:
-            place = self.place(agg)
-            if place is None:
+            if self.place(agg) is None:
                 continue
-            p, shift = place
-            mask = 2 ** (126 // len(self.packs[p])) - 1
-            out.append(f"((r.__pack_{p} >> {shift}) & {mask})::BIGINT AS {ident(agg.name)}")
+            out.append(f"{self.field(agg)} AS {ident(agg.name)}")
             out += [
-                f"((r.__pack_{p}_{w} >> {shift}) & {mask})::BIGINT AS {ident(f'{agg.name}@{w}')}"
-                for w in agg.windows
+                f"{self.field(agg, f'_{w}')} AS {ident(f'{agg.name}@{w}')}" for w in agg.windows
             ]
         return out
 
     def fits(self, got: Mapping[str, np.ndarray]) -> bool:
-        """Whether no field can have overflowed into the next one."""
+        """Whether no packed field of a fetch can have overflowed into the next one."""
+        if not self.packs or "__rows" not in got:
+            return True
         rows = _filled(got["__rows"], 0)
-        return len(rows) == 0 or int(rows.max()) < 2**self.bits
+        bits = 126 // max(len(p) for p in self.packs)
+        return len(rows) == 0 or int(rows.max()) < 2**bits
 
 
 def _grouped_one(source: str, aggs: Sequence[Aggregate], cut: int, packing: _Packing) -> str:
