@@ -23,6 +23,11 @@ or among many. Aggregates that do not decompose this way (medians, facts that de
 instants such as "sent before the cutoff and still unanswered at it") are computed over the
 rows of their (small) source joined to every later cutoff.
 
+DuckDB's cost grows with the number of aggregate states it updates per row, so a source's
+many counts are summed as bit fields of a few 128-bit integers (:class:`_Packing`), and the
+latest of a small code is read off the maximum of an ordering key that holds it
+(:func:`last_code`). Both give the same integers as the plain aggregates.
+
 Instants are handled as microseconds since 1970-01-01 UTC (``BIGINT``) inside the engine, so
 no time zone setting is involved; SQL extensions see naive UTC ``TIMESTAMP`` columns.
 """
