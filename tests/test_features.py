@@ -337,10 +337,15 @@ def test_a_build_restores_numpys_huge_page_setting_when_the_last_one_leaves() ->
     assert advice._get_madvise_hugepage() is before
 
 
-def test_the_output_keeps_every_column_written_while_its_pages_are_prepared() -> None:
+@pytest.mark.parametrize("helpers", [1, 2])
+def test_the_output_keeps_every_column_written_while_its_pages_are_prepared(
+    helpers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(build_module, "_TWO_HELPERS_FROM", 0 if helpers == 2 else 1 << 62)
     columns = [f"c{k}" for k in range(40)]
     output = build_module._Output(columns)
     block = output.allocate(50_000)
+    assert len(output._threads) == helpers
     for k in np.random.default_rng(0).permutation(len(columns)):
         output.column(int(k))[:] = float(k)
     output.close()

@@ -204,13 +204,19 @@ def _build_in(
     return _assemble(tables, ctx, results, defs, chosen, fills, columns)
 
 
+#: From this many bytes, the output block's memory is obtained by two helper threads.
+_TWO_HELPERS_FROM = 1 << 30
+
+
 class _Output:
-    """The output block, its memory obtained by two threads.
+    """The output block, its memory obtained by helper threads.
 
     The float64 output is as large as everything else together, and a fresh page of memory
-    costs time when it is first written. While the main thread fills the columns in order, a
-    helper thread writes the pages of the columns from the last one backwards (NumPy releases
-    the interpreter lock meanwhile); each column is first written by one thread only.
+    costs time when it is first written. While the main thread fills the columns in order,
+    helper threads write the pages of the columns from the last one backwards (NumPy releases
+    the interpreter lock meanwhile); each column is first written by one thread only. A large
+    block gets two helpers: on virtual machines two threads obtaining fresh pages at once can
+    be several times faster per page than one, and the main thread is mostly computing.
     """
 
     def __init__(self, columns: Sequence[str]):
@@ -218,43 +224,48 @@ class _Output:
         self.block = np.empty((0, 0))
         self._claimed = [False] * len(self.columns)
         self._done = threading.Condition()
-        self._busy = -1
-        self._thread: threading.Thread | None = None
+        self._busy: set[int] = set()
+        self._threads: list[threading.Thread] = []
 
     def allocate(self, rows: int) -> np.ndarray:
-        """Allocate the block of ``rows`` rows and start the helper."""
+        """Allocate the block of ``rows`` rows and start the helpers."""
         self.block = np.empty((len(self.columns), rows), dtype=np.float64)
-        self._thread = threading.Thread(target=self._touch, name="cxpredict-output", daemon=True)
-        self._thread.start()
+        helpers = 2 if self.block.nbytes >= _TWO_HELPERS_FROM else 1
+        self._threads = [
+            threading.Thread(target=self._touch, name=f"cxpredict-output-{i}", daemon=True)
+            for i in range(helpers)
+        ]
+        for thread in self._threads:
+            thread.start()
         return self.block
 
     def _touch(self) -> None:
         for k in reversed(range(len(self.columns))):
             with self._done:
                 if self._claimed[k]:
-                    return
+                    continue
                 self._claimed[k] = True
-                self._busy = k
+                self._busy.add(k)
             self.block[k] = 0.0
             with self._done:
-                self._busy = -1
+                self._busy.discard(k)
                 self._done.notify_all()
 
     def column(self, k: int) -> np.ndarray:
         """Column ``k`` of the block, to be written by the caller."""
         with self._done:
             self._claimed[k] = True
-            while self._busy == k:
+            while k in self._busy:
                 self._done.wait()
         return self.block[k]
 
     def close(self) -> None:
-        """Stop the helper."""
+        """Stop the helpers."""
         with self._done:
             self._claimed = [True] * len(self.columns)
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
 
 
 #: Up to this many cutoffs, a block's rows are copied cutoff by cutoff (contiguous runs);
