@@ -92,6 +92,12 @@ class PromotionRefused(CxpredictError):
     exit_code = 11
 
 
+class OutOfMemory(CxpredictError):
+    """A result would need more memory than the machine has available."""
+
+    exit_code = 12
+
+
 def closest(name: str, candidates: Iterable[str]) -> str | None:
     """Return the candidate closest to ``name`` (case-insensitive), or ``None``."""
     pool = list(candidates)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ from conftest import CUTOFF
 
 from cxpredict.baselines import btyd_summary
 from cxpredict.config import FeaturesConfig
-from cxpredict.errors import DataError
+from cxpredict.errors import DataError, OutOfMemory
 from cxpredict.features import (
     FAMILIES,
     Vocabulary,
@@ -350,6 +351,35 @@ def test_the_output_keeps_every_column_written_while_its_pages_are_prepared(
         output.column(int(k))[:] = float(k)
     output.close()
     assert (block == np.arange(len(columns), dtype=float)[:, None]).all()
+
+
+def test_an_output_larger_than_the_available_memory_is_refused_before_it_is_written(
+    shop: Tables, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cutoffs = ["2024-06-01", "2025-01-01"]
+    rows, columns = build_training_features(shop, cutoffs).shape
+    monkeypatch.setattr(build_module, "available_memory", lambda: 1_000)
+    allocated: list[int] = []
+    monkeypatch.setattr(build_module._Output, "allocate", lambda self, n: allocated.append(n))
+    with pytest.raises(OutOfMemory, match=rf"{rows:,} rows x {columns} columns.*fewer cutoffs"):
+        build_training_features(shop, cutoffs)
+    assert allocated == []
+
+
+def test_the_available_memory_is_the_kernels_figure_capped_by_the_cgroup_limit(
+    tmp_path: Path,
+) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  8000000 kB\nMemAvailable:  2000000 kB\n")
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    assert build_module.available_memory(meminfo, cgroup) == 2_048_000_000
+    (cgroup / "memory.max").write_text("max\n")
+    assert build_module.available_memory(meminfo, cgroup) == 2_048_000_000
+    (cgroup / "memory.max").write_text("1000000000\n")
+    (cgroup / "memory.current").write_text("250000000\n")
+    assert build_module.available_memory(meminfo, cgroup) == 750_000_000
+    assert build_module.available_memory(tmp_path / "absent", cgroup) is None
 
 
 # -- packed counts ---------------------------------------------------------------------------

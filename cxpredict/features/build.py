@@ -8,14 +8,17 @@ customers known before each cutoff (first order or signup strictly before it).
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cxpredict.config import FeaturesConfig
+from cxpredict.errors import OutOfMemory
 from cxpredict.features import basket, btyd, care, engagement, preferences, rfm, rhythm, tenure
 from cxpredict.features.engine import (
     Aggregate,
@@ -208,6 +211,44 @@ def _build_in(
 _TWO_HELPERS_FROM = 1 << 30
 
 
+def available_memory(
+    meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """Bytes the process can still obtain: Linux's ``MemAvailable``, capped by the cgroup's
+    memory limit when there is one; ``None`` where neither can be read."""
+    try:
+        found = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo.read_text(), re.M)
+    except OSError:
+        return None
+    if found is None:
+        return None
+    available = int(found.group(1)) * 1024
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((cgroup / "memory.current").read_text())
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def _check_memory(rows: int, columns: int, releasable: int) -> None:
+    """Refuse an output that cannot fit, before writing it (the kernel would kill the process
+    part way instead). The fetched values (``releasable`` bytes) are freed as it is filled."""
+    need = rows * columns * 8
+    available = available_memory()
+    if available is None or need <= available + releasable:
+        return
+    raise OutOfMemory(
+        f"features: the output needs {need / 1e9:.1f} GB ({rows:,} rows x {columns} columns of "
+        f"float64) and {available / 1e9:.1f} GB are available (with "
+        f"{releasable / 1e9:.1f} GB freed on the way); build fewer cutoffs at once "
+        "(training.n_cutoffs, or several calls of build_training_features), fewer customers, "
+        "or on a machine with more memory"
+    )
+
+
 class _Output:
     """The output block, its memory obtained by helper threads.
 
@@ -365,6 +406,7 @@ def _assemble(
     # Rows in cutoff-major order, customers sorted within each cutoff.
     population = results.population
     jj, ii = np.nonzero(population)
+    _check_memory(len(ii), len(columns), results.nbytes)
     places = _places(population, results.blocks())
     output = _Output(columns)
     block = output.allocate(len(ii))

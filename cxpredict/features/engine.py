@@ -681,6 +681,17 @@ class Results:
             cid = cells.cid[keep]
             self._values[name] = (kind, Cells(cid, cells.j[keep], self._bounds(cid)), raw[keep])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the fetched values (released as the families are computed)."""
+        held = 0
+        for per_days in self._sums.values():
+            for cells, values in per_days.values():
+                held += cells.cid.nbytes + cells.j.nbytes + values.nbytes
+        for _kind, cells, values in self._values.values():
+            held += cells.cid.nbytes + cells.j.nbytes + values.nbytes
+        return held
+
     def release(self, keep: set[str]) -> None:
         """Drop the fetched values of every aggregate not named in ``keep``."""
         for store in (self._sums, self._values):
