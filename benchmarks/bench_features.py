@@ -19,9 +19,15 @@ each child (reading time is not counted; its memory is, in peak RSS). Handing th
 DuckDB as Arrow tables is counted in both the full builds and the DuckDB reference. Ratios
 printed: full/plain-RFM (same cutoff, same data) and pandas/DuckDB for the RFM subset.
 
+With ``--repeat N`` the scenarios run in N rounds, one after the other within each round, so
+that each round compares runs made within a minute of each other. The table then gives the
+median wall time of each scenario with its range, and each ratio is taken within every round
+and reported as the median and range of the N ratios.
+
 Usage::
 
     python benchmarks/bench_features.py                      # 500k customers, ~9M events
+    python benchmarks/bench_features.py --repeat 3           # three rounds, medians and ranges
     python benchmarks/bench_features.py --customers 50000    # quicker
     python benchmarks/bench_features.py --parquet --memory-limit 1GB --events 50000000
 
@@ -36,6 +42,7 @@ import multiprocessing as mp
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -219,32 +226,53 @@ def _write_chunks(folder: Path, events: int, seed: int) -> tuple[int, int, int]:
     return orders, interactions, customers
 
 
-def _print(results: list[dict[str, Any]], events: int, *, targets: bool = True) -> None:
+def _spread(values: list[float], digits: int, unit: str) -> str:
+    """The median of ``values``, with their range when there are several."""
+    median = f"{statistics.median(values):.{digits}f}{unit}"
+    if len(values) == 1:
+        return median
+    return f"{median} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def _print(rounds: list[list[dict[str, Any]]], events: int, *, targets: bool = True) -> None:
+    """The table of medians over ``rounds`` and the ratios taken within each round."""
+    several = len(rounds) > 1
     print(
         f"\n{'scenario':<18}{'wall s':>9}{'events/s':>12}{'customers/s':>13}{'rows/s':>11}"
         f"{'peak RSS GB':>13}"
-        f"{'rows':>11}{'cols':>6}{'target':>16}"
+        f"{'rows':>11}{'cols':>6}{'target':>16}" + ("  wall range s" if several else "")
     )
-    for r in results:
-        target = TARGETS.get(r["scenario"]) if targets else None
+    for first in rounds[0]:
+        name = first["scenario"]
+        runs = [r for results in rounds for r in results if r["scenario"] == name]
+        seconds = statistics.median(r["seconds"] for r in runs)
+        target = TARGETS.get(name) if targets else None
         note = f"<= {target:.0f} s" if target else ""
-        if r["scenario"] == "full_1_cutoff" and targets:
+        if name == "full_1_cutoff" and targets:
             note += f", < {RSS_TARGET_GB:.0f} GB"
+        walls = [r["seconds"] for r in runs]
+        spread = f"  {min(walls):.2f}-{max(walls):.2f}" if several else ""
         print(
-            f"{r['scenario']:<18}{r['seconds']:>9.2f}{events / r['seconds']:>12,.0f}"
-            f"{r['customers'] / r['seconds']:>13,.0f}{r['rows'] / r['seconds']:>11,.0f}"
-            f"{r['peak_rss_gb']:>13.2f}{r['rows']:>11,}"
-            f"{r['columns']:>6}{note:>16}"
+            f"{name:<18}{seconds:>9.2f}{events / seconds:>12,.0f}"
+            f"{first['customers'] / seconds:>13,.0f}{first['rows'] / seconds:>11,.0f}"
+            f"{max(r['peak_rss_gb'] for r in runs):>13.2f}{first['rows']:>11,}"
+            f"{first['columns']:>6}{note:>16}{spread}"
         )
-    by = {r["scenario"]: r["seconds"] for r in results}
-    if "rfm_duckdb" in by:
-        if "full_1_cutoff" in by:
-            print(
-                f"\nfull / plain-RFM (1 cutoff): {by['full_1_cutoff'] / by['rfm_duckdb']:.2f}x "
-                "(target <= 3x)"
-            )
-        if "rfm_pandas" in by:
-            print(f"pandas / duckdb (RFM subset): {by['rfm_pandas'] / by['rfm_duckdb']:.2f}x")
+    ratios: dict[str, list[float]] = {"full": [], "pandas": []}
+    for results in rounds:
+        by = {r["scenario"]: r["seconds"] for r in results}
+        if "rfm_duckdb" in by and "full_1_cutoff" in by:
+            ratios["full"].append(by["full_1_cutoff"] / by["rfm_duckdb"])
+        if "rfm_duckdb" in by and "rfm_pandas" in by:
+            ratios["pandas"].append(by["rfm_pandas"] / by["rfm_duckdb"])
+    within = f", each within one of {len(rounds)} rounds" if several else ""
+    if ratios["full"]:
+        print(
+            f"\nfull / plain-RFM (1 cutoff): {_spread(ratios['full'], 2, 'x')} "
+            f"(target <= 3x{within})"
+        )
+    if ratios["pandas"]:
+        print(f"pandas / duckdb (RFM subset): {_spread(ratios['pandas'], 2, 'x')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,7 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         "--scenarios", default="full_1_cutoff,full_12_cutoffs,rfm_duckdb,rfm_pandas"
     )
     parser.add_argument("--keep", help="write the data here and keep them")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of the scenarios (medians and ranges)"
+    )
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="cxpredict-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {"memory_limit": args.memory_limit, "threads": args.threads}
@@ -280,17 +313,22 @@ def main(argv: list[str] | None = None) -> int:
             f"DuckDB memory limit {args.memory_limit or 'default'}",
             flush=True,
         )
-        results = []
-        for name in scenarios:
-            result = _run(name, str(folder), options)
-            print(
-                f"  {name}: {result['seconds']:.2f} s wall, {result['cpu_seconds']:.2f} s CPU "
-                f"(all threads), load {_load()}",
-                flush=True,
-            )
-            results.append(result)
+        rounds = []
+        for number in range(args.repeat):
+            if args.repeat > 1:
+                print(f"round {number + 1} of {args.repeat}", flush=True)
+            results = []
+            for name in scenarios:
+                result = _run(name, str(folder), options)
+                print(
+                    f"  {name}: {result['seconds']:.2f} s wall, {result['cpu_seconds']:.2f} s "
+                    f"CPU (all threads), load {_load()}",
+                    flush=True,
+                )
+                results.append(result)
+            rounds.append(results)
         # The targets are for the in-memory 500k-customer sample, not for the spill path.
-        _print(results, orders + interactions, targets=not args.parquet)
+        _print(rounds, orders + interactions, targets=not args.parquet)
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
