@@ -366,6 +366,18 @@ def test_an_output_larger_than_the_available_memory_is_refused_before_it_is_writ
     assert allocated == []
 
 
+def test_the_memory_of_fetched_values_counts_the_cells_they_share_once() -> None:
+    results = engine.Results(
+        customer_ids=np.array(["a", "b", "c"], dtype=object),
+        entry=np.zeros(3, dtype=np.int64),
+        cutoffs=np.array([10], dtype=np.int64),
+    )
+    got = {"cid": np.arange(3), "j": np.zeros(3), "x": np.arange(3), "y": np.arange(3)}
+    results.keep(got, sums={"x": ("x", 0), "y": ("y", 0)})
+    # int32 customer numbers, int16 cutoffs, two int32 sums: 3 x (4 + 2 + 4 + 4) bytes.
+    assert results.nbytes == 3 * (4 + 2 + 4 + 4)
+
+
 def test_the_available_memory_is_the_kernels_figure_capped_by_the_cgroup_limit(
     tmp_path: Path,
 ) -> None:

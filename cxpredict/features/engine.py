@@ -683,14 +683,14 @@ class Results:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the fetched values (released as the families are computed)."""
-        held = 0
-        for per_days in self._sums.values():
-            for cells, values in per_days.values():
-                held += cells.cid.nbytes + cells.j.nbytes + values.nbytes
-        for _kind, cells, values in self._values.values():
-            held += cells.cid.nbytes + cells.j.nbytes + values.nbytes
-        return held
+        """Bytes held by the fetched values (released as the families are computed).
+
+        The aggregates of one fetch share their cells: each array is counted once.
+        """
+        stored = [cv for per_days in self._sums.values() for cv in per_days.values()]
+        stored += [(cells, values) for _kind, cells, values in self._values.values()]
+        arrays = {id(a): a for cells, values in stored for a in (cells.cid, cells.j, values)}
+        return sum(a.nbytes for a in arrays.values())
 
     def release(self, keep: set[str]) -> None:
         """Drop the fetched values of every aggregate not named in ``keep``."""
