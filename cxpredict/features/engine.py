@@ -1133,11 +1133,15 @@ class _Packing:
         size = -(-len(conditions) // -(-len(conditions) // PACK_FIELDS))
         return cls(tuple(tuple(conditions[k : k + size]) for k in range(0, len(conditions), size)))
 
+    def width(self, p: int) -> int:
+        """Bits per field of pack ``p`` (its fields share 126 bits)."""
+        return 126 // len(self.packs[p])
+
     def place(self, agg: Aggregate) -> tuple[int, int] | None:
         """``(pack, shift)`` of a packed count, ``None`` for any other aggregate."""
         for p, conditions in enumerate(self.packs):
             if agg.kind == "count" and agg.expr in conditions:
-                return p, conditions.index(agg.expr) * (126 // len(conditions))
+                return p, conditions.index(agg.expr) * self.width(p)
         return None
 
     def _used(self, aggs: Sequence[Aggregate]) -> list[int]:
@@ -1152,7 +1156,7 @@ class _Packing:
         if place is None:
             raise ValueError(f"{agg.name!r} is not a packed count")
         p, shift = place
-        mask = 2 ** (126 // len(self.packs[p])) - 1
+        mask = 2 ** self.width(p) - 1
         return f"((r.__pack_{p}{suffix} >> {shift}) & {mask})::BIGINT"
 
     def source(self, source: str) -> str:
@@ -1161,9 +1165,8 @@ class _Packing:
             return ident(source)
         columns = []
         for p, conditions in enumerate(self.packs):
-            width = 126 // len(conditions)
             terms = " + ".join(
-                f"CASE WHEN ({c}) THEN {2 ** (width * k)}::HUGEINT ELSE 0::HUGEINT END"
+                f"CASE WHEN ({c}) THEN {2 ** (self.width(p) * k)}::HUGEINT ELSE 0::HUGEINT END"
                 for k, c in enumerate(conditions)
             )
             columns.append(f"{terms} AS __pack_{p}")
@@ -1226,7 +1229,7 @@ class _Packing:
         if not self.packs or "__rows" not in got:
             return True
         rows = _filled(got["__rows"], 0)
-        bits = 126 // max(len(p) for p in self.packs)
+        bits = min(self.width(p) for p in range(len(self.packs)))
         return len(rows) == 0 or int(rows.max()) < 2**bits
 
 
