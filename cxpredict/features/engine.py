@@ -108,6 +108,10 @@ class Aggregate:
 
 #: Customers become known at their first order: every build asks for this aggregate.
 ENTRY = "entry_us"
+#: DuckDB block memory kept for reuse between the queries of a session rather than returned
+#: to the OS and faulted in again by the next query (freed when the session closes; at most
+#: what DuckDB itself uses, which ``memory_limit`` bounds). See ``docs/features.md``.
+BLOCK_ALLOCATOR_MEMORY = "2GiB"
 
 
 def _code_bits(n_codes: int) -> int:
@@ -300,7 +304,10 @@ class Session:
         temp_directory: str | os.PathLike[str] | None = None,
     ):
         self._sources = table_sources(tables)
-        config: dict[str, Any] = {"preserve_insertion_order": False}
+        config: dict[str, Any] = {
+            "preserve_insertion_order": False,
+            "block_allocator_memory": BLOCK_ALLOCATOR_MEMORY,
+        }
         if threads is not None:
             config["threads"] = int(threads)
         if memory_limit is not None:
