@@ -608,9 +608,11 @@ class Cells:
 def _compact(values: np.ndarray) -> np.ndarray:
     """Integer ``values`` as int32 when they fit (half the memory), else int64."""
     small = np.iinfo(np.int32)
+    if values.dtype == np.int32:
+        return values
     if len(values) == 0 or (values.min() >= small.min and values.max() <= small.max):
         return values.astype(np.int32)
-    return values.astype(np.int64)
+    return values.astype(np.int64, copy=False)
 
 
 @dataclass
@@ -1173,7 +1175,9 @@ class _Packing:
             raise ValueError(f"{agg.name!r} is not a packed count")
         p, shift = place
         mask = 2 ** self.width(p) - 1
-        return f"((r.__pack_{p}{suffix} >> {shift}) & {mask})::BIGINT"
+        # a field of up to 31 bits is read as a 32-bit integer: half the memory fetched
+        kind = "INTEGER" if self.width(p) <= 31 else "BIGINT"
+        return f"((r.__pack_{p}{suffix} >> {shift}) & {mask})::{kind}"
 
     def source(self, source: str) -> str:
         """``source`` with one column of bit fields per pack."""

@@ -105,16 +105,10 @@ def shares_and_entropy(counts: Sequence[np.ndarray]) -> tuple[list[np.ndarray], 
         total = total + count
     shares = [ratio(count, total) for count in counts]
     entropy = np.zeros(total.shape, dtype=np.float64)
-    for share in shares:
-        positive = np.nan_to_num(share) > 0
-        term = np.zeros_like(entropy)
-        np.multiply(
-            share,
-            np.log2(share, where=positive, out=np.zeros_like(share)),
-            out=term,
-            where=positive,
-        )
-        entropy -= term
+    for count, share in zip(counts, shares, strict=True):
+        # log2 of the positive shares only; a zero share adds 0 (NaN where the total is 0)
+        logs = np.log2(share, where=count > 0, out=np.zeros(total.shape, dtype=np.float64))
+        entropy -= np.multiply(share, logs, out=logs)
     entropy[total == 0] = np.nan
     return shares, entropy
 
