@@ -197,14 +197,18 @@ def _build_in(
             )
         ctx = Context(settings, vocabulary, available)
         defs = available_definitions(ctx, chosen)
-        requests = [r for family in FAMILIES for r in family.requests(ctx)]
-        requests += sql_requests(ctx, chosen)
+        # Each family's requests, then the SQL extensions' (also what each step of the
+        # assembly still reads).
+        steps = [list(family.requests(ctx)) for family in FAMILIES]
+        steps.append(sql_requests(ctx, chosen))
+        requests = [r for step in steps for r in step]
         s.prepare(int(micros[-1]))
         fills = sql_fills(s, ctx, chosen)
         declared = {c for e in chosen if isinstance(e, PythonFeature) for c in e.columns}
         columns = [d.name for d in defs if d.available and d.name not in declared]
         results = run(s, micros, requests)
-    return _assemble(tables, ctx, results, defs, chosen, fills, columns)
+    needs = [_names(step) for step in steps]
+    return _assemble(tables, ctx, results, defs, chosen, fills, columns, needs)
 
 
 #: From this many bytes, the output block's memory is obtained by two helper threads.
@@ -356,8 +360,12 @@ def _fill(
     output: _Output,
     position: Mapping[str, int],
     places: Sequence[Places],
+    needs: Sequence[set[str]],
 ) -> None:
-    """Compute every family block by block and copy each array into its output column."""
+    """Compute every family block by block and copy each array into its output column.
+
+    ``needs`` holds the aggregates each family reads, then those of the SQL extensions.
+    """
     filled: set[str] = set()
 
     def put(number: int, name: str, dense: np.ndarray) -> None:
@@ -377,8 +385,6 @@ def _fill(
 
     # The aggregates each later step still reads: the others are dropped as soon as possible,
     # so that their memory is reused by the output instead of adding to it.
-    needs = [_names(family.requests(ctx)) for family in FAMILIES]
-    needs.append(_names(sql_requests(ctx, extensions)))
     for k, family in enumerate(FAMILIES):
         for part in results.blocks():
             for name, dense in family.compute(ctx, part):
@@ -400,6 +406,7 @@ def _assemble(
     extensions: Sequence[Extension],
     fills: Mapping[str, float],
     columns: Sequence[str],
+    needs: Sequence[set[str]],
 ) -> pd.DataFrame:
     python = [e for e in extensions if isinstance(e, PythonFeature)]
     position = {name: k for k, name in enumerate(columns)}
@@ -411,7 +418,7 @@ def _assemble(
     output = _Output(columns)
     block = output.allocate(len(ii))
     try:
-        _fill(ctx, results, extensions, fills, output, position, places)
+        _fill(ctx, results, extensions, fills, output, position, places, needs)
     finally:
         output.close()
 
