@@ -24,25 +24,15 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cxpredict.features.engine import MONEY_SCALE, Aggregate, Block, Request, Source
+from cxpredict.features.engine import MONEY_SCALE, Aggregate, Block, Request
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio
 from cxpredict.features.rfm import order_lines, order_sources
-from cxpredict.features.rhythm import PURCHASE_DAYS
+from cxpredict.features.rhythm import purchase_days
 
 NAME = "basket"
 _MONEY = f"round(amount * {MONEY_SCALE})::BIGINT"
-
-
-def _first_purchase(items: bool) -> Source:
-    """``first_purchase``: one row per customer, its first purchase instant's lines summed."""
-    quantity = ", sum(COALESCE(quantity, 0))::BIGINT AS items" if items else ""
-    return Source(
-        "first_purchase",
-        f"SELECT customer_id, us, sum({_MONEY})::BIGINT AS value_units{quantity} "
-        "FROM orders JOIN (SELECT customer_id, min(us) AS us FROM orders WHERE amount >= 0 "
-        "GROUP BY customer_id) USING (customer_id, us) WHERE amount >= 0 "
-        "GROUP BY customer_id, us",
-    )
+#: The purchase lines at the customer's first purchase instant.
+_FIRST = "us = first_us"
 
 
 def _definitions(ctx: Context) -> list[FeatureDef]:
@@ -100,10 +90,14 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
 def _requests(ctx: Context) -> list[Request]:
     items = ctx.available.has("orders", "quantity")
     out: list[Request] = [
-        _first_purchase(items),
-        PURCHASE_DAYS,
-        # one row per customer: the maximum before a cutoff is that row once it is before it
-        Aggregate("first_purchase", "first_value_units", "max", "value_units"),
+        purchase_days(ctx),
+        # the first purchase's lines are before a cutoff all together or not at all
+        Aggregate(
+            "purchase_days",
+            "first_value_units",
+            "sum",
+            f"CASE WHEN {_FIRST} THEN {_MONEY} ELSE 0 END",
+        ),
         # every purchase day but the first has a gap: the second is the first with one
         Aggregate("purchase_days", "first_purchase_day", "min", "day"),
         Aggregate(
@@ -115,7 +109,12 @@ def _requests(ctx: Context) -> list[Request]:
             *order_sources(ctx),
             order_lines(ctx),
             Aggregate("order_level", "orders", "count", "true"),
-            Aggregate("first_purchase", "first_items", "max", "items"),
+            Aggregate(
+                "purchase_days",
+                "first_items",
+                "sum",
+                f"CASE WHEN {_FIRST} THEN COALESCE(quantity, 0) ELSE 0 END",
+            ),
             Aggregate(
                 "order_lines",
                 "item_count",
@@ -133,17 +132,20 @@ def _requests(ctx: Context) -> list[Request]:
 
 
 def _compute(ctx: Context, res: Block) -> Iterator[tuple[str, np.ndarray]]:
-    yield "first_order_value", res.value("first_value_units") / MONEY_SCALE
+    first_day = res.value("first_purchase_day")
+    bought = ~np.isnan(first_day)  # the sums below are 0, not missing, before a first purchase
+
+    def first(total: np.ndarray) -> np.ndarray:
+        return np.where(bought, total, np.nan)
+
+    yield "first_order_value", first(res.total("first_value_units") / MONEY_SCALE)
     if ctx.available.has("orders", "quantity"):
         items = res.total("item_count")
-        yield "first_order_items", res.value("first_items")
+        yield "first_order_items", first(res.total("first_items").astype(np.float64))
         yield "items_lifetime", items
         yield "items_per_order_mean", ratio(items, res.total("orders"))
         yield "value_per_item", ratio(res.total("itemised_units"), items) / MONEY_SCALE
-    yield (
-        "first_repeat_gap_days",
-        res.value("second_purchase_day") - res.value("first_purchase_day"),
-    )
+    yield "first_repeat_gap_days", res.value("second_purchase_day") - first_day
 
 
 FAMILY = Family(

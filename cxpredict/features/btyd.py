@@ -19,7 +19,7 @@ import numpy as np
 
 from cxpredict.features.engine import DAY_US, Aggregate, Block, Request
 from cxpredict.features.family import Context, Family, FeatureDef, feature
-from cxpredict.features.rhythm import PURCHASE_DAYS
+from cxpredict.features.rhythm import purchase_days
 
 NAME = "btyd"
 
@@ -52,8 +52,8 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
 
 def _requests(ctx: Context) -> list[Request]:
     return [
-        PURCHASE_DAYS,
-        Aggregate("purchase_days", "purchase_day_count", "count", "true"),
+        purchase_days(ctx),
+        Aggregate("purchase_days", "purchase_day_count", "count", "starts_day"),
         Aggregate("purchase_days", "first_purchase_day", "min", "day"),
         Aggregate("purchase_days", "last_purchase_day", "max", "day"),
     ]
