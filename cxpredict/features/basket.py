@@ -27,12 +27,9 @@ import numpy as np
 from cxpredict.features.engine import MONEY_SCALE, Aggregate, Block, Request
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio
 from cxpredict.features.rfm import order_lines, order_sources
-from cxpredict.features.rhythm import purchase_days
 
 NAME = "basket"
 _MONEY = f"round(amount * {MONEY_SCALE})::BIGINT"
-#: The purchase lines at the customer's first purchase instant.
-_FIRST = "us = first_us"
 
 
 def _definitions(ctx: Context) -> list[FeatureDef]:
@@ -90,30 +87,32 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
 def _requests(ctx: Context) -> list[Request]:
     items = ctx.available.has("orders", "quantity")
     out: list[Request] = [
-        purchase_days(ctx),
+        order_lines(ctx),
         # the first purchase's lines are before a cutoff all together or not at all
         Aggregate(
-            "purchase_days",
+            "order_lines",
             "first_value_units",
             "sum",
-            f"CASE WHEN {_FIRST} THEN {_MONEY} ELSE 0 END",
+            f"CASE WHEN first_purchase_line THEN {_MONEY} ELSE 0 END",
         ),
         # every purchase day but the first has a gap: the second is the first with one
-        Aggregate("purchase_days", "first_purchase_day", "min", "day"),
+        Aggregate("order_lines", "first_purchase_day", "min", "purchase_day"),
         Aggregate(
-            "purchase_days", "second_purchase_day", "min", "CASE WHEN gap IS NOT NULL THEN day END"
+            "order_lines",
+            "second_purchase_day",
+            "min",
+            "CASE WHEN purchase_gap IS NOT NULL THEN purchase_day END",
         ),
     ]
     if items:
         out += [
             *order_sources(ctx),
-            order_lines(ctx),
             Aggregate("order_level", "orders", "count", "true"),
             Aggregate(
-                "purchase_days",
+                "order_lines",
                 "first_items",
                 "sum",
-                f"CASE WHEN {_FIRST} THEN COALESCE(quantity, 0) ELSE 0 END",
+                "CASE WHEN first_purchase_line THEN COALESCE(quantity, 0) ELSE 0 END",
             ),
             Aggregate(
                 "order_lines",

@@ -19,7 +19,7 @@ import numpy as np
 
 from cxpredict.features.engine import DAY_US, Aggregate, Block, Request
 from cxpredict.features.family import Context, Family, FeatureDef, feature
-from cxpredict.features.rhythm import purchase_days
+from cxpredict.features.rfm import order_lines
 
 NAME = "btyd"
 
@@ -52,10 +52,10 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
 
 def _requests(ctx: Context) -> list[Request]:
     return [
-        purchase_days(ctx),
-        Aggregate("purchase_days", "purchase_day_count", "count", "starts_day"),
-        Aggregate("purchase_days", "first_purchase_day", "min", "day"),
-        Aggregate("purchase_days", "last_purchase_day", "max", "day"),
+        order_lines(ctx),
+        Aggregate("order_lines", "purchase_day_count", "count", "starts_purchase_day"),
+        Aggregate("order_lines", "first_purchase_day", "min", "purchase_day"),
+        Aggregate("order_lines", "last_purchase_day", "max", "purchase_day"),
     ]
 
 

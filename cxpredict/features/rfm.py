@@ -31,6 +31,7 @@ from cxpredict.features.engine import (
     Request,
     Source,
     code_sql,
+    floor_day_sql,
 )
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio
 from cxpredict.features.vocabulary import ORDER_CATEGORY, ORDER_CHANNEL
@@ -40,12 +41,39 @@ _MONEY = f"round(amount * {MONEY_SCALE})::BIGINT"
 
 
 def order_lines(ctx: Context) -> Source:
-    """``order_lines``: the order lines with the vocabulary codes of category and channel."""
+    """``order_lines``: the order lines with vocabulary codes and their purchase days marked.
+
+    Besides the order columns: ``category_code`` and ``channel_code`` (the vocabulary codes),
+    and, from one window over each customer's lines in time order, the purchase days (UTC
+    days with a purchase line, non-negative amount) that the rhythm, btyd and basket families
+    read:
+
+    - ``purchase_day``: the line's UTC day number (missing on refund lines);
+    - ``starts_purchase_day``: the line is the first purchase line of its day (lines at one
+      instant share their day, so which of them is first does not matter);
+    - ``purchase_gap``: on the first purchase line of a day, whole days since the previous
+      purchase day (missing on the customer's first day and on every other line);
+    - ``first_purchase_line``: the line is a purchase line at the customer's first purchase
+      instant.
+
+    A day's first purchase line is its earliest, so a purchase day is before a cutoff exactly
+    when that line is: aggregates over the lines that start a day are over purchase days.
+    """
     codes = []
     for key, column in ((ORDER_CATEGORY, "category"), (ORDER_CHANNEL, "channel")):
         if ctx.available.has("orders", column):
             codes.append(f", {code_sql(column, ctx.vocabulary.get(key))} AS {column}_code")
-    return Source("order_lines", f"SELECT *{''.join(codes)} FROM orders")
+    previous = "lag(purchase_day IGNORE NULLS) OVER w"
+    first = "first_value(CASE WHEN amount >= 0 THEN us END IGNORE NULLS) OVER w"
+    return Source(
+        "order_lines",
+        f"SELECT *, CASE WHEN {previous} < purchase_day THEN purchase_day - {previous} END "
+        f"AS purchase_gap, purchase_day IS NOT NULL AND {previous} IS DISTINCT FROM "
+        f"purchase_day AS starts_purchase_day, amount >= 0 AND us = {first} "
+        f"AS first_purchase_line FROM (SELECT *{''.join(codes)}, CASE WHEN amount >= 0 "
+        f"THEN {floor_day_sql('us')} END AS purchase_day FROM orders) "
+        "WINDOW w AS (PARTITION BY customer_id ORDER BY us)",
+    )
 
 
 def order_sources(ctx: Context) -> list[Source]:

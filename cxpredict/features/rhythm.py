@@ -21,35 +21,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cxpredict.features.engine import Aggregate, Block, Request, Source, floor_day_sql
+from cxpredict.features.engine import Aggregate, Block, Request
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio, trend
 from cxpredict.features.rfm import order_lines, order_sources
 
 NAME = "rhythm"
-
-
-def purchase_days(ctx: Context) -> Source:
-    """``purchase_days``: the purchase lines in time order, each day's first line marked.
-
-    One pass of a window over the purchase lines (non-negative amount) of each customer,
-    ordered by instant (lines at one instant share their day, so their order does not
-    matter). The first line of a UTC day has ``starts_day`` and, unless it is the customer's
-    first day, ``gap``: the whole days since the previous purchase day; the other lines of
-    the day have no gap. A day's first line is its earliest, so a day is before a cutoff
-    exactly when that line is: aggregates over the rows with ``starts_day`` (or a gap) are
-    aggregates over the purchase days. ``first_us`` is the customer's first purchase
-    instant; the lines at it are the first purchase. ``amount`` and, when the orders have
-    it, ``quantity`` are carried for it.
-    """
-    quantity = ", quantity" if ctx.available.has("orders", "quantity") else ""
-    return Source(
-        "purchase_days",
-        "SELECT customer_id, us, day, amount"
-        f"{quantity}, CASE WHEN lag(day) OVER w < day THEN day - lag(day) OVER w END AS gap, "
-        "lag(day) OVER w IS DISTINCT FROM day AS starts_day, first_value(us) OVER w AS first_us "
-        f"FROM (SELECT customer_id, us, amount{quantity}, {floor_day_sql('us')} AS day "
-        "FROM orders WHERE amount >= 0) WINDOW w AS (PARTITION BY customer_id ORDER BY us)",
-    )
 
 
 def _definitions(ctx: Context) -> list[FeatureDef]:
@@ -98,13 +74,12 @@ def _requests(ctx: Context) -> list[Request]:
     return [
         *order_sources(ctx),
         order_lines(ctx),
-        purchase_days(ctx),
         Aggregate("order_level", "orders", "count", "true", (30, 120)),
         Aggregate("order_lines", "last_purchase_us", "max", "CASE WHEN amount >= 0 THEN us END"),
-        Aggregate("purchase_days", "gap_count", "count", "gap IS NOT NULL"),
-        Aggregate("purchase_days", "gap_sum", "sum", "COALESCE(gap, 0)"),
-        Aggregate("purchase_days", "gap_sq_sum", "sum", "COALESCE(gap * gap, 0)"),
-        Aggregate("purchase_days", "gap_last", "last", "gap"),
+        Aggregate("order_lines", "gap_count", "count", "purchase_gap IS NOT NULL"),
+        Aggregate("order_lines", "gap_sum", "sum", "COALESCE(purchase_gap, 0)"),
+        Aggregate("order_lines", "gap_sq_sum", "sum", "COALESCE(purchase_gap * purchase_gap, 0)"),
+        Aggregate("order_lines", "gap_last", "last", "purchase_gap"),
     ]
 
 
