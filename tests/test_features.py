@@ -94,6 +94,34 @@ def test_a_cutoff_is_always_given() -> None:
 # -- many cutoffs ----------------------------------------------------------------------------
 
 
+def test_an_order_counts_at_its_first_line_and_its_value_once_its_last_line_is_in(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    # c2's order o4 gets a second, larger line after the cutoff: before it, the order counts
+    # but its value is not known yet, so it is not the largest order.
+    late = pd.DataFrame(
+        {
+            "customer_id": ["c2", "c2"],
+            "order_id": ["o4", "o9"],
+            "timestamp": pd.to_datetime(["2024-03-05T00:00", "2024-02-01T00:00"], utc=True).astype(
+                "datetime64[us, UTC]"
+            ),
+            "amount": [500.0, 20.0],
+            "category": ["hats", "hats"],
+            "channel": ["app", "app"],
+        }
+    )
+    orders = pd.concat([tiny.orders, late], ignore_index=True)
+    shop = Tables(orders, tiny.interactions, tiny.customers)
+    later = CUTOFF + pd.Timedelta(days=10)
+    alone = build_features(shop, CUTOFF, vocabulary=tiny_vocabulary)
+    many = build_training_features(shop, [CUTOFF, later], vocabulary=tiny_vocabulary)
+    for frame in (alone, many.xs(CUTOFF, level="cutoff")):
+        assert frame.loc["c2", "orders_lifetime"] == 2
+        assert frame.loc["c2", "order_value_max"] == 20
+    assert many.loc[("c2", later), "order_value_max"] == 510
+
+
 def test_features_at_one_cutoff_equal_those_built_among_many(shop: Tables) -> None:
     cutoffs = [
         pd.Timestamp("2024-06-01", tz="UTC"),

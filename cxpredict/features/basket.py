@@ -26,7 +26,7 @@ import numpy as np
 
 from cxpredict.features.engine import MONEY_SCALE, Aggregate, Block, Request
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio
-from cxpredict.features.rfm import order_lines, order_sources
+from cxpredict.features.rfm import order_level, order_lines
 
 NAME = "basket"
 _MONEY = f"round(amount * {MONEY_SCALE})::BIGINT"
@@ -106,7 +106,7 @@ def _requests(ctx: Context) -> list[Request]:
     ]
     if items:
         out += [
-            *order_sources(ctx),
+            order_level(ctx),
             Aggregate("order_level", "orders", "count", "true"),
             Aggregate(
                 "order_lines",

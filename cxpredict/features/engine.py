@@ -35,6 +35,7 @@ no time zone setting is involved; SQL extensions see naive UTC ``TIMESTAMP`` col
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -76,7 +77,10 @@ class Source:
     """A named event source: SQL returning ``customer_id``, ``us`` (its instant) and columns.
 
     The SQL may read the base views ``orders``, ``interactions`` and ``customers`` (rows before
-    the latest cutoff, instants as ``us`` microseconds) and earlier sources.
+    the latest cutoff, instants as ``us`` microseconds) and earlier sources. ``materialize``:
+    computed once into a table, for a source that several queries read (a build over several
+    cutoffs reads each source in two passes; a one-cutoff build reads a source once, so it
+    materializes only a source that another one also reads).
     """
 
     name: str
@@ -94,6 +98,10 @@ class Aggregate:
     the expression's value on the row with the largest ``order`` (an integer, unique per
     customer so that the result is deterministic: ``us`` when a customer has one row per
     instant, else :func:`last_order` to break ties), over the rows where it is not missing.
+
+    ``at`` (``max`` and ``min`` only) names another instant column of the source, never
+    before ``us``, that places a row before or after a cutoff instead of ``us``: an order
+    whose value is known once its last line is.
     """
 
     source: str
@@ -104,6 +112,14 @@ class Aggregate:
     order: str = "us"
     #: For a ``last`` made by :func:`last_code`: how many low bits of ``order`` hold the code.
     code_bits: int = 0
+    at: str = "us"
+
+    def __post_init__(self) -> None:
+        if self.at != "us" and self.kind not in ("max", "min"):
+            raise ValueError(
+                f"the aggregate {self.name!r} is a {self.kind}: only max and min take another "
+                "instant column (at)"
+            )
 
 
 #: Customers become known at their first order: every build asks for this aggregate.
@@ -913,7 +929,11 @@ def _level_one(agg: Aggregate) -> str:
     return f"arg_max({agg.expr}, {order}) AS {name}, max({order}) AS {ident(agg.name + '__at')}"
 
 
-def _level_single(agg: Aggregate) -> str:
+def _level_single(agg: Aggregate, cut: int) -> str:
+    if agg.at != "us":
+        return (
+            f"{agg.kind}({agg.expr}) FILTER (WHERE e.{ident(agg.at)} < {cut}) AS {ident(agg.name)}"
+        )
     if agg.kind != "last" or agg.code_bits:
         return _level_one(agg)
     order = f"CASE WHEN ({agg.expr}) IS NOT NULL THEN {agg.order} END"
@@ -955,6 +975,46 @@ def per_cutoff_rows(source: str, columns: str = "", *, empty: bool = False) -> s
     extra = f", {columns}" if columns else ""
     on = "false" if empty else "e.us < g.c"
     return f"SELECT e.*, g.j, g.c{extra} FROM {ident(source)} e JOIN cutoff_grid g ON {on}"
+
+
+def _materialized(
+    source: Source,
+    sources: Sequence[Source],
+    aggregates: Sequence[Aggregate],
+    per_cutoff: Sequence[PerCutoff],
+    several: bool,
+) -> bool:
+    """Whether ``source`` is computed into a table: over several cutoffs when it asks to be,
+    over one cutoff only when more than one query reads it."""
+    if not source.materialize or several:
+        return source.materialize
+    mention = re.compile(rf"\b{re.escape(source.name)}\b")
+    readers = int(any(a.source == source.name for a in aggregates))
+    readers += len({(p.columns, p.where) for p in per_cutoff if p.source == source.name})
+    readers += sum(1 for o in sources if o.name != source.name and mention.search(o.sql))
+    return readers > 1
+
+
+def _instants_as_sources(
+    aggregates: Sequence[Aggregate], execute: Callable[[str], None]
+) -> list[Aggregate]:
+    """Over several cutoffs, an aggregate placed by another instant (``at``) reads a view of
+    its source with that instant as ``us``, so that its rows fall in the slots of that
+    instant."""
+    out, views = [], set()
+    for agg in aggregates:
+        if agg.at == "us":
+            out.append(agg)
+            continue
+        view = f"{agg.source}@{agg.at}"
+        if view not in views:
+            execute(
+                f"CREATE TEMP VIEW {ident(view)} AS SELECT * REPLACE ({ident(agg.at)} AS us) "
+                f"FROM {ident(agg.source)}"
+            )
+            views.add(view)
+        out.append(replace(agg, source=view, at="us"))
+    return out
 
 
 def merge_aggregates(aggregates: Sequence[Aggregate]) -> list[Aggregate]:
@@ -1015,8 +1075,13 @@ def run(
                 raise ValueError(f"two different definitions of the source {source.name!r}")
             continue
         seen[source.name] = source.sql
-        kind = "TABLE" if source.materialize else "VIEW"
+        several = len(cutoffs) > 1
+        kind = (
+            "TABLE" if _materialized(source, sources, aggregates, per_cutoff, several) else "VIEW"
+        )
         execute(f"CREATE TEMP {kind} {ident(source.name)} AS {source.sql}")
+    if len(cutoffs) > 1:
+        aggregates = _instants_as_sources(aggregates, execute)
 
     windows = tuple(sorted({w for a in aggregates for w in a.windows}))
     grid = Grid(cutoffs, windows)
@@ -1255,7 +1320,7 @@ class _Packing:
 
 def _grouped_one(source: str, aggs: Sequence[Aggregate], cut: int, packing: _Packing) -> str:
     """SQL for ``aggs`` over the rows of ``source`` before ``cut``, one row per customer."""
-    parts = [_level_single(a) for a in aggs if packing.place(a) is None]
+    parts = [_level_single(a, cut) for a in aggs if packing.place(a) is None]
     parts += [
         f"{sum_sql(a, f'e.us < {cut - w * DAY_US}')} AS {ident(f'{a.name}@{w}')}"
         for a in aggs

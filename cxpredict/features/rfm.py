@@ -76,8 +76,9 @@ def order_lines(ctx: Context) -> Source:
     )
 
 
-def order_sources(ctx: Context) -> list[Source]:
-    """``order_level``: one row per order at its first purchase line (also used by rhythm)."""
+def order_level(ctx: Context) -> Source:
+    """``order_level``: one row per order at its first purchase line (also used by rhythm),
+    with ``complete_us``, the instant of its last purchase line, and its ``value``."""
     if ctx.available.has("orders", "order_id"):
         sql = (
             "SELECT customer_id, min(us) AS us, max(us) AS complete_us, sum(amount) AS value "
@@ -88,10 +89,7 @@ def order_sources(ctx: Context) -> list[Source]:
             "SELECT customer_id, us, us AS complete_us, amount AS value "
             "FROM orders WHERE amount >= 0"
         )
-    return [
-        Source("order_level", sql, materialize=True),
-        Source("order_complete", "SELECT customer_id, complete_us AS us, value FROM order_level"),
-    ]
+    return Source("order_level", sql, materialize=True)
 
 
 def _definitions(ctx: Context) -> list[FeatureDef]:
@@ -182,15 +180,17 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
 def _requests(ctx: Context) -> list[Request]:
     windows = ctx.windows
     return [
-        *order_sources(ctx),
+        order_level(ctx),
         order_lines(ctx),
         Aggregate("order_lines", ENTRY, "min", "us"),
         Aggregate("order_level", "orders", "count", "true", windows),
+        # an order's value is known once its last line is before the cutoff
         Aggregate(
-            "order_complete",
+            "order_level",
             "order_value_max_units",
             "max",
             f"round(value * {MONEY_SCALE})::BIGINT",
+            at="complete_us",
         ),
         Aggregate("order_lines", "spend_units", "sum", _MONEY, windows),
         Aggregate(

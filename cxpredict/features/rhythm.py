@@ -23,7 +23,7 @@ import numpy as np
 
 from cxpredict.features.engine import Aggregate, Block, Request
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio, trend
-from cxpredict.features.rfm import order_lines, order_sources
+from cxpredict.features.rfm import order_level, order_lines
 
 NAME = "rhythm"
 
@@ -72,7 +72,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
 
 def _requests(ctx: Context) -> list[Request]:
     return [
-        *order_sources(ctx),
+        order_level(ctx),
         order_lines(ctx),
         Aggregate("order_level", "orders", "count", "true", (30, 120)),
         Aggregate("order_lines", "last_purchase_us", "max", "CASE WHEN amount >= 0 THEN us END"),
