@@ -110,7 +110,8 @@ class Aggregate:
     expr: str
     windows: tuple[int, ...] = ()
     order: str = "us"
-    #: For a ``last`` made by :func:`last_code`: how many low bits of ``order`` hold the code.
+    #: For a ``last`` whose ``order`` holds the value plus one in its low bits (as
+    #: :func:`last_code` makes them): how many bits; read off ``max(order)``.
     code_bits: int = 0
     at: str = "us"
 

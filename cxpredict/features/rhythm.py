@@ -26,6 +26,7 @@ from cxpredict.features.family import Context, Family, FeatureDef, feature, rati
 from cxpredict.features.rfm import order_level, order_lines
 
 NAME = "rhythm"
+_GAP_BITS = 31
 
 
 def _definitions(ctx: Context) -> list[FeatureDef]:
@@ -79,7 +80,16 @@ def _requests(ctx: Context) -> list[Request]:
         Aggregate("order_lines", "gap_count", "count", "purchase_gap IS NOT NULL"),
         Aggregate("order_lines", "gap_sum", "sum", "COALESCE(purchase_gap, 0)"),
         Aggregate("order_lines", "gap_sq_sum", "sum", "COALESCE(purchase_gap * purchase_gap, 0)"),
-        Aggregate("order_lines", "gap_last", "last", "purchase_gap"),
+        # one gap per purchase day: the latest is read off the largest (day, gap) key, the
+        # gap (under 2^31 days) in its low bits, instead of an arg_max
+        Aggregate(
+            "order_lines",
+            "gap_last",
+            "last",
+            "purchase_gap",
+            order=f"(purchase_day * {2**_GAP_BITS} + purchase_gap + 1)",
+            code_bits=_GAP_BITS,
+        ),
     ]
 
 
