@@ -470,3 +470,22 @@ def test_packed_counts_are_exact_even_past_what_a_packed_field_holds(
     plain_totals, plain_recent = _nine_counts(rows, cutoffs)
     np.testing.assert_array_equal(plain_totals, expected_totals)
     np.testing.assert_array_equal(plain_recent, expected_recent)
+
+
+def test_only_extrema_take_another_instant_column() -> None:
+    with pytest.raises(ValueError, match="only max and min"):
+        engine.Aggregate("orders", "n", "count", "true", at="complete_us")
+
+
+def test_a_one_cutoff_build_computes_a_source_read_once_in_its_query(tiny: Tables) -> None:
+    sql: list[str] = []
+    requests = [
+        engine.Source("per_order", "SELECT customer_id, us FROM orders", materialize=True),
+        engine.Aggregate("orders", engine.ENTRY, "min", "us"),
+        engine.Aggregate("per_order", "n", "count", "true"),
+    ]
+    for cutoffs, kind in (([CUTOFF], "VIEW"), ([CUTOFF - pd.Timedelta(days=1), CUTOFF], "TABLE")):
+        sql.clear()
+        with session(tiny) as s:
+            engine.run(s, engine.cutoff_micros(cutoffs), requests, on_sql=sql.append)
+        assert any(q.startswith(f'CREATE TEMP {kind} "per_order"') for q in sql)
