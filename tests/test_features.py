@@ -489,3 +489,18 @@ def test_a_one_cutoff_build_computes_a_source_read_once_in_its_query(tiny: Table
         with session(tiny) as s:
             engine.run(s, engine.cutoff_micros(cutoffs), requests, on_sql=sql.append)
         assert any(q.startswith(f'CREATE TEMP {kind} "per_order"') for q in sql)
+
+
+def test_extra_columns_named_like_the_engines_own_change_nothing(tiny: Tables) -> None:
+    # A table may carry columns of its own (SQL extensions can read them); those that share a
+    # name with a column the engine adds must not reach the families.
+    orders, interactions = tiny.orders.copy(), tiny.interactions.copy()
+    for column in ("purchase_day", "purchase_gap", "first_purchase_line", "category_code"):
+        orders[column] = "x"
+    interactions["channel_code"] = "x"
+    extra = Tables(orders, interactions, tiny.customers)
+    vocabulary = learn_vocabulary(tiny, CUTOFF)
+    pd.testing.assert_frame_equal(
+        build_features(extra, CUTOFF, vocabulary=vocabulary),
+        build_features(tiny, CUTOFF, vocabulary=vocabulary),
+    )

@@ -40,9 +40,17 @@ _COUNTS: tuple[tuple[str, str | None, str], ...] = (
 
 
 def interaction_rows(ctx: Context) -> Source:
-    """``interaction_rows``: the interactions with the vocabulary code of their channel."""
+    """``interaction_rows``: the interactions with the vocabulary code of their channel.
+
+    Only the columns the families read: other columns of the table, which SQL extensions may
+    use, cannot collide with ``channel_code``.
+    """
     code = code_sql("channel", ctx.vocabulary.get(INTERACTION_CHANNEL))
-    return Source("interaction_rows", f"SELECT *, {code} AS channel_code FROM interactions")
+    return Source(
+        "interaction_rows",
+        f"SELECT customer_id, us, kind, rating, responded_us, {code} AS channel_code "
+        "FROM interactions",
+    )
 
 
 def _channels(ctx: Context) -> tuple[tuple[str, str], ...]:

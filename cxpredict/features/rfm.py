@@ -59,10 +59,12 @@ def order_lines(ctx: Context) -> Source:
     A day's first purchase line is its earliest, so a purchase day is before a cutoff exactly
     when that line is: aggregates over the lines that start a day are over purchase days.
     """
-    codes = []
+    # only the columns the families read: other columns of the table, which SQL extensions
+    # may use, cannot collide with the ones added here
+    columns = ", quantity" if ctx.available.has("orders", "quantity") else ""
     for key, column in ((ORDER_CATEGORY, "category"), (ORDER_CHANNEL, "channel")):
         if ctx.available.has("orders", column):
-            codes.append(f", {code_sql(column, ctx.vocabulary.get(key))} AS {column}_code")
+            columns += f", {code_sql(column, ctx.vocabulary.get(key))} AS {column}_code"
     previous = "lag(purchase_day IGNORE NULLS) OVER w"
     first = "first_value(CASE WHEN amount >= 0 THEN us END IGNORE NULLS) OVER w"
     return Source(
@@ -70,8 +72,8 @@ def order_lines(ctx: Context) -> Source:
         f"SELECT *, CASE WHEN {previous} < purchase_day THEN purchase_day - {previous} END "
         f"AS purchase_gap, purchase_day IS NOT NULL AND {previous} IS DISTINCT FROM "
         f"purchase_day AS starts_purchase_day, amount >= 0 AND us = {first} "
-        f"AS first_purchase_line FROM (SELECT *{''.join(codes)}, CASE WHEN amount >= 0 "
-        f"THEN {floor_day_sql('us')} END AS purchase_day FROM orders) "
+        f"AS first_purchase_line FROM (SELECT customer_id, us, amount{columns}, "
+        f"CASE WHEN amount >= 0 THEN {floor_day_sql('us')} END AS purchase_day FROM orders) "
         "WINDOW w AS (PARTITION BY customer_id ORDER BY us)",
     )
 
