@@ -135,23 +135,28 @@ def _code_bits(n_codes: int) -> int:
     return max(1, int(n_codes + 1).bit_length())
 
 
-def last_order(code: str, n_codes: int) -> str:
+def last_order(code: str, n_codes: int, key: str = "us") -> str:
     """An ``order`` for a ``last`` aggregate over a small code: ties go to the larger code.
 
-    The code (``-1`` to ``n_codes - 1``) plus one is in the order's low bits.
+    The code (``-1`` to ``n_codes - 1``) plus one is in the low bits below ``key``, the
+    instant that orders the rows (``us``; ``key * 2**bits`` must fit in 64 bits, so a code of
+    more than about 4,000 values needs a coarser key, such as a day number).
     """
-    return f"(us * {2 ** _code_bits(n_codes)} + COALESCE({code}, 0) + 1)"
+    return f"({key} * {2 ** _code_bits(n_codes)} + COALESCE({code}, 0) + 1)"
 
 
-def last_code(source: str, name: str, code: str, n_codes: int, when: str = "") -> Aggregate:
-    """The latest value of a small integer code (``-1`` to ``n_codes - 1``) among the rows
-    where ``when`` holds and the code is not missing; ties go to the larger code.
+def last_code(
+    source: str, name: str, code: str, n_codes: int, when: str = "", key: str = "us"
+) -> Aggregate:
+    """The latest value (by ``key``, see :func:`last_order`) of an integer code (``-1`` to
+    ``n_codes - 1``) among the rows where ``when`` holds and the code is not missing; ties go
+    to the larger code.
 
     The order holds the code in its low bits, so the latest code is read off ``max(order)``:
     an ``arg_max`` costs several times more.
     """
     expr = f"CASE WHEN {when} THEN {code} END" if when else code
-    order = last_order(code, n_codes)
+    order = last_order(code, n_codes, key)
     return Aggregate(source, name, "last", expr, order=order, code_bits=_code_bits(n_codes))
 
 
@@ -1069,6 +1074,7 @@ def run(
     if not entry_source:
         raise ValueError(f"no aggregate named {ENTRY!r}: the first order of each customer")
 
+    several = len(cutoffs) > 1
     seen: dict[str, str] = {}
     for source in sources:
         if source.name in seen:
@@ -1076,12 +1082,11 @@ def run(
                 raise ValueError(f"two different definitions of the source {source.name!r}")
             continue
         seen[source.name] = source.sql
-        several = len(cutoffs) > 1
         kind = (
             "TABLE" if _materialized(source, sources, aggregates, per_cutoff, several) else "VIEW"
         )
         execute(f"CREATE TEMP {kind} {ident(source.name)} AS {source.sql}")
-    if len(cutoffs) > 1:
+    if several:
         aggregates = _instants_as_sources(aggregates, execute)
 
     windows = tuple(sorted({w for a in aggregates for w in a.windows}))
@@ -1097,7 +1102,7 @@ def run(
     for agg in aggregates:
         by_source.setdefault(agg.source, []).append(agg)
     order = sorted(by_source, key=lambda name: name != entry_source[0])
-    if len(cutoffs) == 1:
+    if not several:
         return _run_one(s, cutoffs, order, by_source, per_cutoff, execute)
     tables = {source: f"slotted_{i}" for i, source in enumerate(order)}
     packings = {source: _Packing.of(by_source[source]) for source in order}

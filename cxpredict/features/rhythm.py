@@ -21,12 +21,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cxpredict.features.engine import Aggregate, Block, Request
+from cxpredict.features.engine import Aggregate, Block, Request, last_code
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio, trend
 from cxpredict.features.rfm import order_level, order_lines
 
 NAME = "rhythm"
-_GAP_BITS = 31
 
 
 def _definitions(ctx: Context) -> list[FeatureDef]:
@@ -80,16 +79,8 @@ def _requests(ctx: Context) -> list[Request]:
         Aggregate("order_lines", "gap_count", "count", "purchase_gap IS NOT NULL"),
         Aggregate("order_lines", "gap_sum", "sum", "COALESCE(purchase_gap, 0)"),
         Aggregate("order_lines", "gap_sq_sum", "sum", "COALESCE(purchase_gap * purchase_gap, 0)"),
-        # one gap per purchase day: the latest is read off the largest (day, gap) key, the
-        # gap (under 2^31 days) in its low bits, instead of an arg_max
-        Aggregate(
-            "order_lines",
-            "gap_last",
-            "last",
-            "purchase_gap",
-            order=f"(purchase_day * {2**_GAP_BITS} + purchase_gap + 1)",
-            code_bits=_GAP_BITS,
-        ),
+        # one gap per purchase day, so the day orders them; gaps are under 2^31 days
+        last_code("order_lines", "gap_last", "purchase_gap", 2**31 - 1, key="purchase_day"),
     ]
 
 
