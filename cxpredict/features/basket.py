@@ -26,10 +26,9 @@ import numpy as np
 
 from cxpredict.features.engine import MONEY_SCALE, Aggregate, Block, Request
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio
-from cxpredict.features.rfm import order_level, order_lines
+from cxpredict.features.rfm import MONEY_UNITS, order_level, order_lines
 
 NAME = "basket"
-_MONEY = f"round(amount * {MONEY_SCALE})::BIGINT"
 
 
 def _definitions(ctx: Context) -> list[FeatureDef]:
@@ -93,7 +92,7 @@ def _requests(ctx: Context) -> list[Request]:
             "order_lines",
             "first_value_units",
             "sum",
-            f"CASE WHEN first_purchase_line THEN {_MONEY} ELSE 0 END",
+            f"CASE WHEN first_purchase_line THEN {MONEY_UNITS} ELSE 0 END",
         ),
         # every purchase day but the first has a gap: the second is the first with one
         Aggregate("order_lines", "first_purchase_day", "min", "purchase_day"),
@@ -124,7 +123,7 @@ def _requests(ctx: Context) -> list[Request]:
                 "order_lines",
                 "itemised_units",
                 "sum",
-                f"CASE WHEN amount >= 0 AND quantity > 0 THEN {_MONEY} ELSE 0 END",
+                f"CASE WHEN amount >= 0 AND quantity > 0 THEN {MONEY_UNITS} ELSE 0 END",
             ),
         ]
     return out

@@ -37,7 +37,8 @@ from cxpredict.features.family import Context, Family, FeatureDef, feature, rati
 from cxpredict.features.vocabulary import ORDER_CATEGORY, ORDER_CHANNEL
 
 NAME = "rfm"
-_MONEY = f"round(amount * {MONEY_SCALE})::BIGINT"
+#: An order line's amount in whole 1/MONEY_SCALE units, as every family sums it.
+MONEY_UNITS = f"round(amount * {MONEY_SCALE})::BIGINT"
 
 
 def order_lines(ctx: Context) -> Source:
@@ -194,16 +195,19 @@ def _requests(ctx: Context) -> list[Request]:
             f"round(value * {MONEY_SCALE})::BIGINT",
             at="complete_us",
         ),
-        Aggregate("order_lines", "spend_units", "sum", _MONEY, windows),
+        Aggregate("order_lines", "spend_units", "sum", MONEY_UNITS, windows),
         Aggregate(
             "order_lines",
             "purchase_units",
             "sum",
-            f"CASE WHEN amount >= 0 THEN {_MONEY} ELSE 0 END",
+            f"CASE WHEN amount >= 0 THEN {MONEY_UNITS} ELSE 0 END",
         ),
         Aggregate("order_lines", "refund_lines", "count", "amount < 0"),
         Aggregate(
-            "order_lines", "refund_units", "sum", f"CASE WHEN amount < 0 THEN -{_MONEY} ELSE 0 END"
+            "order_lines",
+            "refund_units",
+            "sum",
+            f"CASE WHEN amount < 0 THEN -{MONEY_UNITS} ELSE 0 END",
         ),
         Aggregate("order_lines", "first_purchase_us", "min", "CASE WHEN amount >= 0 THEN us END"),
         Aggregate("order_lines", "last_purchase_us", "max", "CASE WHEN amount >= 0 THEN us END"),
