@@ -84,7 +84,10 @@ MONETARY_COLUMN = "spend_lifetime"
 VALUE_COLUMN_TEMPLATES: dict[str, tuple[str, ...]] = {
     "orders.category": ("share_category_{slug}", "last_category_is_{slug}"),
     "orders.channel": ("share_order_channel_{slug}", "last_order_channel_is_{slug}"),
-    "interactions.channel": ("days_since_last_interaction_{slug}",),
+    "interactions.channel": (
+        "share_interaction_channel_{slug}",
+        "days_since_last_interaction_{slug}",
+    ),
 }
 
 

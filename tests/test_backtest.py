@@ -17,6 +17,7 @@ from cxpredict.backtest import (
     plan_backtest,
     plan_fold,
     run_backtest,
+    value_columns,
 )
 from cxpredict.baselines import btyd_summary
 from cxpredict.config import ChurnTask, RepurchaseTask, TrainingConfig, ValueTask
@@ -301,3 +302,19 @@ def test_value_models_started_from_pareto_nbd_predict_any_horizon_and_say_so(tab
     assert (ratio >= 1).all() and (fitted.estimators["spend"].predict(X) >= 0).all()
     restored = BtydStart.from_dict(orders.to_dict())
     np.testing.assert_array_equal(restored.predict(X), long)
+
+
+def test_interaction_channels_are_described_by_their_share_then_their_recency() -> None:
+    columns = [
+        "share_interaction_channel_web",
+        "days_since_last_interaction_web",
+        "days_since_last_interaction_chat",
+    ]
+    got = value_columns(columns, ["web", "chat"], key="interactions.channel")
+    assert got == {
+        "web": {
+            "share_interaction_channel": "share_interaction_channel_web",
+            "days_since_last_interaction": "days_since_last_interaction_web",
+        },
+        "chat": {"days_since_last_interaction": "days_since_last_interaction_chat"},
+    }

@@ -472,6 +472,18 @@ def test_packed_counts_are_exact_even_past_what_a_packed_field_holds(
     np.testing.assert_array_equal(plain_recent, expected_recent)
 
 
+def test_counts_over_windows_share_the_first_packs() -> None:
+    # Each pack holding a windowed count is summed again per window: the 8 plain counts listed
+    # first must not push the windowed ones into a second pack.
+    plain = [engine.Aggregate("orders", f"p{k}", "count", f"us > {k}") for k in range(8)]
+    windowed = [
+        engine.Aggregate("orders", f"w{k}", "count", f"us < {k}", (7, 30)) for k in range(8)
+    ]
+    packing = engine._Packing.of([*plain, *windowed])
+    assert packing.packs[0][:8] == tuple(f"us < {k}" for k in range(8))
+    assert all(packing.place(a)[0] == 0 for a in windowed)  # type: ignore[index]
+
+
 def test_only_extrema_take_another_instant_column() -> None:
     with pytest.raises(ValueError, match="only max and min"):
         engine.Aggregate("orders", "n", "count", "true", at="complete_us")

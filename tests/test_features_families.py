@@ -104,7 +104,7 @@ def test_preferences_share_entropy_and_latest_value_over_the_vocabulary(
     pd.testing.assert_frame_equal(features[list(want.columns)], want)
 
 
-def test_engagement_counts_visits_sessions_and_emails_and_recency_per_channel(
+def test_engagement_counts_visits_sessions_and_emails_and_recency_and_share_per_channel(
     features: pd.DataFrame,
 ) -> None:
     want = expected(
@@ -126,6 +126,11 @@ def test_engagement_counts_visits_sessions_and_emails_and_recency_per_channel(
             "days_since_last_interaction_email": [3.625, NAN, NAN],
             "days_since_last_interaction_chat": [1.5, 51, NAN],
             "days_since_last_interaction_other": [10, NAN, 10],
+            # c1: 2 web visits, an email opened and clicked, 2 chats and 3 app reviews
+            "share_interaction_channel_web": [2 / 9, 0, 0],
+            "share_interaction_channel_email": [2 / 9, 0, 0],
+            "share_interaction_channel_chat": [2 / 9, 1, 0],
+            "share_interaction_channel_other": [3 / 9, 0, 1],
         }
     )
     pd.testing.assert_frame_equal(features[list(want.columns)], want)

@@ -16,6 +16,9 @@ Kinds are matched exactly: ``visit``, ``email_open``, ``email_click``.
   outside the vocabulary count as one, ``other``).
 - ``days_since_last_interaction``: days since the latest interaction of any kind (NaN: none).
 - ``days_since_last_interaction_<channel>``: the same per vocabulary channel and ``other``.
+- ``share_interaction_channel_<channel>``: share of the customer's interactions (of any kind,
+  since the first) made on each vocabulary channel and ``other`` (NaN without interactions;
+  interactions without a channel count in the total only).
 """
 
 from __future__ import annotations
@@ -131,6 +134,17 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
                 why,
             )
         )
+    for slug, label in _channels(ctx):
+        out.append(
+            feature(
+                NAME,
+                f"share_interaction_channel_{slug}",
+                f"Share of the customer's interactions made on channel '{label}'.",
+                "share",
+                f"{{share_interaction_channel_{slug}:.0%}} of interactions on {label}",
+                why,
+            )
+        )
     return out
 
 
@@ -152,6 +166,12 @@ def _requests(ctx: Context) -> list[Request]:
                 f"last_interaction_us_{k}",
                 "max",
                 f"CASE WHEN channel_code = {k} THEN us END",
+            )
+        )
+    for k in range(len(_channels(ctx))):
+        out.append(
+            Aggregate(
+                "interaction_rows", f"interaction_channel_{k}", "count", f"channel_code = {k}"
             )
         )
     out.append(
@@ -183,6 +203,12 @@ def _compute(ctx: Context, res: Block) -> Iterator[tuple[str, np.ndarray]]:
         used += ~np.isnan(last)
         yield f"days_since_last_interaction_{slug}", res.days_since(last)
     yield "distinct_interaction_channels", used
+    everything = res.total("interactions")
+    for k, (slug, _label) in enumerate(_channels(ctx)):
+        yield (
+            f"share_interaction_channel_{slug}",
+            ratio(res.total(f"interaction_channel_{k}"), everything),
+        )
 
 
 FAMILY = Family(

@@ -1216,7 +1216,12 @@ class _Packing:
     @classmethod
     def of(cls, aggs: Sequence[Aggregate]) -> _Packing:
         """The packing of ``aggs``' counts, or an empty one when they are too few to gain."""
-        conditions = list(dict.fromkeys(a.expr for a in aggs if a.kind == "count"))
+        counts = [a for a in aggs if a.kind == "count"]
+        conditions = list(dict.fromkeys(a.expr for a in counts))
+        # Conditions counted over windows first, so that they share as few packs as possible:
+        # each pack holding one is summed again per window.
+        windowed = {a.expr for a in counts if a.windows}
+        conditions.sort(key=lambda c: c not in windowed)
         if len(conditions) < PACK_FROM:
             return cls(())
         size = -(-len(conditions) // -(-len(conditions) // PACK_FIELDS))
