@@ -1017,9 +1017,11 @@ def evaluate_preference(fitted: FittedTask, data: FoldData) -> list[dict[str, An
         "most_frequent": counts + 1e-6 * popularity,
         "popularity": np.tile(popularity, (len(customers), 1)),
     }
-    if served is not model:
-        # what the bundle serves: past use read from the features (chosen on validation)
-        scores["served"] = served.predict_scores(data.X_test).to_numpy()
+    # what the fold serves, chosen on its validation cutoff: the model, or past use read from
+    # the features; always reported, so that its mean covers the same folds as the others
+    scores["served"] = (
+        scores["lightgbm"] if served is model else served.predict_scores(data.X_test).to_numpy()
+    )
     rows = []
     for name, score in scores.items():
         rows += _rows(cutoff, name, metrics.preference_metrics(actual, score))

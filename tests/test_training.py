@@ -176,6 +176,9 @@ def test_a_value_task_predicts_spend_and_orders(tables):
 def test_a_preference_task_lists_the_top_values_with_probabilities(tables):
     result = train_task(CONFIG, "category", as_of=AS_OF, tables=tables)
     assert {"lightgbm", "most_frequent", "popularity"} <= set(result.metrics["model"])
+    # what each fold serves is reported for every fold, so that its mean compares like folds
+    folds = result.metrics.groupby("model")["cutoff"].agg(lambda c: sorted(set(c)))
+    assert folds["served"] == folds["lightgbm"]
     scored = score_task(CONFIG, "category", as_of=AS_OF, tables=tables, model=result.bundle)
     assert list(scored.columns[:5]) == [
         "customer_id",
