@@ -791,10 +791,18 @@ def score_task(
     catalogue = feature_catalogue(known, settings=config.features, vocabulary=vocabulary)
     version = catalogue_version(catalogue)
     if version != model.catalogue_version:
+        built = set(catalogue.loc[catalogue["available"], "name"])
+        gone = [f for f in model.features if f not in built]
+        what = (
+            f"features the model uses are no longer built: {', '.join(gone[:5])}"
+            f"{f' and {len(gone) - 5} more' if len(gone) > 5 else ''}"
+            if gone
+            else "features were added or redefined"
+        )
         raise FeatureMismatch(
             f"the model was trained with feature catalogue {model.catalogue_version!r} but "
-            f"today's features are {version!r} (the data's columns or the feature settings "
-            "changed); retrain the task"
+            f"today's features are {version!r}: {what} (the data's columns, the feature "
+            "settings or the cxpredict version changed); retrain the task"
         )
     X = scored_population(known, as_of, task, settings=config.features, vocabulary=vocabulary)
     predictions = model.predict(X)

@@ -291,3 +291,16 @@ def test_a_preference_model_stores_a_reference_of_its_top_probability(tables):
     assert sum(reference["score"]["proportions"]) + reference["score"]["missing"] == (
         pytest.approx(1.0)
     )
+
+
+def test_a_model_from_another_feature_catalogue_is_refused_with_what_changed(tables, churn):
+    from dataclasses import replace
+
+    older = replace(churn.bundle, catalogue_version="features-1-000000000000")
+    with pytest.raises(FeatureMismatch, match="features were added or redefined.*retrain"):
+        score_task(CONFIG, "churn", as_of=AS_OF, tables=tables, model=older)
+    gone = replace(older, features=[*churn.bundle.features, "retired_feature"])
+    with pytest.raises(
+        FeatureMismatch, match="features the model uses are no longer built: retired_feature "
+    ):
+        score_task(CONFIG, "churn", as_of=AS_OF, tables=tables, model=gone)
