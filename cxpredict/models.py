@@ -425,6 +425,12 @@ class LightGBMRegressor(_Booster):
     the days its label window covers) is the starting score, so a prediction for a window
     twice as long is twice as large.
 
+    After fitting, the predictions are scaled so that their total over the training rows is
+    the actual total (``balance_``, the balance property). A Poisson model with its log link
+    has it nearly by itself; a Tweedie model does not (its log link is not the canonical one,
+    and boosting stops early): on the bundled sample its spend fell 8-13 % short of the
+    training rows' own total before the scaling.
+
     Parameters
     ----------
     objective
@@ -488,7 +494,21 @@ class LightGBMRegressor(_Booster):
                 raise ValueError("pass exposure_valid too when the training rows have exposure")
             init_valid = np.log(np.asarray(exposure_valid, dtype=float))
         self._boost(X, y, X_valid, y_valid, init_score=init, init_score_valid=init_valid)
+        self.balance_ = 1.0
+        predicted = np.exp(self.raw_score(X) + (0.0 if init is None else init)).sum()
+        if predicted > 0:
+            self.balance_ = float(y.sum() / predicted)
         return self
+
+    def raw_score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """The log of the expected amount or count (or rate), balance included."""
+        return super().raw_score(X) + np.log(self.balance_)
+
+    def contributions(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        """Per-feature contributions to :meth:`raw_score`; the balance is in ``bias``."""
+        out = super().contributions(X)
+        out["bias"] += np.log(self.balance_)
+        return out
 
     def predict(self, X: pd.DataFrame | np.ndarray, *, exposure: np.ndarray | None = None):
         """Expected amount or count per row; scaled by ``exposure`` for a rate model."""
@@ -515,6 +535,7 @@ def booster_to_dict(model: _Booster) -> dict[str, Any]:
         state["uses_offset"] = bool(getattr(model, "uses_offset_", False))
     if isinstance(model, LightGBMRegressor):
         state["uses_exposure"] = model.uses_exposure_
+        state["balance"] = model.balance_
     if isinstance(model, _Multiclass):
         state["num_class"] = model.num_class_
     return state
@@ -540,6 +561,7 @@ def booster_from_dict(state: Mapping[str, Any]) -> _Booster:
         model.uses_offset_ = bool(state.get("uses_offset", False))
     if isinstance(model, LightGBMRegressor):
         model.uses_exposure_ = bool(state["uses_exposure"])
+        model.balance_ = float(state.get("balance", 1.0))  # 1: saved before the balance
     if isinstance(model, _Multiclass):
         model.num_class_ = int(state["num_class"])
     return model

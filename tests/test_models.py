@@ -164,6 +164,37 @@ def test_a_tweedie_model_predicts_non_negative_spend_and_survives_a_round_trip()
     )
 
 
+@pytest.mark.parametrize("rate", [False, True], ids=["amount", "rate"])
+def test_a_regressor_predicts_the_total_of_its_training_rows_and_says_so_in_the_bias(rate):
+    # Skewed spend stops the Tweedie boosting short of the training total; the balance scales
+    # the predictions back to it (a rate model's too, at each row's exposure).
+    rng = np.random.default_rng(2)
+    X = pd.DataFrame({"wealth": rng.uniform(0, 1, 3000)})
+    spend = np.where(rng.random(3000) < 0.3, rng.lognormal(3 + 2 * X["wealth"], 1.5), 0)
+    days = rng.choice([1.0, 2.0], 3000)
+    train, valid = slice(0, 2000), slice(2000, 3000)
+
+    def at(rows: slice, suffix: str = "") -> dict[str, np.ndarray]:
+        return {f"exposure{suffix}": days[rows]} if rate else {}
+
+    model = LightGBMRegressor(params={**FAST, "learning_rate": 0.02}).fit(
+        X[train],
+        spend[train],
+        X_valid=X[valid],
+        y_valid=spend[valid],
+        **at(train),
+        **at(valid, "_valid"),
+    )
+    assert model.balance_ != pytest.approx(1.0, abs=0.01)
+    assert model.predict(X[train], **at(train)).sum() == pytest.approx(spend[train].sum())
+    bias_included = model.contributions(X[:5]).sum(axis=1).to_numpy()
+    np.testing.assert_allclose(bias_included, model.raw_score(X[:5]))
+    rebuilt = booster_from_dict(booster_to_dict(model))
+    np.testing.assert_allclose(
+        rebuilt.predict(X[valid], **at(valid)), model.predict(X[valid], **at(valid))
+    )
+
+
 VALUES = ("books", "games", "music")
 
 
