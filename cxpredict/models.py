@@ -428,7 +428,7 @@ class LightGBMRegressor(_Booster):
     After fitting, the predictions are scaled so that their total over the training rows is
     the actual total (``balance_``, the balance property). A Poisson model with its log link
     has it nearly by itself; a Tweedie model does not (its log link is not the canonical one,
-    and boosting stops early): on the bundled sample its spend fell 8-13 % short of the
+    and boosting stops early): on the bundled sample its spend fell 8-11 % short of the
     training rows' own total before the scaling.
 
     Parameters
