@@ -80,6 +80,9 @@ METRIC_COLUMNS: tuple[str, ...] = ("cutoff", "model", "metric", "value")
 RECENCY_COLUMN = "days_since_last_order"
 FREQUENCY_COLUMN = "orders_lifetime"
 MONETARY_COLUMN = "spend_lifetime"
+#: Past use is served instead of a preference model when it ranks first more often by this
+#: many standard errors of the paired difference on the validation cutoff.
+SERVE_PAST_USE_FROM = 2.0
 #: Per-value feature columns of the engine for the attributes it describes value by value.
 VALUE_COLUMN_TEMPLATES: dict[str, tuple[str, ...]] = {
     "orders.category": ("share_category_{slug}", "last_category_is_{slug}"),
@@ -776,21 +779,28 @@ def _serve_preference(
     Y_valid: pd.DataFrame,
     mapping: Mapping[str, Mapping[str, str]],
 ) -> tuple[PreferenceModel | FrequentValueBaseline, dict[str, float]]:
-    """The better ranker at hit@1 on the validation cutoff: the model or past use.
+    """The model, unless past use ranks clearly better at hit@1 on the validation cutoff.
 
     The baseline is the customer's most used value read from the per-value features
-    (:class:`FrequentValueBaseline`); the model is kept on a tie.
+    (:class:`FrequentValueBaseline`). It is served only when its hit@1 beats the model's by
+    more than :data:`SERVE_PAST_USE_FROM` standard errors of the paired difference (customer
+    by customer): the model gives probabilities and reasons, past use neither, and a
+    difference within the noise of one validation cutoff is no reason to give them up.
     """
     values = [str(v) for v in model.values_]
     baseline = FrequentValueBaseline(value_columns=mapping).fit(
         data.X_train, data.y_train, values=values
     )
     actual = Y_valid.reindex(columns=values, fill_value=0).to_numpy()
-    hits = {
-        name: metrics.hit_rate(actual, ranker.predict_scores(data.X_valid).to_numpy(), k=1)
+    per_customer = {
+        name: metrics.customer_hits(actual, ranker.predict_scores(data.X_valid).to_numpy(), k=1)
         for name, ranker in (("lightgbm", model), ("most_frequent", baseline))
     }
-    return (baseline if hits["most_frequent"] > hits["lightgbm"] else model), hits
+    hits = {name: float(h.mean()) if len(h) else float("nan") for name, h in per_customer.items()}
+    gain = per_customer["most_frequent"] - per_customer["lightgbm"]
+    noise = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
+    clearly = len(gain) > 0 and float(gain.mean()) > SERVE_PAST_USE_FROM * noise
+    return (baseline if clearly else model), hits
 
 
 def _start_models(

@@ -202,10 +202,18 @@ def hit_rate(actual: np.ndarray, scores: np.ndarray, *, k: int) -> float:
     Only customers with at least one relevant value count. Ties at the boundary are broken
     at random (the expectation is reported).
     """
+    hits = customer_hits(actual, scores, k=k)
+    return float(hits.mean()) if len(hits) else float("nan")
+
+
+def customer_hits(actual: np.ndarray, scores: np.ndarray, *, k: int) -> np.ndarray:
+    """:func:`hit_rate` customer by customer: the chance of a relevant value in the top ``k``.
+
+    One value per customer with at least one relevant value, in row order (1 or 0, or in
+    between when ties at the boundary are broken at random).
+    """
     actual, scores = _ranked(actual, scores)
     keep = actual.sum(axis=1) > 0
-    if not keep.any():
-        return float("nan")
     actual, scores = actual[keep], scores[keep]
     n, m = scores.shape
     k = min(k, m)
@@ -227,7 +235,7 @@ def hit_rate(actual: np.ndarray, scores: np.ndarray, *, k: int) -> float:
         for j in range(slots):
             miss *= max(n_tied - n_good - j, 0) / (n_tied - j)
         hits[i] = 1.0 - miss
-    return float(hits.mean())
+    return hits
 
 
 def ndcg(actual: np.ndarray, scores: np.ndarray, *, k: int) -> float:

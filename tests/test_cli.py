@@ -120,4 +120,9 @@ def test_the_final_model_line_names_the_served_ranker_and_its_validation_hits() 
         "serves the most frequent ranker (hit@1 on the validation cutoff: lightgbm 0.500, "
         "most_frequent 0.600)"
     )
+    details["final_model"]["served"] = "lightgbm"
+    assert final_model_text(details) == (
+        "serves the lightgbm ranker (hit@1 on the validation cutoff: lightgbm 0.500, "
+        "most_frequent 0.600; past use ahead only within the noise)"
+    )
     assert final_model_text({"final_model": {}}) == "no calibration (not a probability)"

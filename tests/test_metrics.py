@@ -88,6 +88,7 @@ def test_hit_rate_counts_customers_with_a_relevant_value_in_their_top_k():
     # the third customer bought nothing and does not count
     assert metrics.hit_rate(ACTUAL, SCORES, k=1) == pytest.approx(0.5)
     assert metrics.hit_rate(ACTUAL, SCORES, k=3) == pytest.approx(1.0)
+    np.testing.assert_allclose(metrics.customer_hits(ACTUAL, SCORES, k=1), [1.0, 0.0])
 
 
 def test_ndcg_at_three_by_hand():
