@@ -21,10 +21,11 @@ starts from those files can beat it.
     .venv/bin/python benchmarks/bench_scoring.py --customers 100000  # a quick look
 
 Measured on the 2-core, 24 GB development machine (1,000,000 customers, 10,964,706 events,
-Parquet input, nothing else running, load average 1.2): 74.9 s of wall time, 91.7 s of CPU
-and 4.7 GB peak with reasons for the top 20% (validation 8.5 s, features 13.2 s,
-predictions 13.4 s, reasons 19.9 s); 143.0 s, 166.9 s of CPU and 5.8 GB with reasons for
-everyone. The previous release took 160 s and 494 s. Stage by stage in ``docs/scoring.md``.
+Parquet input, 157 features, nothing else running, load average 1.0-1.2): 66.9 s of wall
+time, 82.1 s of CPU and 4.9 GB peak with reasons for the top 20% (validation 8.1 s, features
+8.9 s, predictions 14.3 s, reasons 18.4 s); 133.8 s, 157.4 s of CPU and 6.07 GB with reasons
+for everyone. The previous release took 160 s and 494 s. Stage by stage in
+``docs/scoring.md``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -88,19 +90,34 @@ def _raw_files(folder: Path, customers: int, fmt: str, seed: int) -> Path:
     return folder
 
 
-def _train(config_path: Path) -> None:
-    """Train and register every task's champion on the small project (once)."""
+def _train(config_path: Path, store: Path) -> None:
+    """Train and register every task's champion on the small project.
+
+    Once per feature catalogue: the champions of an earlier run are reused while today's
+    features are those they were trained on; otherwise (features added or changed since),
+    the store is emptied and every task trained again.
+    """
     from cxpredict import registry
     from cxpredict.config import load_config
+    from cxpredict.features import catalogue_version, feature_catalogue, learn_vocabulary
     from cxpredict.io import load_tables
     from cxpredict.training import train_task
 
     config = load_config(config_path)
-    marker = config_path.parent / "trained"
-    if marker.exists():
-        return
     as_of = pd.Timestamp(AS_OF, tz="UTC")
     tables = load_tables(config, run_at=RUN_AT, as_of=as_of).tables
+    known = tables.before(as_of)
+    vocabulary = learn_vocabulary(known, as_of, max_values=config.features.vocabulary_max_values)
+    version = catalogue_version(
+        feature_catalogue(known, settings=config.features, vocabulary=vocabulary)
+    )
+    marker = config_path.parent / "trained"
+    if marker.exists() and marker.read_text().strip() == version:
+        return
+    if store.exists():
+        print(f"features changed since the champions were trained ({version}): training again")
+        store.unlink()
+        shutil.rmtree(store.parent / "artifacts", ignore_errors=True)
     for task in config.tasks:
         started = time.perf_counter()
         result = train_task(config, task, as_of=as_of, tables=tables, backtest=False)
@@ -111,7 +128,7 @@ def _train(config_path: Path) -> None:
             medians["btyd_frequency"] = float(np.floor(medians["btyd_frequency"]))
         registry.log_training_run(config, task, result, tables=tables)
         print(f"trained {task:<14} in {time.perf_counter() - started:5.0f} s")
-    marker.write_text("ok\n")
+    marker.write_text(f"{version}\n")
 
 
 def _reference_seconds(config_path: Path) -> float:
@@ -184,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     work = args.workdir.resolve()
     store = work / "mlruns" / "mlflow.db"
     small = _raw_files(work / f"train-{args.train_customers}", args.train_customers, "parquet", 0)
-    _train(_project(work / "train-project", small, "parquet", store))
+    _train(_project(work / "train-project", small, "parquet", store), store)
     data = _raw_files(
         work / f"data-{args.customers}-{args.format}-{args.seed}",
         args.customers,
