@@ -21,9 +21,9 @@ starts from those files can beat it.
     .venv/bin/python benchmarks/bench_scoring.py --customers 100000  # a quick look
 
 Measured on the 2-core, 24 GB development machine (1,000,000 customers, 10,964,706 events,
-Parquet input, 157 features, nothing else running, load average 1.0-1.2): 66.9 s of wall
-time, 82.1 s of CPU and 4.9 GB peak with reasons for the top 20% (validation 8.1 s, features
-8.9 s, predictions 14.3 s, reasons 18.4 s); 133.8 s, 157.4 s of CPU and 6.07 GB with reasons
+Parquet input, 157 features, nothing else running, load average 1.2-1.4): 58.9 s of wall
+time, 73.2 s of CPU and 4.8 GB peak with reasons for the top 20% (validation 7.1 s, features
+6.7 s, predictions 12.7 s, reasons 16.3 s); 137.0 s, 161.2 s of CPU and 5.2 GB with reasons
 for everyone. The previous release took 160 s and 494 s. Stage by stage in
 ``docs/scoring.md``.
 """

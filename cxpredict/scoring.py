@@ -1165,14 +1165,21 @@ PREDICT_CHUNK = 100_000
 EXPLAIN_CHUNK = 100_000
 
 
-def _reasons(model: LoadedModel, X: pd.DataFrame, catalogue: pd.DataFrame) -> pd.DataFrame | None:
-    """``reason_1`` .. ``reason_3`` for the rows of ``X`` (indexed by customer), if possible."""
+def _reasons(
+    model: LoadedModel, X: pd.DataFrame, customers: np.ndarray, catalogue: pd.DataFrame
+) -> pd.DataFrame | None:
+    """``reason_1`` .. ``reason_3`` for ``customers``, rows of ``X`` (indexed by customer).
+
+    The rows are taken chunk by chunk, never all at once: with reasons for everyone, a copy
+    of ``X`` in the customers' order would add the size of the features to the peak.
+    """
     explain = getattr(model.bundle, "explain", None)
     if explain is None:
         return None
+    rows = X.index.get_indexer(customers)
     parts = [
-        explain(X.iloc[start : start + EXPLAIN_CHUNK], catalogue=catalogue, top=N_REASONS)
-        for start in range(0, len(X), EXPLAIN_CHUNK)
+        explain(X.iloc[rows[start : start + EXPLAIN_CHUNK]], catalogue=catalogue, top=N_REASONS)
+        for start in range(0, len(rows), EXPLAIN_CHUNK)
     ]
     return pd.concat(parts) if parts else None
 
@@ -1216,7 +1223,7 @@ def score_task(
     reasons = None
     with _timed(timings, "explaining"):
         if task.kind != "preference" and len(explained):
-            reasons = _reasons(model, X.loc[explained.to_numpy()], catalogue)
+            reasons = _reasons(model, X, explained.to_numpy(), catalogue)
     with _timed(timings, "listing"):
         listed = task_list(
             frame,
