@@ -254,14 +254,15 @@ def final_model_text(details: dict) -> str:
     if final.get("served"):
         hits = final.get("validation_hit@1") or {}
         shown = ", ".join(f"{k} {float(v):.3f}" for k, v in hits.items())
-        model_kept = final["served"] == "lightgbm" and any(
-            float(v) > float(hits.get("lightgbm", v)) for v in hits.values()
+        behind = (
+            final["served"] == "lightgbm"
+            and "lightgbm" in hits
+            and any(float(v) > float(hits["lightgbm"]) for v in hits.values())
         )
+        note = "; past use ahead only within the noise" if behind else ""
         parts.append(
             f"serves the {final['served'].replace('_', ' ')} ranker"
-            + (f" (hit@1 on the validation cutoff: {shown}" if shown else "")
-            + ("; past use ahead only within the noise" if model_kept else "")
-            + (")" if shown else "")
+            + (f" (hit@1 on the validation cutoff: {shown}{note})" if shown else "")
         )
     return "; ".join(parts) or "no calibration (not a probability)"
 

@@ -160,20 +160,17 @@ def _requests(ctx: Context) -> list[Request]:
         out.append(Aggregate("interaction_rows", stem, "count", condition, spans))
     out.append(Aggregate("interaction_rows", "last_interaction_us", "max", "us"))
     for k in range(len(_channels(ctx))):
-        out.append(
+        out += [
             Aggregate(
                 "interaction_rows",
                 f"last_interaction_us_{k}",
                 "max",
                 f"CASE WHEN channel_code = {k} THEN us END",
-            )
-        )
-    for k in range(len(_channels(ctx))):
-        out.append(
+            ),
             Aggregate(
                 "interaction_rows", f"interaction_channel_{k}", "count", f"channel_code = {k}"
-            )
-        )
+            ),
+        ]
     out.append(
         Source(
             "visit_days",
@@ -198,17 +195,14 @@ def _compute(ctx: Context, res: Block) -> Iterator[tuple[str, np.ndarray]]:
     yield "visits_trend_30d_vs_90d", trend(recent, res.window("visits", 120) - recent, 3.0)
     yield "days_since_last_interaction", res.days_since(res.value("last_interaction_us"))
     used = np.zeros(res.shape)
+    everything = res.total("interactions")
     for k, (slug, _label) in enumerate(_channels(ctx)):
         last = res.value(f"last_interaction_us_{k}")
         used += ~np.isnan(last)
         yield f"days_since_last_interaction_{slug}", res.days_since(last)
+        share = ratio(res.total(f"interaction_channel_{k}"), everything)
+        yield f"share_interaction_channel_{slug}", share
     yield "distinct_interaction_channels", used
-    everything = res.total("interactions")
-    for k, (slug, _label) in enumerate(_channels(ctx)):
-        yield (
-            f"share_interaction_channel_{slug}",
-            ratio(res.total(f"interaction_channel_{k}"), everything),
-        )
 
 
 FAMILY = Family(
