@@ -2,8 +2,9 @@
 
 One registered model per task, named ``<project>-<task>``. Every training run registers a
 version with the alias ``challenger``; the first version is also ``champion``. Promotion moves
-``champion`` only when the challenger beats it on the same backtest cutoffs and the same data
-(see :func:`promote`); rollback points it back at the previous champion. Models are loaded as
+``champion`` only when the challenger beats it on the same backtest cutoffs and the same data,
+or when the champion can no longer score the features the challenger was trained on (see
+:func:`promote`); rollback points it back at the previous champion. Models are loaded as
 ``models:/<project>-<task>@champion``.
 
 Nothing logged holds a customer row: the data are described by counts, date ranges and
@@ -58,6 +59,8 @@ HISTORY_TAG = "champion_history"
 PREVIOUS_TAG = "previous_champion"
 METRICS_ARTIFACT = "backtest/metrics.csv"
 CUTOFFS_ARTIFACT = "backtest/cutoffs.json"
+#: The model's features, its catalogue version and each feature's fingerprint.
+FEATURES_ARTIFACT = "model/features.json"
 
 
 # ------------------------------------------------------------------------------ the store
@@ -258,6 +261,7 @@ class RunFacts:
     backtest_cutoffs: tuple[pd.Timestamp, ...]
     catalogue_version: str
     features: tuple[str, ...]
+    fingerprints: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     importance: pd.Series | None = None
     calibration: pd.DataFrame | None = None
@@ -300,6 +304,7 @@ def run_facts(config: ProjectConfig, task_name: str, result: Any) -> RunFacts:
         backtest_cutoffs=tuple(sorted(metrics["cutoff"].unique())),
         catalogue_version=str(_attr("catalogue_version", result, bundle) or ""),
         features=tuple(str(f) for f in _listed(_attr("features", result, bundle))),
+        fingerprints=dict(_attr("feature_fingerprints", result, bundle) or {}),
         params=dict(config.training.lightgbm if params is None else params),
         importance=importance,
         calibration=_calibration_frame(_attr("calibration", result, bundle)),
@@ -702,6 +707,7 @@ def _with_bundle(facts: RunFacts, bundle: Any) -> RunFacts:
         facts,
         features=facts.features or tuple(str(f) for f in bundle.features),
         catalogue_version=facts.catalogue_version or str(bundle.catalogue_version),
+        fingerprints=facts.fingerprints or dict(getattr(bundle, "feature_fingerprints", {})),
         importance=importance,
     )
 
@@ -773,6 +779,14 @@ def _log_run_contents(
         frame = facts.importance.rename("gain").rename_axis("feature").reset_index()
         mlflow.log_text(frame.to_csv(index=False), "model/feature_importance.csv")
     mlflow.set_tag("catalogue_version", facts.catalogue_version)
+    mlflow.log_dict(
+        {
+            "catalogue_version": facts.catalogue_version,
+            "features": list(facts.features),
+            "fingerprints": dict(facts.fingerprints),
+        },
+        FEATURES_ARTIFACT,
+    )
     figures = {
         "plots/gains_lift.png": gains_figure(facts.metrics),
         "plots/calibration.png": calibration_figure(facts.calibration),
@@ -881,6 +895,38 @@ def _backtest(client: Any, version: Any) -> tuple[pd.DataFrame, dict[str, str]]:
     return metrics, {to_utc(k).isoformat(): str(v) for k, v in keys.items()}
 
 
+def _outdated(client: Any, name: str, champion: str, challenger: str) -> str | None:
+    """Why the champion cannot score the features the challenger was trained on, or None.
+
+    Versions logged before :data:`FEATURES_ARTIFACT` existed are compared by catalogue
+    version alone (their ``catalogue_version`` tags).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from cxpredict.features.catalogue import what_changed
+
+    def features(number: str) -> dict[str, Any]:
+        version = client.get_model_version(name, number)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = client.download_artifacts(version.run_id, FEATURES_ARTIFACT, tmp)
+                return dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (MlflowException, OSError):  # logged before the artifact existed
+            tag = version.tags.get("catalogue_version", "")
+            return {"catalogue_version": tag, "features": [], "fingerprints": {}}
+
+    old, new = features(champion), features(challenger)
+    if not new["fingerprints"]:
+        return None  # nothing to tell what today's features are: keep the metric's verdict
+    return what_changed(
+        old["features"],
+        version=old["catalogue_version"],
+        fingerprints=old["fingerprints"],
+        built_version=new["catalogue_version"],
+        built=new["fingerprints"],
+    )
+
+
 def compare_versions(
     client: Any,
     name: str,
@@ -957,8 +1003,11 @@ def promote(
     The promotion metric (``training.promotion_metric``, else PR-AUC for churn and
     repurchase, spend normalised Gini for value, NDCG@3 for preference) is compared on the
     most recent backtest cutoffs both versions were evaluated on with identical data (see
-    :func:`compare_versions`). With ``force``, the champion moves regardless and ``reason``
-    (required) is recorded as a tag of the version.
+    :func:`compare_versions`). A challenger that is not better (or not comparable) still
+    replaces a champion that cannot score the features it was trained on: one that uses a
+    feature no longer built or redefined (``model/features.json`` of both runs); the reason
+    is recorded as a tag of the version. With ``force``, the champion moves regardless and
+    ``reason`` (required) is recorded.
 
     Parameters
     ----------
@@ -1004,7 +1053,9 @@ def promote(
         kind = client.get_model_version(name, challenger).tags.get("kind") or config.task(task).kind
         metric, higher = promotion_metric(config, kind)
         comparison: Comparison | None = None
+        outdated: str | None = None
         if champion is not None:
+            refusal: PromotionRefused | None = None
             try:
                 comparison = compare_versions(
                     client,
@@ -1015,16 +1066,20 @@ def promote(
                     higher_is_better=higher,
                     n_cutoffs=config.training.n_backtest_cutoffs,
                 )
-            except PromotionRefused:
-                if not force:
-                    raise
-            if comparison is not None and not comparison.challenger_better and not force:
-                raise PromotionRefused(
+            except PromotionRefused as exc:
+                refusal = exc
+            if comparison is not None and not comparison.challenger_better:
+                refusal = PromotionRefused(
                     f"{name}: challenger v{challenger} is not better than champion "
                     f"v{champion}; champion stays v{champion}. "
                     + comparison.describe(champion, challenger)
                     + '. To replace it anyway: --force --reason "..."'
                 )
+            if refusal is not None and not force:
+                outdated = _outdated(client, name, champion, challenger)
+                if outdated is None:
+                    raise refusal
+                reason = f"champion v{champion} can no longer score: {outdated}"
         _move_champion(
             client,
             name,
@@ -1037,6 +1092,8 @@ def promote(
         )
     evidence = comparison.describe(champion or "-", challenger) if comparison else "no comparison"
     verb = "forced" if force else "promoted"
+    if outdated is not None:
+        evidence = f"v{champion} can no longer score the current features ({outdated}); {evidence}"
     return PromotionResult(
         name=name,
         champion=challenger,
@@ -1150,25 +1207,55 @@ class Champion:
         """The model bundle inside the pyfunc (booster, vocabulary, calibration)."""
         return self.model.unwrap_python_model().bundle
 
-    def check_features(self, features: pd.DataFrame, *, catalogue_version: str) -> None:
-        """Refuse features built with another catalogue or missing the model's columns.
+    def check_features(
+        self,
+        features: pd.DataFrame,
+        *,
+        catalogue: pd.DataFrame | None = None,
+        catalogue_version: str | None = None,
+    ) -> None:
+        """Refuse features the model was not trained on, or missing its columns.
+
+        Give the ``catalogue`` the features were built with: the model then scores when each
+        feature it uses is built as it was in training, even if features were added since.
+        A ``catalogue_version`` alone must equal the model's.
 
         Raises
         ------
         FeatureMismatch
-            Naming both catalogue versions or the missing columns, and the fix.
+            Naming the features no longer built or redefined (or both catalogue versions),
+            or the missing columns, and the fix.
         """
         from cxpredict import serving
+        from cxpredict.features import check_trained_features
 
-        serving.check_catalogue(self.catalogue_version, catalogue_version, model=self.name)
+        if catalogue is not None:
+            check_trained_features(
+                catalogue,
+                features=self.features,
+                version=self.catalogue_version,
+                fingerprints=getattr(self.bundle, "feature_fingerprints", None),
+                model=self.name,
+            )
+        elif catalogue_version is not None:
+            serving.check_catalogue(self.catalogue_version, catalogue_version, model=self.name)
+        else:
+            raise TypeError("check_features needs catalogue= or catalogue_version=")
         serving.check_columns(features, self.features, model=self.name)
 
-    def predict(self, features: pd.DataFrame, *, catalogue_version: str) -> pd.DataFrame:
-        """Score customer features built with ``catalogue_version`` (checked first).
+    def predict(
+        self,
+        features: pd.DataFrame,
+        *,
+        catalogue: pd.DataFrame | None = None,
+        catalogue_version: str | None = None,
+    ) -> pd.DataFrame:
+        """Score customer features built with ``catalogue`` or ``catalogue_version``.
 
-        Returns the pyfunc's output: probabilities, expected values or top-k preferences.
+        Both are checked first, as in :meth:`check_features`. Returns the pyfunc's output:
+        probabilities, expected values or top-k preferences.
         """
-        self.check_features(features, catalogue_version=catalogue_version)
+        self.check_features(features, catalogue=catalogue, catalogue_version=catalogue_version)
         frame = features.copy()
         if "customer_id" not in frame.columns and frame.index.name == "customer_id":
             frame = frame.reset_index()
@@ -1177,7 +1264,9 @@ class Champion:
             if "customer_id" in frame.columns
             else list(self.features)
         )
-        return self.model.predict(frame[columns], params={"catalogue_version": catalogue_version})
+        # checked above: the features are the model's, whichever catalogue they came with
+        params = {"catalogue_version": self.catalogue_version}
+        return self.model.predict(frame[columns], params=params)
 
 
 def champion_uri(config: ProjectConfig, task: str, *, tracking_uri: str | None = None) -> str:

@@ -61,7 +61,6 @@ from cxpredict.errors import ConfigError, DriftFailed, OutputLocked
 from cxpredict.features import (
     Vocabulary,
     build_features,
-    catalogue_version,
     feature_catalogue,
 )
 from cxpredict.io import atomic_path, check_rejects, load_tables, write_validation
@@ -1038,13 +1037,12 @@ class LoadedModel(Protocol):
 
     name: str
     version: str
-    catalogue_version: str
     features: tuple[str, ...]
 
     @property
     def bundle(self) -> Any: ...
 
-    def check_features(self, features: pd.DataFrame, *, catalogue_version: str) -> None: ...
+    def check_features(self, features: pd.DataFrame, *, catalogue: pd.DataFrame) -> None: ...
 
 
 ModelLoader = Callable[..., LoadedModel]
@@ -1191,7 +1189,6 @@ def score_task(
     features: pd.DataFrame,
     *,
     catalogue: pd.DataFrame,
-    catalogue_version: str,
     as_of: pd.Timestamp,
     settings: ScoringConfig,
     reasons_for: str,
@@ -1200,7 +1197,7 @@ def score_task(
 
     Window: the features' (events strictly before ``as_of``).
     """
-    model.check_features(features, catalogue_version=catalogue_version)
+    model.check_features(features, catalogue=catalogue)
     # The model's inputs, plus the engine's BTYD summary a model may use to reach its horizon.
     columns = list(model.features)
     columns += [c for c in features.columns if c.startswith("btyd_") and c not in columns]
@@ -1343,7 +1340,6 @@ def run_scoring(
                 catalogue = feature_catalogue(
                     tables, settings=config.features, vocabulary=vocabulary
                 )
-                version = catalogue_version(catalogue)
             if position == len(groups) - 1:
                 tables = None  # the events are not needed any more: free them before scoring
             for name in group:
@@ -1354,7 +1350,6 @@ def run_scoring(
                         models[name],
                         features,
                         catalogue=catalogue,
-                        catalogue_version=version,
                         as_of=as_of,
                         settings=settings,
                         reasons_for=reasons_for,
@@ -1448,10 +1443,16 @@ def run_scoring(
 
 
 def _by_vocabulary(models: Mapping[str, LoadedModel]) -> list[list[str]]:
-    """Tasks grouped by feature catalogue version: one feature build per group."""
+    """Tasks grouped by the vocabulary their features are built with: one build per group.
+
+    Models trained with different catalogue versions but the same vocabulary (one trained
+    before a cxpredict version added features, one after) share a build.
+    """
     groups: dict[str, list[str]] = {}
     for name, model in models.items():
-        groups.setdefault(model.catalogue_version, []).append(name)
+        vocabulary = _vocabulary(model)
+        key = "" if vocabulary is None else json.dumps(vocabulary.to_dict(), sort_keys=True)
+        groups.setdefault(key, []).append(name)
     return list(groups.values())
 
 

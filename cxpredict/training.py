@@ -64,7 +64,9 @@ from cxpredict.features import (
     build_features,
     build_training_features,
     catalogue_version,
+    check_trained_features,
     feature_catalogue,
+    feature_fingerprints,
     learn_vocabulary,
 )
 from cxpredict.labels import Task, eligible
@@ -158,6 +160,7 @@ class ModelBundle:
     reference: dict[str, Any] | None = None
     feature_medians: dict[str, float | None] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    feature_fingerprints: dict[str, str] = field(default_factory=dict)
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -313,6 +316,7 @@ class ModelBundle:
             "reference": self.reference,
             "feature_medians": self.feature_medians,
             "details": self.details,
+            "feature_fingerprints": self.feature_fingerprints,
         }
         text = json.dumps(meta, indent=1, default=_json_default, allow_nan=True)
         (path / BUNDLE_FILE).write_text(text, encoding="utf-8")
@@ -370,6 +374,8 @@ class ModelBundle:
             reference=meta["reference"],
             feature_medians=meta["feature_medians"],
             details=meta["details"],
+            # bundles written before per-feature fingerprints need the same catalogue version
+            feature_fingerprints=dict(meta.get("feature_fingerprints") or {}),
         )
 
 
@@ -623,8 +629,7 @@ def train_task(
         method = "btyd_start"
     vocabulary = learn_vocabulary(known, as_of, max_values=config.features.vocabulary_max_values)
     catalogue = feature_catalogue(known, settings=config.features, vocabulary=vocabulary)
-    version = catalogue_version(catalogue)
-    bundle = _bundle(task_name, task, fitted, data, vocabulary, version, as_of, method, result)
+    bundle = _bundle(task_name, task, fitted, data, vocabulary, catalogue, as_of, method, result)
     population = scored_population(
         known, as_of, task, settings=config.features, vocabulary=vocabulary
     )
@@ -657,7 +662,7 @@ def train_task(
         bundle=bundle,
         training_cutoffs=list(fold.train),
         validation_cutoff=fold.valid,
-        catalogue_version=version,
+        catalogue_version=bundle.catalogue_version,
         features=list(bundle.features),
         horizon_method=method,
         label_horizon_days=horizon,
@@ -674,12 +679,13 @@ def _bundle(
     fitted: FittedTask,
     data: Any,
     vocabulary: Vocabulary,
-    version: str,
+    catalogue: pd.DataFrame,
     as_of: pd.Timestamp,
     method: str,
     result: BacktestResult | None,
 ) -> ModelBundle:
     """The bundle of a fitted task, with aggregate statistics of its validation rows only."""
+    fingerprints = feature_fingerprints(catalogue)
     recent = data.X_valid
     # observed values (the lower median), so that a count's median is a count
     medians = recent[fitted.inputs].quantile(0.5, interpolation="lower")
@@ -689,7 +695,7 @@ def _bundle(
         task=task.model_dump(mode="json"),
         features=fitted.inputs,
         model_features=fitted.features,
-        catalogue_version=version,
+        catalogue_version=catalogue_version(catalogue),
         vocabulary=vocabulary.to_dict(),
         estimators=fitted.estimators,
         as_of=as_of,
@@ -702,6 +708,7 @@ def _bundle(
         calibration_method=fitted.details.get("calibration"),
         feature_medians={f: (None if math.isnan(v) else float(v)) for f, v in medians.items()},
         details=dict(fitted.details),
+        feature_fingerprints={f: fingerprints[f] for f in fitted.inputs if f in fingerprints},
     )
     if result is not None and result.calibration is not None:
         table = result.calibration.assign(cutoff=result.calibration["cutoff"].astype(str))
@@ -777,7 +784,7 @@ def score_task(
     Raises
     ------
     FeatureMismatch
-        When today's features differ from those the model was trained on.
+        When a feature the model uses is no longer built, or is built differently.
     """
     task = config.task(task_name)
     if model.kind != task.kind:
@@ -789,21 +796,12 @@ def score_task(
     known = tables.before(as_of)
     vocabulary = Vocabulary.from_dict(model.vocabulary)
     catalogue = feature_catalogue(known, settings=config.features, vocabulary=vocabulary)
-    version = catalogue_version(catalogue)
-    if version != model.catalogue_version:
-        built = set(catalogue.loc[catalogue["available"], "name"])
-        gone = [f for f in model.features if f not in built]
-        what = (
-            f"features the model uses are no longer built: {', '.join(gone[:5])}"
-            f"{f' and {len(gone) - 5} more' if len(gone) > 5 else ''}"
-            if gone
-            else "features were added or redefined"
-        )
-        raise FeatureMismatch(
-            f"the model was trained with feature catalogue {model.catalogue_version!r} but "
-            f"today's features are {version!r}: {what} (the data's columns, the feature "
-            "settings or the cxpredict version changed); retrain the task"
-        )
+    check_trained_features(
+        catalogue,
+        features=model.features,
+        version=model.catalogue_version,
+        fingerprints=model.feature_fingerprints,
+    )
     X = scored_population(known, as_of, task, settings=config.features, vocabulary=vocabulary)
     predictions = model.predict(X)
     out = pd.DataFrame({"customer_id": X.index.astype(str)})

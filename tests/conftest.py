@@ -17,11 +17,20 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from cxpredict.config import FeaturesConfig
+from cxpredict.config import FeaturesConfig, SqlFeatureConfig
 from cxpredict.features import Vocabulary
 from cxpredict.schemas import Tables
 
 CUTOFF = pd.Timestamp("2024-03-01", tz="UTC")
+
+#: A feature added after a model was trained, as a cxpredict upgrade or a new SQL feature adds.
+ADDED_FEATURE = SqlFeatureConfig(
+    name="big_orders",
+    table="orders",
+    expression="count(*)",
+    where="amount > 100",
+    description="orders over 100",
+)
 
 
 def instants(*values: str | None) -> pd.Series:

@@ -23,6 +23,7 @@ from cxpredict.features import (
     catalogue_version,
     engine,
     feature_catalogue,
+    feature_fingerprints,
     learn_vocabulary,
 )
 from cxpredict.features import build as build_module
@@ -278,6 +279,26 @@ def test_the_catalogue_version_changes_with_the_columns(
     )
     assert one == again != other
     assert one.startswith("features-")
+
+
+def test_a_feature_keeps_its_fingerprint_when_other_features_are_added() -> None:
+    rfm = {
+        "name": ["orders_30d", "spend_30d"],
+        "family": ["rfm", "rfm"],
+        "description": ["orders in the last 30 days", "spend in the last 30 days"],
+        "unit": ["orders", "currency"],
+    }
+    visits = {"name": "visits_30d", "family": "engagement", "description": "visits", "unit": "n"}
+    wider = {column: [*values, visits[column]] for column, values in rfm.items()}
+    reworded = {**rfm, "description": ["orders in the last 30 days", "net spend, 30 days"]}
+
+    # the version of registered models stays what it was before fingerprints existed
+    assert catalogue_version(rfm) == "features-1-c2bc58b7a2af"
+    assert catalogue_version(wider) != catalogue_version(rfm)
+    assert feature_fingerprints(wider).items() > feature_fingerprints(rfm).items()
+    changed = feature_fingerprints(reworded)
+    assert changed["orders_30d"] == feature_fingerprints(rfm)["orders_30d"]
+    assert changed["spend_30d"] != feature_fingerprints(rfm)["spend_30d"]
 
 
 # -- sources ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ADDED_FEATURE
 
 from cxpredict import registry
 from cxpredict.config import ProjectConfig, parse_config
@@ -35,6 +36,7 @@ class TinyBundle:
     catalogue_version: str
     kind: str = "churn"
     feature_medians: dict[str, float] = field(default_factory=dict)
+    feature_fingerprints: dict[str, str] = field(default_factory=dict)
 
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:
         p = self.model.predict_proba(X[self.features])[:, 1]
@@ -342,6 +344,40 @@ def test_force_with_a_reason_promotes_and_records_the_reason(config: ProjectConf
     assert aliases(config, "worse")[CHAMPION] == "2"
 
 
+def test_a_champion_that_can_no_longer_score_gives_way_to_a_challenger_that_is_not_better(
+    tmp_path: Path, tables
+) -> None:
+    config = make_config(tmp_path)
+    prints = {f: "a" * 12 for f in FEATURES}
+
+    def log_version(pr_auc: float, catalogue: str, fingerprints: dict[str, str]) -> None:
+        bundle = tiny_bundle(0, catalogue=catalogue)
+        bundle.feature_fingerprints = fingerprints
+        result = Trained(
+            as_of=AS_OF,
+            metrics=backtest_metrics(pr_auc),
+            training_cutoffs=[AS_OF - pd.Timedelta(days=112 + 28 * j) for j in range(3)][::-1],
+            catalogue_version=catalogue,
+            bundle=bundle,
+        )
+        registry.log_training_run(config, "churn", result, tables=tables, loader=LOADER)
+
+    log_version(0.5, CATALOGUE, prints)
+    # features were only added since: the champion still scores, so the figures decide
+    log_version(0.45, "features-1-added", {**prints, "visits_30d": "b" * 12})
+    with pytest.raises(PromotionRefused, match="is not better than champion v1"):
+        registry.promote(config, "churn", at=AT)
+    # a feature it uses was redefined: it can no longer score, the challenger replaces it
+    log_version(0.45, "features-1-redefined", {**prints, "orders_lifetime": "c" * 12})
+    result = registry.promote(config, "churn", at=AT)
+    assert result.promoted and not result.forced
+    assert (result.champion, result.previous_champion) == ("3", "1")
+    assert "features the model uses were redefined: orders_lifetime" in result.message
+    tags = client_for(config).get_model_version("shop-churn", "3").tags
+    assert tags["promotion_reason"].startswith("champion v1 can no longer score: features")
+    assert tags["promotion_forced"] == "false"
+
+
 def test_versions_evaluated_on_other_data_are_not_compared(config: ProjectConfig) -> None:
     with pytest.raises(PromotionRefused, match="share no backtest cutoff evaluated on the same"):
         registry.promote(config, "other")
@@ -440,5 +476,14 @@ def test_a_trained_bundle_round_trips_through_the_registry(tmp_path: Path) -> No
     expected = result.bundle.predict(features.head(20))["probability"].to_numpy()
     np.testing.assert_allclose(scored["probability"], expected)
     assert list(scored["customer_id"]) == list(features.index[:20])
+    # a feature added after training: the champion still scores, with the same figures
+    later = config.features.model_copy(update={"sql": (ADDED_FEATURE,)})
+    wider = build_features(known, as_of, settings=later, vocabulary=vocabulary)
+    catalogue = catalogue_of(known, settings=later, vocabulary=vocabulary)
+    assert ADDED_FEATURE.name in wider.columns and catalogue_version(catalogue) != version
+    again = champion.predict(wider.head(20), catalogue=catalogue)
+    np.testing.assert_allclose(again["probability"], expected)
+    with pytest.raises(FeatureMismatch, match="trained with feature catalogue"):
+        champion.predict(wider.head(20), catalogue_version=catalogue_version(catalogue))
     card = client_for(config).get_model_version("shop-churn", "1").description
     assert "No backtest metrics." in card

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import ADDED_FEATURE
 from typer.testing import CliRunner
 
 from cxpredict import serving
@@ -431,10 +432,9 @@ class StandInChampion:
     name: str
     version: str
     bundle: StandInBundle
-    catalogue_version: str = "stand-in"
     features: tuple[str, ...] = STANDIN_FEATURES
 
-    def check_features(self, features: pd.DataFrame, *, catalogue_version: str) -> None:
+    def check_features(self, features: pd.DataFrame, *, catalogue: pd.DataFrame) -> None:
         serving.check_columns(features, self.features, model=self.name)
 
 
@@ -705,6 +705,17 @@ def test_trained_champions_score_the_sample_reproducibly_and_the_run_is_logged(
     assert churn["score"].between(0, 1).all()
     checked = runs[0].drift[runs[0].drift["status"] != "not checked"]
     assert {"score"} <= set(checked["variable"])  # the bundle stores its training reference
+
+    # a feature added after training (as by a cxpredict upgrade): the champions still score,
+    # with the same lists
+    extra = ADDED_FEATURE.model_dump(exclude_none=True)
+    wider = parse_config({**raw, "features": {"sql": [extra]}}, root=tmp_path / "data")
+    later = run_scoring(
+        wider, as_of=SHOP_AS_OF, out_dir=tmp_path / "c", run_at=RUN_AT, tracking_uri=uri
+    )
+    assert later.versions == runs[0].versions
+    for name in ("churn.csv", "repurchase.csv"):
+        assert (tmp_path / "c" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
 
     with registry.tracking(uri):
         logged = mlflow.get_run(runs[0].mlflow_run_id)

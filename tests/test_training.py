@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ADDED_FEATURE
 
 from cxpredict.config import parse_config
 from cxpredict.errors import FeatureMismatch, IneligibleTask, ModelNotFound
-from cxpredict.features import Vocabulary, build_features
+from cxpredict.features import Vocabulary, build_features, catalogue_version, feature_catalogue
 from cxpredict.sample import generate_sample
 from cxpredict.schemas import Tables
 from cxpredict.training import ModelBundle, choose_label_horizon, score_task, train_task
@@ -262,7 +263,6 @@ def test_the_calibration_is_fitted_on_the_validation_cutoff_and_chosen_on_later_
 
 
 def test_scoring_on_the_training_date_finds_no_drift_from_the_stored_reference(tables, churn):
-    from cxpredict.features import Vocabulary, build_features
     from cxpredict.scoring import Reference, psi
     from cxpredict.training import eligible
 
@@ -293,14 +293,49 @@ def test_a_preference_model_stores_a_reference_of_its_top_probability(tables):
     )
 
 
+def test_a_model_keeps_scoring_when_features_are_added_after_its_training(tables, churn):
+    later = CONFIG.model_copy(
+        update={"features": CONFIG.features.model_copy(update={"sql": (ADDED_FEATURE,)})}
+    )
+    vocabulary = Vocabulary.from_dict(churn.bundle.vocabulary)
+    catalogue = feature_catalogue(tables, settings=later.features, vocabulary=vocabulary)
+    assert catalogue_version(catalogue) != churn.bundle.catalogue_version
+    assert ADDED_FEATURE.name not in churn.bundle.features
+    assert set(churn.bundle.feature_fingerprints) == set(churn.bundle.features)
+
+    now = score_task(later, "churn", as_of=AS_OF, tables=tables, model=churn.bundle)
+    before = score_task(CONFIG, "churn", as_of=AS_OF, tables=tables, model=churn.bundle)
+    pd.testing.assert_frame_equal(now, before)
+
+
 def test_a_model_from_another_feature_catalogue_is_refused_with_what_changed(tables, churn):
     from dataclasses import replace
 
-    older = replace(churn.bundle, catalogue_version="features-1-000000000000")
-    with pytest.raises(FeatureMismatch, match="features were added or redefined.*retrain"):
-        score_task(CONFIG, "churn", as_of=AS_OF, tables=tables, model=older)
-    gone = replace(older, features=[*churn.bundle.features, "retired_feature"])
+    bundle = churn.bundle
+    older = replace(bundle, catalogue_version="features-1-000000000000")
+    name = bundle.features[3]
+    redefined = replace(older, feature_fingerprints={**bundle.feature_fingerprints, name: "0" * 12})
+    with pytest.raises(
+        FeatureMismatch, match=f"features the model uses were redefined: {name} .*retrain"
+    ):
+        score_task(CONFIG, "churn", as_of=AS_OF, tables=tables, model=redefined)
+    gone = replace(older, features=[*bundle.features, "retired_feature"])
     with pytest.raises(
         FeatureMismatch, match="features the model uses are no longer built: retired_feature "
     ):
         score_task(CONFIG, "churn", as_of=AS_OF, tables=tables, model=gone)
+    unfingerprinted = replace(older, feature_fingerprints={})
+    with pytest.raises(FeatureMismatch, match="stores no fingerprint of each feature"):
+        score_task(CONFIG, "churn", as_of=AS_OF, tables=tables, model=unfingerprinted)
+
+
+def test_a_bundle_saved_before_feature_fingerprints_loads_and_scores(tmp_path, tables, churn):
+    folder = churn.bundle.save(tmp_path / "bundle")
+    meta = json.loads((folder / "bundle.json").read_text(encoding="utf-8"))
+    del meta["feature_fingerprints"]
+    (folder / "bundle.json").write_text(json.dumps(meta), encoding="utf-8")
+    loaded = ModelBundle.load(folder)
+    assert loaded.feature_fingerprints == {}
+    scored = score_task(CONFIG, "churn", as_of=AS_OF, tables=tables, model=loaded)
+    expected = score_task(CONFIG, "churn", as_of=AS_OF, tables=tables, model=churn.bundle)
+    pd.testing.assert_frame_equal(scored, expected)

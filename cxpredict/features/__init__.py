@@ -13,7 +13,12 @@ from cxpredict.features.build import (
     build_features,
     build_training_features,
 )
-from cxpredict.features.catalogue import catalogue_version, feature_catalogue
+from cxpredict.features.catalogue import (
+    catalogue_version,
+    check_trained_features,
+    feature_catalogue,
+    feature_fingerprints,
+)
 from cxpredict.features.engine import Availability
 from cxpredict.features.extensions import PythonFeature, SqlFeature
 from cxpredict.features.vocabulary import Vocabulary, learn_vocabulary
@@ -27,6 +32,8 @@ __all__ = [
     "build_features",
     "build_training_features",
     "catalogue_version",
+    "check_trained_features",
     "feature_catalogue",
+    "feature_fingerprints",
     "learn_vocabulary",
 ]
