@@ -157,7 +157,8 @@ def top_reasons(
         positive) and ``sentence``.
     """
     groups = dict(groups or {})
-    templates = catalogue.set_index("name")["reason"].dropna().to_dict()
+    # a feature without a sentence (the season) is never a reason
+    templates = {n: t for n, t in catalogue.set_index("name")["reason"].dropna().items() if t}
     names = [c for c in contributions.columns if c != "bias" and c in templates]
     features = features.reindex(index=contributions.index)
     values = features.reindex(columns=names).to_numpy(dtype=float)

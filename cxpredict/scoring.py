@@ -63,6 +63,7 @@ from cxpredict.features import (
     build_features,
     feature_catalogue,
 )
+from cxpredict.features.season import SEASON_FEATURES
 from cxpredict.io import atomic_path, check_rejects, load_tables, write_validation
 from cxpredict.labels import eligible
 from cxpredict.schemas import Tables, to_utc
@@ -240,7 +241,9 @@ def drift_report(
 
     A variable without a reference gets a NaN PSI and the status ``not checked``. The
     customer-age features (:data:`AGE_FEATURES`) are at most a warning: they grow with the
-    calendar, so they differ from any earlier reference by construction.
+    calendar, so they differ from any earlier reference by construction. The season
+    features (:data:`~cxpredict.features.season.SEASON_FEATURES`, the same for every
+    customer) are not checked: they follow the calendar and nothing else.
 
     Returns
     -------
@@ -249,9 +252,10 @@ def drift_report(
     """
     rows = []
     for name, values in current.items():
-        reference = references.get(name)
+        reference = None if name in SEASON_FEATURES else references.get(name)
         value = psi(reference, values) if reference is not None else float("nan")
-        kind = (kinds or {}).get(name, "age" if name in AGE_FEATURES else "feature")
+        default = "age" if name in AGE_FEATURES else "feature"
+        kind = (kinds or {}).get(name, "season" if name in SEASON_FEATURES else default)
         status = drift_status(value, warn=warn, fail=fail)
         rows.append(
             {

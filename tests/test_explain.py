@@ -68,6 +68,16 @@ def test_a_feature_whose_value_is_missing_is_never_a_reason():
     assert reasons["feature"].tolist() == ["complaints_90d"]
 
 
+def test_a_feature_without_a_sentence_is_never_a_reason():
+    catalogue = pd.concat(
+        [CATALOGUE, pd.DataFrame({"name": ["cutoff_day_of_year"], "reason": [""]})]
+    )
+    contributions = frame({"cutoff_day_of_year": [3.0], "complaints_90d": [0.1]}, ["a"])
+    features = frame({"cutoff_day_of_year": [300.0], "complaints_90d": [1.0]}, ["a"])
+    reasons = top_reasons(contributions, features, catalogue)
+    assert reasons["feature"].tolist() == ["complaints_90d"]
+
+
 def test_one_hot_siblings_count_as_one_reason_in_the_words_of_the_column_set():
     groups = one_hot_groups(
         ["attr_country_fr", "attr_country_de", "complaints_90d"],

@@ -10,7 +10,7 @@ import pytest
 from conftest import CUTOFF, instants
 
 from cxpredict.config import FeaturesConfig
-from cxpredict.features import Vocabulary, build_features
+from cxpredict.features import Vocabulary, build_features, build_training_features
 from cxpredict.schemas import Tables
 
 NAN = np.nan
@@ -187,6 +187,18 @@ def test_btyd_counts_customer_days_in_weeks(features: pd.DataFrame) -> None:
         }
     )
     pd.testing.assert_frame_equal(features[list(want.columns)], want)
+
+
+def test_the_season_is_the_cutoffs_day_of_the_year_for_every_customer(
+    features: pd.DataFrame, tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    # 2024 is a leap year: 31 days of January and 29 of February come before 1 March
+    want = expected({"cutoff_day_of_year": [61, 61, 61]})
+    pd.testing.assert_frame_equal(features[list(want.columns)], want)
+    cutoffs = ["2023-12-31", "2024-01-01", "2024-12-31 23:59:59.999999"]
+    grid = build_training_features(tiny, cutoffs, vocabulary=tiny_vocabulary)
+    by_cutoff = grid.groupby(level="cutoff")["cutoff_day_of_year"].agg(["min", "max"])
+    assert by_cutoff["min"].tolist() == by_cutoff["max"].tolist() == [365.0, 1.0, 366.0]
 
 
 def test_basket_without_quantities_gives_the_first_order_and_the_first_repeat_gap(

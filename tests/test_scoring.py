@@ -139,6 +139,21 @@ def test_customer_age_features_warn_but_never_fail_the_run() -> None:
     }
 
 
+def test_the_season_is_never_checked_for_drift() -> None:
+    trained = np.full(100, 1.0)  # trained as of 1 January, scored on 1 June
+    report = drift_report(
+        "churn",
+        {"cutoff_day_of_year": reference_from_values(trained)},
+        {"cutoff_day_of_year": trained + 151},
+        warn=0.1,
+        fail=0.25,
+    )
+    assert report[["variable", "kind", "status"]].values.tolist() == [
+        ["cutoff_day_of_year", "season", "not checked"]
+    ]
+    check_drift(report, fail=0.25)
+
+
 # ------------------------------------------------------------------------------ ranking
 
 

@@ -19,7 +19,17 @@ import pandas as pd
 
 from cxpredict.config import FeaturesConfig
 from cxpredict.errors import OutOfMemory
-from cxpredict.features import basket, btyd, care, engagement, preferences, rfm, rhythm, tenure
+from cxpredict.features import (
+    basket,
+    btyd,
+    care,
+    engagement,
+    preferences,
+    rfm,
+    rhythm,
+    season,
+    tenure,
+)
 from cxpredict.features.engine import (
     Aggregate,
     Block,
@@ -56,6 +66,7 @@ FAMILIES: tuple[Family, ...] = (
     care.FAMILY,
     tenure.FAMILY,
     btyd.FAMILY,
+    season.FAMILY,
 )
 
 TablesLike = Tables | Mapping[str, TableSource | None]
