@@ -399,7 +399,7 @@ def promote(
         str | None, typer.Option("--reason", help="Why (recorded on the version).")
     ] = None,
 ) -> None:
-    """Make the challenger the champion if it beats it on the same backtest cutoffs and data."""
+    """Make the challenger the champion if it is better, or if the champion can't score."""
     now = run_moment()
     config = load_config(config_path)
     config.task(task)
