@@ -6,7 +6,8 @@
 #
 # Each task is trained as a new registered version (alias "challenger"), then `promote`
 # compares it with the champion on the same backtest cutoffs and data and moves "champion"
-# only if it is better. A refused promotion (exit code 11) is the normal outcome when the
+# only if it is better, or if the champion can no longer score (a feature it uses is no
+# longer built or was redefined, e.g. after a cxpredict upgrade). A refused promotion (exit code 11) is the normal outcome when the
 # new model is no better: the champion stays and the job goes on. Any other failure stops
 # the job with that command's exit code; tasks already promoted stay promoted.
 set -euo pipefail
