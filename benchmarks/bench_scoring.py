@@ -21,9 +21,9 @@ starts from those files can beat it.
     .venv/bin/python benchmarks/bench_scoring.py --customers 100000  # a quick look
 
 Measured on the 2-core, 24 GB development machine (1,000,000 customers, 10,964,706 events,
-Parquet input, 157 features, nothing else running, load average 1.2-1.4): 58.9 s of wall
-time, 73.2 s of CPU and 4.8 GB peak with reasons for the top 20% (validation 7.1 s, features
-6.7 s, predictions 12.7 s, reasons 16.3 s); 137.0 s, 161.2 s of CPU and 5.2 GB with reasons
+Parquet input, 158 features, nothing else running, load average 1.2-1.3): 63.0 s of wall
+time, 76.8 s of CPU and 4.9 GB peak with reasons for the top 20% (validation 7.7 s, features
+7.3 s, predictions 12.9 s, reasons 19.0 s); 124.8 s, 147.5 s of CPU and 5.3 GB with reasons
 for everyone. The previous release took 160 s and 494 s. Stage by stage in
 ``docs/scoring.md``.
 """
