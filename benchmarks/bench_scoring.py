@@ -107,7 +107,12 @@ def _train(config_path: Path, store: Path) -> None:
     as_of = pd.Timestamp(AS_OF, tz="UTC")
     tables = load_tables(config, run_at=RUN_AT, as_of=as_of).tables
     known = tables.before(as_of)
-    vocabulary = learn_vocabulary(known, as_of, max_values=config.features.vocabulary_max_values)
+    vocabulary = learn_vocabulary(
+        known,
+        as_of,
+        max_values=config.features.vocabulary_max_values,
+        min_customers=config.features.vocabulary_min_customers,
+    )
     version = catalogue_version(
         feature_catalogue(known, settings=config.features, vocabulary=vocabulary)
     )

@@ -23,7 +23,14 @@ from rich.table import Table
 
 from cxpredict.config import ProjectConfig, load_config
 from cxpredict.errors import CxpredictError
-from cxpredict.io import LoadResult, check_rejects, load_tables, write_table, write_validation
+from cxpredict.io import (
+    LoadResult,
+    check_output,
+    check_rejects,
+    load_tables,
+    write_table,
+    write_validation,
+)
 from cxpredict.schemas import to_utc
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -163,6 +170,7 @@ def sample(
 
     if fmt not in ("csv", "parquet"):
         raise typer.BadParameter("use csv or parquet", param_hint="--format")
+    check_output(out_dir, folder=True)
     with progress_bar() as progress:
         progress.add_task(f"generating {customers:,} customers", total=None)
         tables = generate_sample(customers, seed=seed, start=start, days=days)
@@ -184,6 +192,7 @@ def validate(
     ] = None,
 ) -> None:
     """Validate every table: write validation_report.json and rejects_<table>.csv."""
+    check_output(out_dir, folder=True)
     now = run_moment()
     config = load_config(config_path)
     cutoff = parse_as_of(as_of, now=now) if as_of else None
@@ -197,12 +206,20 @@ def features(
     config_path: ConfigOption,
     as_of: AsOfOption,
     out_file: Annotated[
-        Path, typer.Option("--out", help="Output file: .parquet or .csv.", show_default=False)
+        Path,
+        typer.Option(
+            "--out",
+            help="Output file: .parquet or .csv. The validation report and rejects are "
+            "written to a 'validation' folder beside it.",
+            show_default=False,
+        ),
     ],
 ) -> None:
     """Build every customer's features as of a date and write them to a file."""
     if out_file.suffix.lower() not in (".csv", ".parquet"):
         raise typer.BadParameter("use a .csv or .parquet file name", param_hint="--out")
+    check_output(out_file)
+    check_output(out_file.parent / "validation", folder=True, option="the validation folder")
     now = run_moment()
     cutoff = parse_as_of(as_of, now=now)
     config = load_config(config_path)
@@ -299,6 +316,7 @@ def train(
     from cxpredict.training import train_task
 
     out_dir = out_dir or config.root / "training" / f"{cutoff:%Y-%m-%d}"
+    check_output(out_dir, folder=True)
     loaded = read_validated(config, now=now, as_of=cutoff, validation_dir=out_dir / "validation")
     for name in names:
         with progress_bar() as progress:
@@ -357,6 +375,7 @@ def score(
     """Score every customer with each task's champion: ranked lists, customers and report."""
     if reasons_for not in (None, "all", "top"):
         raise typer.BadParameter("use all or top", param_hint="--reasons-for")
+    check_output(out_dir, folder=True)
     now = run_moment()
     cutoff = parse_as_of(as_of, now=now)
     config = load_config(config_path)
@@ -446,6 +465,11 @@ def serve(
     config.task(task)
     from cxpredict import registry, serving
 
+    if serving.port_in_use(host, port):
+        raise typer.BadParameter(
+            f"port {port} on {host} is in use (another server?); choose another with --port",
+            param_hint="--port",
+        )
     tracking_uri = registry.resolve_tracking_uri(config, os.environ)
     model_uri = registry.champion_uri(config, task, tracking_uri=tracking_uri)
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -15,6 +15,8 @@ A minimal config::
 
 from __future__ import annotations
 
+import codecs
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -38,11 +40,16 @@ class TableConfig(_Frozen):
     ``columns`` maps canonical names to the file's own names; unmapped canonical columns are
     looked up under their canonical name. ``timezone`` is the zone of naive timestamps (UTC
     when omitted). ``timestamp_format`` is a ``strftime`` pattern for unusual date formats
-    (``"%Y%m%d"``); ``sep`` is the CSV delimiter, or ``"whitespace"``.
+    (``"%Y%m%d"``); ``sep`` is the CSV delimiter, or ``"whitespace"``. ``encoding`` is the
+    text encoding of a CSV file (``"latin-1"``, ``"cp1252"``; UTF-8 when omitted).
+    ``numeric`` (customers only) lists attribute columns to read as numbers: other attribute
+    columns of a CSV file are categories, while Parquet number columns are numbers already.
     """
 
     path: Path
     columns: dict[str, str] = Field(default_factory=dict)
+    numeric: list[str] = Field(default_factory=list)
+    encoding: str = "utf-8"
     timezone: str = "UTC"
     timestamp_format: str | None = None
     sep: str = ","
@@ -57,6 +64,45 @@ class TableConfig(_Frozen):
             raise ValueError(
                 f"unknown timezone {value!r}; use an IANA name such as 'UTC' or 'Europe/Paris'"
             ) from exc
+        return value
+
+    @field_validator("timestamp_format")
+    @classmethod
+    def _known_directives(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            datetime.strptime("", value)
+        except ValueError as exc:
+            if "directive" in str(exc):
+                raise ValueError(
+                    f"timestamp_format {value!r}: {exc}; use strftime directives such as "
+                    "'%Y-%m-%d %H:%M:%S' or '%Y%m%d'"
+                ) from None
+        return value
+
+    @field_validator("sep")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        if value in ("\\t", "tab"):  # '\t' in single quotes, or the word
+            return "\t"
+        if len(value) != 1 and value != "whitespace":
+            raise ValueError(
+                f"sep {value!r} must be one character (',', ';', '|', \"\\t\" for a tab) or "
+                "'whitespace'"
+            )
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(
+                f"unknown encoding {value!r}; use a Python codec name such as 'utf-8', "
+                "'latin-1' or 'cp1252'"
+            ) from None
         return value
 
     @property
@@ -85,6 +131,16 @@ class DataConfig(_Frozen):
                 continue
             required, optional = COLUMNS[name]
             known = required + optional
+            if table.numeric and name != "customers":
+                raise ValueError(
+                    f"data.{name}.numeric: only customer attributes can be listed as numeric"
+                )
+            canonical = [c for c in table.numeric if c in known]
+            if canonical:
+                raise ValueError(
+                    f"data.{name}.numeric: {canonical[0]!r} is a canonical column, not an "
+                    "attribute; list only attribute columns"
+                )
             for key in table.columns:
                 if key not in known and name != "customers":
                     raise ValueError(
@@ -133,6 +189,9 @@ class FeaturesConfig(_Frozen):
     ``duckdb_memory_limit`` (a fresh temporary folder when unset; a relative path resolves
     against the config file's folder). ``vocabulary_max_values`` caps the values one-hot
     encoded per categorical column (the most frequent ones; the rest count as ``other``).
+    ``vocabulary_min_customers`` is the fewest customers a customer attribute value needs to
+    be one of them: rarer values (and attributes such as e-mail addresses, where every value
+    is rare) are never stored with a model.
     """
 
     windows: tuple[int, ...] = DEFAULT_WINDOWS
@@ -142,6 +201,7 @@ class FeaturesConfig(_Frozen):
     duckdb_threads: int | None = Field(None, gt=0)
     duckdb_temp_directory: Path | None = None
     vocabulary_max_values: int = Field(10, ge=1)
+    vocabulary_min_customers: int = Field(10, ge=1)
 
     @field_validator("windows")
     @classmethod
@@ -190,13 +250,18 @@ TaskConfig = Annotated[
 
 
 class TrainingConfig(_Frozen):
-    """How training sets and backtests are laid out in time, and model defaults."""
+    """How training sets and backtests are laid out in time, and model defaults.
+
+    ``max_feed_gap_days``: training stops when the latest order or interaction is more days
+    than this before the as-of date (a feed that stopped would label every customer as lost).
+    """
 
     n_cutoffs: int = Field(12, ge=3)
     step_days: int = Field(30, gt=0)
     n_backtest_cutoffs: int = Field(3, ge=1)
     min_positives: int = Field(30, ge=1)
     min_negatives: int = Field(30, ge=1)
+    max_feed_gap_days: int = Field(14, gt=0)
     seed: int = 0
     lightgbm: dict[str, Any] = Field(default_factory=dict)
     promotion_metric: str | None = None

@@ -74,6 +74,12 @@ class FeatureMismatch(CxpredictError):
     exit_code = 8
 
 
+class TaskMismatch(CxpredictError):
+    """A model was trained for another definition of its task than the config's."""
+
+    exit_code = 8
+
+
 class DriftFailed(CxpredictError):
     """Scoring input drifted beyond the configured threshold from the training reference."""
 
@@ -96,6 +102,18 @@ class OutOfMemory(CxpredictError):
     """A result would need more memory than the machine has available."""
 
     exit_code = 12
+
+
+class RegistryUnavailable(CxpredictError):
+    """The MLflow tracking store cannot be reached or read (server down, wrong address)."""
+
+    exit_code = 14
+
+
+class OutputError(CxpredictError):
+    """An output cannot be written where it was asked for (a folder, no permission, full)."""
+
+    exit_code = 13
 
 
 def closest(name: str, candidates: Iterable[str]) -> str | None:

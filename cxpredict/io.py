@@ -25,6 +25,7 @@ their original text, their line number and a ``reason``.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
@@ -32,7 +33,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,21 +45,31 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from cxpredict.config import ProjectConfig, TableConfig
-from cxpredict.errors import DataError, ValidationFailed, closest
+from cxpredict.errors import DataError, OutputError, ValidationFailed, closest
 from cxpredict.schemas import (
     COLUMNS,
     EVENT_TIME,
     NUMERIC_COLUMNS,
     SCHEMAS,
+    TABLE_NAMES,
     TIMESTAMP_COLUMNS,
     TIMESTAMP_DTYPE,
     Tables,
     to_utc,
 )
 
+#: Amounts from this size on are rejected: the feature engine sums amounts in whole
+#: 1/10,000 units as 64-bit integers, which holds about 900 lines of this size per customer.
+MAX_AMOUNT = 1e12
 LINE_COLUMN = "line"
 REASON_COLUMN = "reason"
-_AWARE = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
+#: Set by :func:`read_raw` on CSV rows whose number of fields is not the header's: the reason.
+MALFORMED_COLUMN = "__malformed"
+#: ISO text with a UTC offset after its time of day: ``Z``, ``+02:00``, ``+0200`` or ``+02``
+#: (PostgreSQL's ``timestamptz`` text). A date alone (``2024-01-01``) is never read as one.
+_AWARE = re.compile(r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$")
+#: ``strftime`` directives that read a zone: with one, text is converted to UTC as written.
+_ZONE_DIRECTIVES = ("%z", "%Z", "%:z")
 
 
 @dataclass(frozen=True)
@@ -143,11 +154,16 @@ def read_raw(table: str, config: TableConfig, *, typed: bool = False) -> pd.Data
             frame = _read_parquet_as_text(path, typed=typed)
             frame.insert(0, LINE_COLUMN, np.arange(1, len(frame) + 1, dtype="int64"))
         else:
-            frame = _read_csv_as_text(path, config.sep, typed=typed)
-            frame.insert(0, LINE_COLUMN, np.arange(2, len(frame) + 2, dtype="int64"))
-    except DataError:
+            frame = _read_csv_as_text(path, config.sep, config.encoding, typed=typed)
+    except DataError as exc:
+        if exc.table is None:
+            raise DataError(f"{table}: {exc}", table=table) from None
         raise
+    except UnicodeError as exc:
+        raise DataError(_encoding_message(table, path, config, str(exc)), table=table) from None
     except Exception as exc:  # the parsers raise many kinds; all mean "unreadable"
+        if "UTF8" in str(exc) or "utf-8" in str(exc):
+            raise DataError(_encoding_message(table, path, config, str(exc)), table=table) from None
         raise DataError(
             f"{table}: cannot read {str(path)!r} as {config.file_format} ({exc}); check the "
             f"file, or set data.{table}.format / data.{table}.sep in the config",
@@ -156,17 +172,37 @@ def read_raw(table: str, config: TableConfig, *, typed: bool = False) -> pd.Data
     return frame
 
 
-def _read_csv_as_text(path: Path, sep: str, *, typed: bool = False) -> pd.DataFrame:
+def _encoding_message(table: str, path: Path, config: TableConfig, detail: str) -> str:
+    return (
+        f"{table}: {str(path)!r} is not {config.encoding} text ({detail}); set "
+        f"data.{table}.encoding to the file's encoding (often 'latin-1' or 'cp1252'), or "
+        "save the file as UTF-8"
+    )
+
+
+def _read_csv_as_text(path: Path, sep: str, encoding: str, *, typed: bool = False) -> pd.DataFrame:
+    """A CSV file as text, with the physical ``line`` of each row.
+
+    A row with more or fewer fields than the header is not read as data: it is kept, its
+    columns missing, with its reason in :data:`MALFORMED_COLUMN`. Blank lines are skipped.
+    """
     if sep == "whitespace":
-        frame = pd.read_csv(path, sep=r"\s+", dtype=str, keep_default_na=False)
-        return frame.astype(object).where(frame != "", None)
-    with open(path, encoding="utf-8-sig", newline="") as handle:
+        return _read_whitespace(path, encoding)
+    opening = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    with open(path, encoding=opening, newline="") as handle:
         header = next(csv.reader(handle, delimiter=sep), None)
     if not header:
         raise DataError(f"the file {str(path)!r} is empty: it has no header line")
+    malformed: list[tuple[int, str]] = []
+
+    def skip(row: Any) -> str:
+        malformed.append((int(row.actual_columns), str(row.text)))
+        return "skip"
+
     table = pa_csv.read_csv(
         path,
-        parse_options=pa_csv.ParseOptions(delimiter=sep),
+        read_options=pa_csv.ReadOptions(encoding=opening.replace("-sig", "")),
+        parse_options=pa_csv.ParseOptions(delimiter=sep, invalid_row_handler=skip),
         convert_options=pa_csv.ConvertOptions(
             column_types={c: pa_arrow.string() for c in header},
             strings_can_be_null=True,
@@ -175,9 +211,108 @@ def _read_csv_as_text(path: Path, sep: str, *, typed: bool = False) -> pd.DataFr
         ),
     )
     frame = table.to_pandas()
-    if typed:  # Arrow-backed text: the same values, without a Python object per cell
+    if not typed:
+        frame = frame.astype(object).where(lambda f: f.notna(), None)
+    # else Arrow-backed text: the same values, without a Python object per cell
+    lines = _record_lines(path, opening, len(header), len(frame), len(malformed), sep=sep)
+    return _with_lines(frame, lines, malformed, len(header))
+
+
+def _read_whitespace(path: Path, encoding: str) -> pd.DataFrame:
+    """A file whose fields are separated by runs of spaces or tabs (no quoting)."""
+    opening = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    with open(path, encoding=opening) as handle:
+        rows = [(number, line.split()) for number, line in enumerate(handle, start=1)]
+    rows = [(number, fields) for number, fields in rows if fields]
+    if not rows:
+        raise DataError(f"the file {str(path)!r} is empty: it has no header line")
+    (_, header), body = rows[0], rows[1:]
+    good = [(number, fields) for number, fields in body if len(fields) == len(header)]
+    frame = pd.DataFrame([fields for _, fields in good], columns=header, dtype=object)
+    if frame.empty:
+        frame = pd.DataFrame({c: pd.Series([], dtype=object) for c in header})
+    malformed = [
+        (len(fields), " ".join(fields)) for _, fields in body if len(fields) != len(header)
+    ]
+    lines = (
+        np.asarray([n for n, _ in good], dtype=np.int64),
+        np.asarray([n for n, f in body if len(f) != len(header)], dtype=np.int64),
+    )
+    return _with_lines(frame, lines, malformed, len(header), whitespace=True)
+
+
+def _with_lines(
+    frame: pd.DataFrame,
+    lines: tuple[np.ndarray, np.ndarray],
+    malformed: list[tuple[int, str]],
+    width: int,
+    *,
+    whitespace: bool = False,
+) -> pd.DataFrame:
+    """``frame`` with its ``line`` column, and the malformed rows appended with reasons."""
+    good, bad = lines
+    frame.insert(0, LINE_COLUMN, good)
+    if not malformed:
         return frame
-    return frame.astype(object).where(lambda f: f.notna(), None)
+    hint = (
+        "; with sep: whitespace an empty value cannot be told from a missing one: export "
+        "with a delimiter"
+        if whitespace
+        else ""
+    )
+    reasons = [
+        f"wrong number of fields ({count}, the header has {width}{hint}): {_quoted_text(text)}"
+        for count, text in malformed
+    ]
+    extra = pd.DataFrame(
+        {
+            c: bad if c == LINE_COLUMN else pd.Series([None] * len(bad), dtype=frame[c].dtype)
+            for c in frame.columns
+        }
+    )
+    frame[MALFORMED_COLUMN] = pd.Series([None] * len(frame), dtype=object, index=frame.index)
+    extra[MALFORMED_COLUMN] = pd.Series(reasons, dtype=object)
+    return pd.concat([frame, extra], ignore_index=True)
+
+
+def _quoted_text(text: str) -> str:
+    return "'" + (text if len(text) <= 60 else text[:57] + "...") + "'"
+
+
+def _record_lines(
+    path: Path, encoding: str, width: int, rows: int, malformed: int, *, sep: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The physical line of each data row and of each malformed row, in file order.
+
+    In the common file (one line per row, no blank line, no malformed row) row ``i`` is on
+    line ``i + 2``: that is checked by counting the line breaks, without parsing. Otherwise
+    the file is read once more with Python's csv module to follow quoted line breaks and
+    blank lines; if that reading disagrees with the first one, the rows are numbered in
+    order as a last resort.
+    """
+    breaks, size, last = 0, 0, b"\n"
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            breaks += chunk.count(b"\n")
+            size += len(chunk)
+            last = chunk[-1:]
+    physical = breaks + (1 if size and last != b"\n" else 0)
+    if not malformed and physical == rows + 1:
+        return np.arange(2, rows + 2, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    good: list[int] = []
+    bad: list[int] = []
+    with open(path, encoding=encoding, newline="") as handle:
+        reader = csv.reader(handle, delimiter=sep)
+        previous = 0
+        for k, record in enumerate(reader):
+            start, previous = previous + 1, reader.line_num
+            if k == 0 or not record:
+                continue
+            (good if len(record) == width else bad).append(start)
+    if len(good) == rows and len(bad) == malformed:
+        return np.asarray(good, dtype=np.int64), np.asarray(bad, dtype=np.int64)
+    numbers = np.arange(2, rows + malformed + 2, dtype=np.int64)
+    return numbers[:rows], numbers[rows:]
 
 
 def _read_parquet_as_text(path: Path, *, typed: bool = False) -> pd.DataFrame:
@@ -213,6 +348,14 @@ def _as_text(column: pd.Series) -> pd.Series:
         text = column.dt.strftime("%Y-%m-%dT%H:%M:%S.%f%z")
     elif pd.api.types.is_datetime64_dtype(column.dtype):
         text = column.dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    elif pd.api.types.is_float_dtype(column.dtype):
+        # whole numbers without ".0": ids written from a column with a missing value are
+        # floats (1.0), and must read as the same ids as elsewhere ("1")
+        values = column.to_numpy(dtype="float64", na_value=np.nan)
+        whole = np.isfinite(values) & (np.abs(values) < 2.0**53)
+        whole[whole] = values[whole] == np.round(values[whole])
+        text = column.astype(str).astype(object)
+        text[whole] = values[whole].astype(np.int64).astype(str)
     else:
         text = column.astype(str)
     return text.astype(object).where(column.notna(), None)
@@ -224,47 +367,89 @@ def _as_text(column: pd.Series) -> pd.Series:
 def map_columns(raw: pd.DataFrame, table: str, config: TableConfig) -> pd.DataFrame:
     """Rename the file's columns to the canonical names given the config's mapping.
 
+    A canonical column is read from the column the config maps to it, else from the column of
+    its own name, else from the one column whose name differs only in case, spaces, dashes
+    and underscores ("Customer ID" for ``customer_id``). A file column that the mapping
+    replaces (``timestamp`` when ``{timestamp: order_date}``) is not read.
+
     Raises
     ------
     DataError
-        When a required column (or a mapped optional one) is not in the file; the message
-        names the file's columns, the closest match and where to map it.
+        When the header repeats a name, when a required column (or a mapped optional one)
+        is not in the file (the message names the file's columns, the closest match and where
+        to map it), or when several columns could be the same canonical one.
     """
     required, optional = COLUMNS[table]
-    found = [c for c in raw.columns if c != LINE_COLUMN]
-    folded = {_fold(c): c for c in found}
+    found = [c for c in raw.columns if c not in (LINE_COLUMN, MALFORMED_COLUMN)]
+    repeated = sorted({c for c in found if found.count(c) > 1})
+    if repeated:
+        raise DataError(
+            f"{table}: the header of {config.path.name} names column {repeated[0]!r} more than "
+            "once; rename or remove the repeated column",
+            table=table,
+            column=repeated[0],
+        )
+    mapped = {config.columns[c] for c in required + optional if c in config.columns}
+    folded: dict[str, list[str]] = {}
+    for column in found:
+        folded.setdefault(_fold(column), []).append(column)
     rename: dict[str, str] = {}
     for canonical in required + optional:
         source = config.columns.get(canonical, canonical)
         if canonical not in config.columns and source not in found:
-            source = folded.get(_fold(canonical), source)  # "Customer ID" for customer_id
+            similar = [c for c in folded.get(_fold(canonical), []) if c not in mapped]
+            if len(similar) > 1:
+                raise DataError(
+                    f"{table}: columns {', '.join(map(repr, similar))} of {config.path.name} "
+                    f"could each be {canonical!r}; map one under data.{table}.columns, e.g. "
+                    f"{{{canonical}: {similar[0]}}}",
+                    table=table,
+                    column=canonical,
+                )
+            source = similar[0] if similar else source
+        if canonical not in config.columns and source in mapped:
+            if canonical in required:
+                raise DataError(
+                    f"{table}: column {source!r} is mapped to another canonical column, so "
+                    f"{canonical!r} has no column; map it under data.{table}.columns",
+                    table=table,
+                    column=canonical,
+                )
+            continue  # the mapping reads this column as another canonical one
         if source in found:
             rename[source] = canonical
         elif canonical in required or canonical in config.columns:
             suggestion = closest(source, found)
             hint = f"; the closest is {suggestion!r}" if suggestion else ""
-            mapped = f" (mapped from {source!r})" if source != canonical else ""
+            other = [d for d in (";", "\t", "|", ",") if d != config.sep and len(found) == 1]
+            split = [d for d in other if d in found[0]]
+            if split:
+                shown = "\\t" if split[0] == "\t" else split[0]
+                raise DataError(
+                    f"{table}: {config.path.name} has a single column {found[0]!r}: its header "
+                    f'looks separated by "{shown}"; set data.{table}.sep: "{shown}" in the '
+                    "config",
+                    table=table,
+                    column=canonical,
+                )
+            mapped_from = f" (mapped from {source!r})" if source != canonical else ""
             raise DataError(
-                f"{table}: column {canonical!r}{mapped} not found in {config.path.name}; the "
-                f"file has {', '.join(found)}{hint}. Map it under data.{table}.columns, e.g. "
-                f"{{{canonical}: {suggestion or 'YourColumn'}}}",
+                f"{table}: column {canonical!r}{mapped_from} not found in {config.path.name}; "
+                f"the file has {', '.join(found)}{hint}. Map it under data.{table}.columns, "
+                f"e.g. {{{canonical}: {suggestion or 'YourColumn'}}}",
                 table=table,
                 column=canonical,
             )
     for canonical, source in config.columns.items():
         if table == "customers" and canonical not in required + optional and source in found:
             rename[source] = canonical
-    clashes = [c for c in found if c not in rename and c in rename.values()]
-    if clashes:
-        raise DataError(
-            f"{table}: column {clashes[0]!r} is in the file and is also the canonical name "
-            f"another column is mapped to; remove one of them or map {clashes[0]!r} explicitly",
-            table=table,
-            column=clashes[0],
-        )
-    frame = raw.rename(columns=rename)
+    # A file column named like a canonical column that another column is mapped to is
+    # replaced by the mapping: it is not read (customers would keep it as an attribute).
+    replaced = [c for c in found if c not in rename and c in rename.values()]
+    frame = raw.drop(columns=replaced).rename(columns=rename)
     if table != "customers":  # customers keep their attribute columns; the others only theirs
-        frame = frame[[LINE_COLUMN, *[c for c in required + optional if c in frame.columns]]]
+        kept = [LINE_COLUMN, *[c for c in required + optional if c in frame.columns]]
+        frame = frame[kept + [c for c in (MALFORMED_COLUMN,) if c in frame.columns]]
     return frame
 
 
@@ -307,16 +492,21 @@ class _Reasons:
     def mask(self) -> np.ndarray:
         return self._bad.copy()
 
-    def text(self) -> list[str]:
-        """The reasons of each rejected row (in row order), joined with ``"; "``."""
+    def text(self, keep: np.ndarray | None = None) -> list[str]:
+        """The reasons of each rejected row (in row order), joined with ``"; "``.
+
+        ``keep``: only the rejected rows it marks (all when ``None``).
+        """
+        rows = self._bad if keep is None else self._bad & keep
         by_row: dict[int, list[str]] = {}
         for positions, reason in self._checks:
             texts = [reason] * len(positions) if isinstance(reason, str) else reason
             for position, text in zip(positions.tolist(), texts, strict=True):
-                found = by_row.setdefault(position, [])
-                if text not in found:
-                    found.append(text)
-        return ["; ".join(by_row[p]) for p in np.flatnonzero(self._bad).tolist()]
+                if rows[position]:
+                    found = by_row.setdefault(position, [])
+                    if text not in found:
+                        found.append(text)
+        return ["; ".join(by_row[p]) for p in np.flatnonzero(rows).tolist()]
 
 
 def parse_timestamps(
@@ -324,27 +514,62 @@ def parse_timestamps(
 ) -> pd.Series:
     """Parse text to UTC instants; unparseable text becomes ``NaT``.
 
-    Text with an offset (``Z``, ``+02:00``) is converted to UTC; naive text is taken to be in
-    ``timezone`` (UTC by default). ``fmt`` is an optional ``strftime`` pattern.
+    Text with an offset (``Z``, ``+02:00``, ``+0200``, ``+02``) is converted to UTC; naive
+    text is taken to be in ``timezone`` (UTC by default). ``fmt`` is an optional ``strftime``
+    pattern: with a zone directive (``%z``) every value is converted to UTC from its own
+    offset, without one every value is naive.
     """
     out = pd.Series(pd.NaT, index=text.index, dtype=TIMESTAMP_DTYPE)
     present = text.notna()
     if not present.any():
         return out
     values = text[present].astype(str).str.strip()
-    aware = values.str.contains(_AWARE)
+    if fmt is None:
+        aware = values.str.contains(_AWARE)
+    else:
+        zoned = any(directive in fmt for directive in _ZONE_DIRECTIVES)
+        aware = pd.Series(zoned, index=values.index)
     if aware.any():
         parsed = pd.to_datetime(values[aware], errors="coerce", utc=True, format=fmt or "ISO8601")
         out.loc[parsed.index] = parsed.astype(TIMESTAMP_DTYPE)
     naive = values[~aware]
     if len(naive):
-        parsed = pd.to_datetime(naive, errors="coerce", format=fmt or "ISO8601")
-        if isinstance(parsed.dtype, pd.DatetimeTZDtype):  # a %z pattern made them aware
+        try:
+            parsed = pd.to_datetime(naive, errors="coerce", format=fmt or "ISO8601")
+        except ValueError:  # an offset the pattern above does not know, mixed with naive text
+            parsed = pd.Series([_one_instant(v, fmt) for v in naive], index=naive.index)
+        if isinstance(parsed.dtype, pd.DatetimeTZDtype):  # every value had an offset
             parsed = parsed.dt.tz_convert("UTC")
+        elif parsed.dtype == object:  # some values had an offset: each is converted alone
+            parsed = pd.Series(
+                [_localized(v, timezone) for v in parsed], index=parsed.index, dtype=object
+            )
+            parsed = pd.to_datetime(parsed, utc=True)
         else:
             parsed = parsed.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
         out.loc[parsed.index] = parsed.dt.tz_convert("UTC").astype(TIMESTAMP_DTYPE)
     return out
+
+
+def _one_instant(value: str, fmt: str | None) -> Any:
+    """One text parsed alone: a naive or aware ``Timestamp``, or ``NaT``."""
+    try:
+        return pd.to_datetime(value, format=fmt or "ISO8601")
+    except (ValueError, OverflowError):
+        return pd.NaT
+
+
+def _localized(value: Any, timezone: str) -> Any:
+    """An aware instant as it is; a naive one in ``timezone`` (``NaT`` when ambiguous)."""
+    if value is None or pd.isna(value):
+        return pd.NaT
+    stamp = pd.Timestamp(value)
+    if stamp.tzinfo is not None:
+        return stamp
+    try:
+        return stamp.tz_localize(timezone, ambiguous="raise", nonexistent="raise")
+    except (ValueError, OverflowError):  # pytz/zoneinfo raise subclasses of ValueError
+        return pd.NaT
 
 
 def _coerce(
@@ -369,8 +594,18 @@ def _coerce(
                 parsed = parse_timestamps(
                     text, timezone=config.timezone, fmt=config.timestamp_format
                 )
-            bad = text.notna() & parsed.isna()
-            reasons.add(bad, _quoting(f"{column} ", text, " is not a date/time"))
+            bad = (text.notna() & parsed.isna()).to_numpy()
+            clock = _clock_changes(text, bad, config)
+            reasons.add(
+                clock,
+                _quoting(
+                    f"{column} ",
+                    text,
+                    f" does not exist or happens twice in {config.timezone} (a daylight saving "
+                    "change); give it with its UTC offset",
+                ),
+            )
+            reasons.add(bad & ~clock, _quoting(f"{column} ", text, " is not a date/time"))
             out[column] = parsed
         elif column in NUMERIC_COLUMNS[table]:
             if kind == "number":
@@ -384,6 +619,13 @@ def _coerce(
             infinite = np.isinf(numbers.to_numpy(na_value=np.nan))
             reasons.add(infinite, f"{column} is infinite")
             numbers = numbers.mask(infinite)
+            if column == "amount":
+                huge = numbers.abs() >= MAX_AMOUNT
+                reasons.add(
+                    huge,
+                    _quoting("amount ", text, f" is implausibly large ({MAX_AMOUNT:.0e} or more)"),
+                )
+                numbers = numbers.mask(huge)
             if column == "quantity":
                 fractional = numbers.notna() & (numbers % 1 != 0)
                 reasons.add(fractional, _quoting("quantity ", text, " is not a whole number"))
@@ -395,6 +637,20 @@ def _coerce(
                 out[column] = quantity
             else:
                 out[column] = numbers
+        elif _numeric_attribute(table, column, kind, config):
+            if kind == "number":
+                numbers = text.astype("float64")
+            else:
+                text = _textual(text)
+                numbers = pd.to_numeric(text.str.strip() if len(text) else text, errors="coerce")
+                numbers = numbers.astype("float64")
+            reasons.add(
+                text.notna() & numbers.isna(),
+                _quoting(f"{column} ", text, f" is not a number (data.{table}.numeric lists it)"),
+            )
+            infinite = np.isinf(numbers.to_numpy(na_value=np.nan))
+            reasons.add(infinite, f"{column} is infinite")
+            out[column] = numbers.mask(infinite)
         else:
             text = _textual(text)
             stripped = text.astype("str").str.strip() if len(text) else text.astype("str")
@@ -403,6 +659,26 @@ def _coerce(
             if missing.any() and out[column][missing].notna().any():
                 out.loc[missing, column] = None
     return out
+
+
+def _clock_changes(text: pd.Series, bad: np.ndarray, config: TableConfig) -> np.ndarray:
+    """Among the ``bad`` rows, those whose text is a valid local time that the daylight
+    saving changes of ``config.timezone`` skip or repeat."""
+    clock = np.zeros(len(text), dtype=bool)
+    if not bad.any() or config.timezone == "UTC":
+        return clock
+    rows = np.flatnonzero(bad)
+    values = _textual(text.iloc[rows]).astype(str).str.strip()
+    local = pd.Series([_one_instant(v, config.timestamp_format) for v in values], dtype=object)
+    clock[rows] = [v is not pd.NaT and getattr(v, "tzinfo", None) is None for v in local]
+    return clock
+
+
+def _numeric_attribute(table: str, column: str, kind: str, config: TableConfig) -> bool:
+    """A customer attribute read as a number: listed in ``numeric``, or a number column."""
+    if table != "customers" or column in COLUMNS[table][0] + COLUMNS[table][1]:
+        return False
+    return column in config.numeric or kind == "number"
 
 
 def _textual(column: pd.Series) -> pd.Series:
@@ -623,6 +899,8 @@ def validate_table(
         The canonical accepted rows, the rejected rows (original text, ``line``, ``reason``)
         and the account of every row.
     """
+    if MALFORMED_COLUMN in raw.columns:
+        return _with_malformed(raw, table, config, run_at=run_at, as_of=as_of)
     run_at = to_utc(run_at)
     reasons = _Reasons(len(raw))
     coerced = _coerce(raw, table, config, reasons)
@@ -630,15 +908,18 @@ def validate_table(
     _row_checks(coerced, table, reasons, run_at=run_at)
     _duplicates(raw, coerced, table, reasons)
 
-    bad = reasons.mask()
+    # A row whose event time is at or after the as-of instant is not read, whatever else is
+    # wrong with it: later rows cannot fail an earlier run. A row whose event time cannot be
+    # read is read, and rejected.
     after = np.zeros(len(raw), dtype=bool)
     event_time = EVENT_TIME[table]
     if as_of is not None and event_time in coerced.columns:
         as_of = to_utc(as_of)
-        after = (coerced[event_time] >= as_of).to_numpy(na_value=False) & ~bad
+        after = (coerced[event_time] >= as_of).to_numpy(na_value=False)
         if table == "customers" and "updated_at" in coerced.columns:
-            after |= (coerced["updated_at"] >= as_of).to_numpy(na_value=False) & ~bad
+            after |= (coerced["updated_at"] >= as_of).to_numpy(na_value=False)
     read = ~after
+    bad = reasons.mask() & read
     accepted_mask = read & ~bad
 
     rejects = raw[bad].copy()
@@ -646,7 +927,7 @@ def validate_table(
         if column != LINE_COLUMN:
             text = _textual(rejects[column]).astype(object)
             rejects[column] = text.where(text.notna(), None)
-    rejects[REASON_COLUMN] = np.asarray(reasons.text(), dtype=object)
+    rejects[REASON_COLUMN] = np.asarray(reasons.text(keep=read), dtype=object)
     accepted = coerced[accepted_mask].drop(columns=[LINE_COLUMN])
     if table == "orders" and "order_id" not in accepted.columns:
         accepted.insert(1, "order_id", ("line-" + coerced[LINE_COLUMN].astype(str))[accepted_mask])
@@ -665,6 +946,45 @@ def validate_table(
         reasons={str(k): int(v) for k, v in counts.value_counts().sort_index().items()},
     )
     return accepted, rejects.reset_index(drop=True), report
+
+
+def _with_malformed(
+    raw: pd.DataFrame,
+    table: str,
+    config: TableConfig,
+    *,
+    run_at: pd.Timestamp,
+    as_of: pd.Timestamp | None,
+) -> tuple[pd.DataFrame, pd.DataFrame, TableReport]:
+    """:func:`validate_table` for a frame with malformed rows: they are read, and rejected."""
+    flags = raw[MALFORMED_COLUMN].notna().to_numpy()
+    accepted, rejects, report = validate_table(
+        raw[~flags].drop(columns=MALFORMED_COLUMN).reset_index(drop=True),
+        table,
+        config,
+        run_at=run_at,
+        as_of=as_of,
+    )
+    bad = raw[flags].drop(columns=MALFORMED_COLUMN)
+    for column in bad.columns:
+        if column != LINE_COLUMN:
+            bad[column] = pd.Series([None] * len(bad), dtype=object, index=bad.index)
+    bad[REASON_COLUMN] = raw.loc[flags, MALFORMED_COLUMN].astype(object)
+    rejects = pd.concat([rejects, bad[rejects.columns]], ignore_index=True)
+    rejects = rejects.sort_values(LINE_COLUMN, kind="stable").reset_index(drop=True)
+    reasons = dict(report.reasons)
+    for text in bad[REASON_COLUMN]:
+        for kind in _reason_kinds(text):
+            reasons[kind] = reasons.get(kind, 0) + 1
+    count = int(flags.sum())
+    report = replace(
+        report,
+        rows_in_source=report.rows_in_source + count,
+        rows_read=report.rows_read + count,
+        rows_rejected=report.rows_rejected + count,
+        reasons=dict(sorted(reasons.items())),
+    )
+    return accepted, rejects, report
 
 
 def _reason_kinds(text: str) -> Iterator[str]:
@@ -725,29 +1045,74 @@ def check_rejects(result: LoadResult, *, max_reject_fraction: float) -> None:
 # --------------------------------------------------------------------------- writing
 
 
+def check_output(path: str | Path, *, folder: bool = False, option: str = "--out") -> Path:
+    """Raise :class:`OutputError` unless ``path`` can be written: checked before the work.
+
+    A file must not be an existing folder; a folder must not be an existing file; the first
+    existing folder above either must be a folder this process can write to (the missing
+    ones are created when the output is written).
+    """
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        raise OutputError(f"{option} {str(target)!r} is a file; give a folder (new or existing)")
+    if not folder and target.is_dir():
+        raise OutputError(f"{option} {str(target)!r} is a folder; give a file name inside it")
+    parent = target if folder else target.parent
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(
+            f"{option} {str(target)!r}: {str(existing)!r} is a file, not a folder; choose "
+            "another path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"{option} {str(target)!r}: no permission to write in {str(existing)!r}; choose a "
+            "folder you can write to"
+        )
+    return target
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
 
     A crash or kill before the end leaves the previous file at ``path`` intact. The file gets
     the permissions any new file would (``0o666`` less the umask), not ``mkstemp``'s private
-    ``0o600``.
+    ``0o600``. A failure of the file system (no permission, a folder in the way, a full disk)
+    is an :class:`OutputError` naming the path.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    check_output(target, option="output")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _output_error(target, exc) from None
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     temporary = Path(name)
     try:
-        yield temporary
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        try:
+            yield temporary
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        except OSError as exc:
+            raise _output_error(target, exc) from None
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _output_error(target: Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or type(exc).__name__
+    return OutputError(
+        f"cannot write {str(target)!r} ({reason}); the previous file, if any, is unchanged. "
+        "Free space or choose another output path"
+    )
 
 
 def write_table(frame: pd.DataFrame, path: str | Path, *, index: bool = False) -> Path:
@@ -779,13 +1144,17 @@ def write_json(data: Any, path: str | Path) -> Path:
 def write_validation(result: LoadResult, out_dir: str | Path) -> dict[str, Path]:
     """Write ``validation_report.json`` and one ``rejects_<table>.csv`` per table to ``out_dir``.
 
-    A rejects file is written for every table, with a header even when it is empty, so that
-    a previous run's rejects never linger.
+    A rejects file is written for every table, with a header even when it is empty, and the
+    rejects file of a table that is not configured any more is removed, so that a previous
+    run's rejects never linger.
     """
     out = Path(out_dir)
     paths: dict[str, Path] = {}
     for name, rejected in result.rejects.items():
         paths[f"rejects_{name}"] = write_table(rejected, out / f"rejects_{name}.csv")
+    for name in TABLE_NAMES:  # a table no longer configured leaves no rejects behind
+        if name not in result.rejects:
+            (out / f"rejects_{name}.csv").unlink(missing_ok=True)
     report: dict[str, Any] = {
         name: {**asdict(r), "reconciles": r.reconciles()} for name, r in result.reports.items()
     }

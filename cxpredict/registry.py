@@ -35,7 +35,7 @@ import pandas as pd
 import yaml
 
 from cxpredict.config import ProjectConfig, TaskConfig
-from cxpredict.errors import ModelNotFound, PromotionRefused
+from cxpredict.errors import ConfigError, ModelNotFound, PromotionRefused, RegistryUnavailable
 from cxpredict.schemas import Tables, to_utc
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -96,7 +96,14 @@ def resolve_tracking_uri(config: ProjectConfig, environ: Mapping[str, str]) -> s
     Called by the command line with ``os.environ``; library functions take the URI as an
     argument and never read the environment.
     """
-    return environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(config)
+    given = environ.get("MLFLOW_TRACKING_URI")
+    if given and ":" not in given:
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI {given!r} is a path, not a URI; use "
+            f"sqlite:///{Path(given).absolute() / 'mlflow.db'} for a local store, or "
+            "http://host:port for a tracking server"
+        )
+    return given or default_tracking_uri(config)
 
 
 def artifact_location(tracking_uri: str) -> str | None:
@@ -817,6 +824,19 @@ def _history(client: Any, name: str) -> list[str]:
     return [str(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
 
 
+#: MLflow's error codes for a registered model or alias that does not exist.
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
+def _unavailable(uri: str, exc: Exception) -> RegistryUnavailable:
+    detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return RegistryUnavailable(
+        f"the MLflow store {uri} cannot be read ({detail}); check that the tracking server is "
+        "running and that MLFLOW_TRACKING_URI / mlflow.tracking_uri is right "
+        "(sqlite:////path/to/mlflow.db, or http://host:port)"
+    )
+
+
 def _require_store(uri: str, task: str, name: str) -> None:
     """Fail before touching a SQLite store that does not exist (MLflow would create it)."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
@@ -834,7 +854,9 @@ def _require_model(client: Any, config: ProjectConfig, task: str, uri: str) -> s
     name = model_name(config, task)
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code not in NOT_FOUND_CODES:
+            raise _unavailable(uri, exc) from None
         raise ModelNotFound(
             f"no registered model {name!r} in {uri}; run `cxpredict train --task {task}` first "
             "(or point MLFLOW_TRACKING_URI / mlflow.tracking_uri at the store it was logged to)"
@@ -1311,8 +1333,10 @@ def load_champion(config: ProjectConfig, task: str, *, tracking_uri: str | None 
     with tracking(uri) as client:
         try:
             version = client.get_model_version_by_alias(name, CHAMPION)
-        except MlflowException:
-            raise ModelNotFound(_no_champion(task, name, uri)) from None
+        except MlflowException as exc:
+            if exc.error_code in NOT_FOUND_CODES:
+                raise ModelNotFound(_no_champion(task, name, uri)) from None
+            raise _unavailable(uri, exc) from None
         model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
     bundle = model.unwrap_python_model().bundle
     return Champion(

@@ -156,6 +156,14 @@ class Tables:
         frame = self.get(table)
         return frame is not None and column in frame.columns and bool(frame[column].notna().any())
 
+    def latest_event(self) -> pd.Timestamp | None:
+        """The latest order or interaction instant (``None`` when both are empty)."""
+        stamps = [self.orders["timestamp"].max()]
+        if self.interactions is not None and len(self.interactions):
+            stamps.append(self.interactions["timestamp"].max())
+        known = [s for s in stamps if not pd.isna(s)]
+        return max(known) if known else None
+
     def before(self, instant: pd.Timestamp) -> Tables:
         """The tables as known strictly before ``instant``: rows with event time ``< instant``.
 

@@ -57,7 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cxpredict.config import ProjectConfig, ScoringConfig
-from cxpredict.errors import ConfigError, DriftFailed, OutputLocked
+from cxpredict.errors import ConfigError, DriftFailed, OutputLocked, TaskMismatch
 from cxpredict.features import (
     Vocabulary,
     build_features,
@@ -1122,6 +1122,30 @@ def resolve_tasks(config: ProjectConfig, tasks: Sequence[str] | None) -> list[st
     return [name for name in config.tasks if name in set(tasks)]
 
 
+#: The settings of a task that define its labels: a model trained with other values answers
+#: another question (``top_k`` and ``description`` only shape the outputs).
+TASK_DEFINITION = ("kind", "horizon_days", "active_days", "attribute", "table")
+
+
+def check_task_definition(name: str, task: Any, model: LoadedModel) -> None:
+    """Raise :class:`TaskMismatch` when ``model`` was trained for another definition of the
+    task than the config's ``task`` (a changed horizon, activity window or attribute)."""
+    trained = getattr(model.bundle, "task", None) or {}
+    current = task.model_dump(mode="json")
+    changed = [
+        f"{key} {current[key]!r} (trained with {trained[key]!r})"
+        for key in TASK_DEFINITION
+        if key in current and key in trained and current[key] != trained[key]
+    ]
+    if changed:
+        which = f"champion v{model.version}"
+        raise TaskMismatch(
+            f"task {name!r}: the config now says {', '.join(changed)}, so {which} answers "
+            "another question; retrain the task (cxpredict train, or retrain_monthly.sh), or "
+            "restore its definition in the config"
+        )
+
+
 def _vocabulary(model: LoadedModel) -> Vocabulary | None:
     vocabulary = getattr(model.bundle, "vocabulary", None)
     if vocabulary is None or isinstance(vocabulary, Vocabulary):
@@ -1324,11 +1348,14 @@ def run_scoring(
     with OutputLock(out, label=f"as_of={as_of_text(as_of)}"):
         with watch.stage("loading champions"):  # first: a missing model fails fast
             models = {name: load(config, name, tracking_uri=tracking_uri) for name in names}
+            for name in names:
+                check_task_definition(name, config.task(name), models[name])
         with watch.stage("reading and validating tables"):
             loaded = load_tables(config, run_at=run_at, as_of=as_of)
             write_validation(loaded, out / "validation")
             check_rejects(loaded, max_reject_fraction=config.validation.max_reject_fraction)
         rows_in = {name: r.rows_accepted for name, r in loaded.reports.items()}
+        stale = _stale_feed(loaded.tables, as_of, max_gap_days=config.training.max_feed_gap_days)
         tables: Tables | None = loaded.tables
         del loaded
         results: dict[str, TaskResult] = {}
@@ -1401,7 +1428,7 @@ def run_scoring(
             )
             files.append(write_list(customers, out / "customers.csv"))
             files.append(write_list(customers, out / "customers.parquet"))
-        warnings = _warnings(drift, results, settings)
+        warnings = _warnings(drift, results, settings) + stale
         with watch.stage("writing the report"):
             from cxpredict.report import ReportData, write_report
 
@@ -1460,6 +1487,18 @@ def _by_vocabulary(models: Mapping[str, LoadedModel]) -> list[list[str]]:
     return list(groups.values())
 
 
+def _stale_feed(tables: Tables, as_of: pd.Timestamp, *, max_gap_days: int) -> tuple[str, ...]:
+    """A warning when the data end more than ``max_gap_days`` before ``as_of``."""
+    latest = tables.latest_event()
+    if latest is None or as_of - latest <= pd.Timedelta(days=max_gap_days):
+        return ()
+    gap = (as_of - latest) / pd.Timedelta(days=1)
+    return (
+        f"the latest order or interaction is on {latest:%Y-%m-%d}, {gap:.0f} days before the "
+        "as-of date: is the feed up to date? Every customer looks that much longer silent",
+    )
+
+
 def _warnings(
     drift: pd.DataFrame, results: Mapping[str, TaskResult], settings: ScoringConfig
 ) -> tuple[str, ...]:
@@ -1479,9 +1518,10 @@ def _warnings(
         flagged = part[part["status"] == "warn"].sort_values("psi", ascending=False)
         if len(flagged):
             top = ", ".join(f"{r.variable} ({r.psi:.2f})" for r in flagged.head(5).itertuples())
+            more = f" and {len(flagged) - 5} more (drift.csv)" if len(flagged) > 5 else ""
             notes.append(
                 f"{task}: {len(flagged)} variable(s) drifted above "
-                f"PSI {settings.drift_warn_psi:g}: {top}"
+                f"PSI {settings.drift_warn_psi:g}: {top}{more}"
             )
     return tuple(notes)
 

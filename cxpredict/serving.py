@@ -27,6 +27,7 @@ import importlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -161,6 +162,12 @@ def validate_input(frame: Any, features: Sequence[str]) -> pd.DataFrame:
             f"{_names(['customer_id', *features])}"
         )
     frame = frame.rename(columns=str)
+    repeated = sorted(set(frame.columns[frame.columns.duplicated()]))
+    if repeated:
+        raise InvalidInput(
+            f"column(s) {_names(repeated)} appear more than once; send each column once",
+            column=repeated[0],
+        )
     check_columns(frame, features)
     unknown = [c for c in frame.columns if c not in set(features) and c != ID_COLUMN]
     if unknown:
@@ -189,6 +196,8 @@ def _numeric(column: pd.Series, name: str) -> np.ndarray:
         cells = series.to_numpy(dtype=object)
         values = np.full(len(cells), np.nan)
         for i, cell in enumerate(cells):
+            if isinstance(cell, np.ndarray) and cell.ndim == 0:  # "instances" cells
+                cell = cell.item()
             if cell is None or (isinstance(cell, float) and np.isnan(cell)):
                 continue
             if isinstance(cell, bool | np.bool_):
@@ -528,6 +537,18 @@ def start_server(
         stderr=subprocess.STDOUT if output is not None else None,
         start_new_session=own_group,
     )
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether ``port`` on ``host`` is already taken (checked by binding it for a moment)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def run_server(

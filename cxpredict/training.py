@@ -439,12 +439,34 @@ class TrainResult:
         return self.backtest.summary()
 
 
+def check_feed(task_name: str, known: Tables, as_of: pd.Timestamp, *, max_gap_days: int) -> None:
+    """Raise :class:`IneligibleTask` when the data end more than ``max_gap_days`` before
+    ``as_of``: the latest label windows would then run past the data, and count every
+    customer in them as having bought nothing."""
+    latest = known.latest_event()
+    if latest is None:
+        return
+    gap = (as_of - latest) / pd.Timedelta(days=1)
+    if gap > max_gap_days:
+        day_after = (latest + pd.Timedelta(days=1)).floor("D")
+        raise IneligibleTask(
+            f"task {task_name!r}: the latest order or interaction is on {latest:%Y-%m-%d}, "
+            f"{gap:.0f} days before the as-of date {as_of:%Y-%m-%d}; label windows past the end "
+            "of the data would count every customer in them as having bought nothing. Bring "
+            f"the data up to date, or train as of {day_after:%Y-%m-%d} (the day after the "
+            f"data end); training.max_feed_gap_days ({max_gap_days}) sets the limit"
+        )
+
+
 def feature_function(config: ProjectConfig) -> FeatureFunction:
     """The engine's features with the project's settings, vocabulary learned before ``as_of``."""
 
     def features(tables: Tables, cutoffs: Sequence[pd.Timestamp], as_of: pd.Timestamp):
         vocabulary = learn_vocabulary(
-            tables, as_of, max_values=config.features.vocabulary_max_values
+            tables,
+            as_of,
+            max_values=config.features.vocabulary_max_values,
+            min_customers=config.features.vocabulary_min_customers,
         )
         return build_training_features(
             tables, list(cutoffs), settings=config.features, vocabulary=vocabulary
@@ -565,6 +587,7 @@ def train_task(
             "as-of date"
         )
     training = config.training
+    check_feed(task_name, known, as_of, max_gap_days=training.max_feed_gap_days)
     features = features or feature_function(config)
     first_event = known.orders["timestamp"].min()
     horizon, method = choose_label_horizon(
@@ -627,7 +650,12 @@ def train_task(
     )
     if fitted.details.get("start") is not None:
         method = "btyd_start"
-    vocabulary = learn_vocabulary(known, as_of, max_values=config.features.vocabulary_max_values)
+    vocabulary = learn_vocabulary(
+        known,
+        as_of,
+        max_values=config.features.vocabulary_max_values,
+        min_customers=config.features.vocabulary_min_customers,
+    )
     catalogue = feature_catalogue(known, settings=config.features, vocabulary=vocabulary)
     bundle = _bundle(task_name, task, fitted, data, vocabulary, catalogue, as_of, method, result)
     population = scored_population(

@@ -104,6 +104,22 @@ def test_an_unknown_timezone_is_refused(tmp_path: Path) -> None:
         load_config(write(tmp_path, text))
 
 
+def test_table_reading_options_are_checked_when_the_config_is_loaded(tmp_path: Path) -> None:
+    def orders(options: str) -> Path:
+        return write(tmp_path, f"project: d\ndata:\n  orders: {{path: a.csv, {options}}}\n")
+
+    with pytest.raises(ConfigError, match="'Q' is a bad directive"):
+        load_config(orders("timestamp_format: '%Q-%m'"))
+    with pytest.raises(ConfigError, match="unknown encoding 'klingon'"):
+        load_config(orders("encoding: klingon"))
+    with pytest.raises(ConfigError, match="must be one character"):
+        load_config(orders("sep: ';;'"))
+    with pytest.raises(ConfigError, match="only customer attributes can be listed as numeric"):
+        load_config(orders("numeric: [age]"))
+    # a tab typed as the two characters of its escape, as YAML's single quotes keep it
+    assert load_config(orders("sep: '\\t'")).data.orders.sep == "\t"
+
+
 def test_the_config_is_frozen(tmp_path: Path) -> None:
     config = parse_config({"project": "d", "data": {"orders": {"path": "a.csv"}}}, root=tmp_path)
     with pytest.raises(pydantic.ValidationError):

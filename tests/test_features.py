@@ -224,12 +224,28 @@ def test_a_skipped_family_says_which_table_or_column_is_missing(shop: Tables) ->
 
 
 def test_the_vocabulary_keeps_the_most_frequent_values_before_the_instant(tiny: Tables) -> None:
-    vocabulary = learn_vocabulary(tiny, CUTOFF, max_values=1)
+    vocabulary = learn_vocabulary(tiny, CUTOFF, max_values=1, min_customers=1)
     assert vocabulary.get("orders.category") == ("shoes",)
     assert vocabulary.get("customers.segment") == ("gold",)
     assert vocabulary.numeric == ("age",)
     earlier = learn_vocabulary(tiny, "2024-01-01", max_values=5)
     assert earlier.get("orders.category") == ("shoes",)
+
+
+def test_attribute_values_of_few_customers_never_reach_a_model(shop: Tables) -> None:
+    customers = shop.customers.assign(
+        email=[f"person{k}@example.com" for k in range(len(shop.customers))]
+    )
+    tables = Tables(shop.orders, shop.interactions, customers)
+    vocabulary = learn_vocabulary(tables, "2025-01-01")
+    assert not vocabulary.has("customers.email")  # every address is one customer's
+    # BE (9 customers) and NL (6) are under the default 10: they count as "other"
+    assert vocabulary.get("customers.country") == ("FR", "DE", "GB", "ES", "IT")
+    frame = build_features(tables, "2025-01-01")
+    assert not [c for c in frame.columns if c.startswith("attr_email") or "example" in c]
+    assert "attr_country_it" in frame.columns and "attr_country_be" not in frame.columns
+    looser = learn_vocabulary(tables, "2025-01-01", min_customers=6)
+    assert looser.get("customers.country")[-2:] == ("BE", "NL")
 
 
 def test_the_configured_vocabulary_cap_limits_the_one_hot_columns(tiny: Tables) -> None:

@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cxpredict.config import TableConfig, parse_config
-from cxpredict.errors import DataError, ValidationFailed
+from cxpredict.errors import DataError, OutputError, ValidationFailed
 from cxpredict.io import (
     atomic_path,
+    check_output,
     check_rejects,
     load_tables,
     map_columns,
@@ -325,7 +326,9 @@ def test_typed_parquet_columns_give_the_rows_and_reasons_of_their_text(
     ]
     (text_rows, text_rejects, text_report), (rows, rejects, report) = results
     assert report == text_report
-    assert len(rejects) == {"orders": 7, "interactions": 3}[table]
+    # the 2030 row is after the as-of date: not read, so not rejected whatever it holds
+    assert report.rows_after_as_of == 1
+    assert len(rejects) == {"orders": 6, "interactions": 2}[table]
     pd.testing.assert_frame_equal(rows, text_rows)
     pd.testing.assert_frame_equal(rejects, text_rejects)
 
@@ -406,3 +409,216 @@ def test_unreadable_files_raise_a_data_error(tmp_path: Path) -> None:
     (tmp_path / "orders.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match=r"orders: cannot read .*orders.parquet' as parquet"):
         read_raw("orders", TableConfig(path=tmp_path / "orders.parquet"))
+
+
+def test_short_utc_offsets_and_naive_text_mix_in_one_column(tmp_path: Path) -> None:
+    write(
+        tmp_path / "orders.csv",
+        "customer_id,timestamp,amount\n"
+        "a,2024-01-01 02:33:40+00,1\nb,2024-01-01 01:39:37+01,1\n"
+        "c,2024-01-01 12:00:00,1\nd,2024-01-01T10:00-05,1\ne,2024-01-01,1",
+    )
+    config = project(tmp_path, orders={"path": "orders.csv", "timezone": "Europe/Paris"})
+    stamps = load_tables(config, run_at=RUN_AT).tables.orders["timestamp"].tolist()
+    assert stamps == [
+        pd.Timestamp("2024-01-01 02:33:40", tz="UTC"),
+        pd.Timestamp("2024-01-01 00:39:37", tz="UTC"),
+        pd.Timestamp("2024-01-01 11:00:00", tz="UTC"),  # naive: Paris time
+        pd.Timestamp("2024-01-01 15:00:00", tz="UTC"),
+        pd.Timestamp("2023-12-31 23:00:00", tz="UTC"),  # a date alone is naive too
+    ]
+
+
+def test_a_pattern_without_a_zone_reads_every_value_in_the_configured_timezone(
+    tmp_path: Path,
+) -> None:
+    # "01-02-1997" ends like an offset ("-1997"): only the pattern says what it is
+    write(tmp_path / "orders.csv", "customer_id,timestamp,amount\na,01-02-1997,1")
+    config = project(
+        tmp_path,
+        orders={"path": "orders.csv", "timezone": "Europe/Paris", "timestamp_format": "%d-%m-%Y"},
+    )
+    stamps = load_tables(config, run_at=RUN_AT).tables.orders["timestamp"].tolist()
+    assert stamps == [pd.Timestamp("1997-01-31 23:00:00", tz="UTC")]
+
+
+def test_local_times_that_daylight_saving_skips_or_repeats_get_their_own_reason(
+    tmp_path: Path,
+) -> None:
+    write(
+        tmp_path / "orders.csv",
+        "customer_id,timestamp,amount\na,2023-10-29 02:30:00,1\nb,2023-03-26 02:30:00,1\n"
+        "c,2023-03-26 04:30:00,1\nd,yesterday,1",
+    )
+    config = project(tmp_path, orders={"path": "orders.csv", "timezone": "Europe/Paris"})
+    result = load_tables(config, run_at=RUN_AT)
+    reasons = result.rejects["orders"]["reason"].tolist()
+    assert reasons[:2] == [
+        f"timestamp '{text}' does not exist or happens twice in Europe/Paris (a daylight saving "
+        "change); give it with its UTC offset"
+        for text in ("2023-10-29 02:30:00", "2023-03-26 02:30:00")
+    ]
+    assert reasons[2] == "timestamp 'yesterday' is not a date/time"
+    assert result.tables.orders["customer_id"].tolist() == ["c"]
+
+
+def test_rows_after_the_as_of_date_are_not_read_even_when_they_are_bad(tmp_path: Path) -> None:
+    write(
+        tmp_path / "orders.csv",
+        "customer_id,timestamp,amount\na,2024-01-01,1\nb,2024-01-18,oops\n,2024-01-19,2\n"
+        "c,someday,3",
+    )
+    config = project(tmp_path, orders={"path": "orders.csv"})
+    result = load_tables(config, run_at=RUN_AT, as_of=pd.Timestamp("2024-01-10", tz="UTC"))
+    report = result.reports["orders"]
+    assert (report.rows_in_source, report.rows_after_as_of, report.rows_read) == (4, 2, 2)
+    assert (report.rows_accepted, report.rows_rejected) == (1, 1)
+    # a date that cannot be read might be before the as-of date: that row is read, and rejected
+    assert result.rejects["orders"]["reason"].tolist() == ["timestamp 'someday' is not a date/time"]
+
+
+def test_malformed_lines_are_rejected_with_their_physical_line_and_text(tmp_path: Path) -> None:
+    (tmp_path / "orders.csv").write_text(
+        "customer_id,timestamp,amount\n"
+        "a,2024-01-01,1\n"  # line 2
+        "b,2024-01-02\n"  # 3: a field short
+        "\n"  # 4: blank, skipped
+        '"c\nd",2024-01-03,3\n'  # 5-6: a line break inside quotes
+        "e,2024-01-04,4,9\n"  # 7: a field too many
+        "f,2024-01-05,x\n",  # 8
+        encoding="utf-8",
+    )
+    config = project(tmp_path, orders={"path": "orders.csv"})
+    result = load_tables(config, run_at=RUN_AT)
+    rejects = result.rejects["orders"]
+    assert rejects["line"].tolist() == [3, 7, 8]
+    assert rejects["reason"].tolist() == [
+        "wrong number of fields (2, the header has 3): 'b,2024-01-02'",
+        "wrong number of fields (4, the header has 3): 'e,2024-01-04,4,9'",
+        "amount 'x' is not a number",
+    ]
+    report = result.reports["orders"]
+    assert (report.rows_in_source, report.rows_read, report.rows_accepted) == (5, 5, 2)
+    assert report.reconciles()
+    assert report.reasons == {"amount is not a number": 1, "wrong number of fields": 2}
+    assert result.tables.orders["customer_id"].tolist() == ["a", "c\nd"]
+
+
+def test_a_file_in_another_encoding_names_the_encoding_option(tmp_path: Path) -> None:
+    (tmp_path / "orders.csv").write_bytes(
+        b"customer_id,timestamp,amount,category\na,2024-01-01,1,caf\xe9\n"
+    )
+    with pytest.raises(DataError, match=r"orders: .* is not utf-8 text .*data.orders.encoding"):
+        load_tables(project(tmp_path, orders={"path": "orders.csv"}), run_at=RUN_AT)
+    config = project(tmp_path, orders={"path": "orders.csv", "encoding": "latin-1"})
+    assert load_tables(config, run_at=RUN_AT).tables.orders["category"].tolist() == ["café"]
+
+
+def test_whitespace_separated_rows_with_a_missing_value_are_rejected_not_shifted(
+    tmp_path: Path,
+) -> None:
+    write(
+        tmp_path / "orders.txt",
+        "customer_id timestamp amount quantity\n\na 20240101 1 2\nb 20240102 3\n",
+    )
+    config = project(
+        tmp_path,
+        orders={"path": "orders.txt", "sep": "whitespace", "timestamp_format": "%Y%m%d"},
+    )
+    result = load_tables(config, run_at=RUN_AT)
+    assert result.tables.orders["customer_id"].tolist() == ["a"]
+    assert result.rejects["orders"]["line"].tolist() == [4]
+    assert "with sep: whitespace an empty value" in result.rejects["orders"]["reason"][0]
+
+
+def test_huge_amounts_are_rejected_rather_than_overflowing_the_engine(tmp_path: Path) -> None:
+    write(
+        tmp_path / "orders.csv", "customer_id,timestamp,amount\na,2024-01-01,2e15\nb,2024-01-01,1"
+    )
+    result = load_tables(project(tmp_path, orders={"path": "orders.csv"}), run_at=RUN_AT)
+    assert result.rejects["orders"]["reason"].tolist() == [
+        "amount '2e15' is implausibly large (1e+12 or more)"
+    ]
+
+
+def test_header_problems_are_data_errors_naming_the_columns(tmp_path: Path) -> None:
+    write(tmp_path / "a.csv", "customer_id,timestamp,amount,category,category\nx,2024-01-01,1,a,b")
+    with pytest.raises(DataError, match="names column 'category' more than once"):
+        load_tables(project(tmp_path, orders={"path": "a.csv"}), run_at=RUN_AT)
+    write(tmp_path / "b.csv", "Customer ID,customer-id,timestamp,amount\nx,y,2024-01-01,1")
+    with pytest.raises(DataError, match="'Customer ID', 'customer-id' .* could each be"):
+        load_tables(project(tmp_path, orders={"path": "b.csv"}), run_at=RUN_AT)
+    write(tmp_path / "c.csv", "customer_id;timestamp;amount\nx;2024-01-01;1")
+    with pytest.raises(DataError, match='looks separated by ";"; set data.orders.sep: ";"'):
+        load_tables(project(tmp_path, orders={"path": "c.csv"}), run_at=RUN_AT)
+
+
+def test_a_mapped_column_replaces_the_files_column_of_the_canonical_name(tmp_path: Path) -> None:
+    write(
+        tmp_path / "orders.csv",
+        "customer_id,timestamp,order_date,amount\nx,garbage,2024-01-01,1",
+    )
+    config = project(
+        tmp_path, orders={"path": "orders.csv", "columns": {"timestamp": "order_date"}}
+    )
+    orders = load_tables(config, run_at=RUN_AT).tables.orders
+    assert orders["timestamp"].tolist() == [pd.Timestamp("2024-01-01", tz="UTC")]
+    # a column mapped to another canonical name is not read under its own name as well
+    write(tmp_path / "ids.csv", "customer_id,timestamp,amount,order_id\nx,2024-01-01,1,C7")
+    config = project(tmp_path, orders={"path": "ids.csv", "columns": {"customer_id": "order_id"}})
+    orders = load_tables(config, run_at=RUN_AT).tables.orders
+    assert orders["customer_id"].tolist() == ["C7"]
+    assert orders["order_id"].str.startswith("line-").all()
+
+
+def test_numeric_attributes_are_numbers_from_parquet_types_or_the_config(tmp_path: Path) -> None:
+    write(tmp_path / "orders.csv", "customer_id,timestamp,amount\n1,2024-01-01,1")
+    write(tmp_path / "customers.csv", "customer_id,age,zip\n1,34,01234\n2,x,02000")
+    customers = {"path": "customers.csv", "numeric": ["age"]}
+    result = load_tables(
+        project(tmp_path, orders={"path": "orders.csv"}, customers=customers), run_at=RUN_AT
+    )
+    frame = result.tables.customers
+    assert frame["age"].dtype == "float64" and frame["age"].tolist() == [34.0]
+    assert frame["zip"].tolist() == ["01234"]  # not listed: a category, leading zero kept
+    assert result.rejects["customers"]["reason"].tolist() == [
+        "age 'x' is not a number (data.customers.numeric lists it)"
+    ]
+    # ids written as floats (a column with a missing value) read as the same ids
+    pd.DataFrame({"customer_id": [1.0, 2.0, np.nan], "income": [10, 20, 30]}).to_parquet(
+        tmp_path / "customers.parquet"
+    )
+    result = load_tables(
+        project(tmp_path, orders={"path": "orders.csv"}, customers={"path": "customers.parquet"}),
+        run_at=RUN_AT,
+    )
+    frame = result.tables.customers
+    assert frame["customer_id"].tolist() == ["1", "2"]
+    assert frame["income"].dtype == "float64"
+
+
+def test_a_table_no_longer_configured_leaves_no_rejects_file(tmp_path: Path) -> None:
+    write(tmp_path / "orders.csv", "customer_id,timestamp,amount\na,2024-01-01,1")
+    write(tmp_path / "customers.csv", "customer_id\na")
+    both = project(tmp_path, orders={"path": "orders.csv"}, customers={"path": "customers.csv"})
+    write_validation(load_tables(both, run_at=RUN_AT), tmp_path / "v")
+    assert (tmp_path / "v" / "rejects_customers.csv").exists()
+    alone = project(tmp_path, orders={"path": "orders.csv"})
+    write_validation(load_tables(alone, run_at=RUN_AT), tmp_path / "v")
+    assert not (tmp_path / "v" / "rejects_customers.csv").exists()
+
+
+def test_outputs_that_cannot_be_written_are_output_errors_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "a_folder.csv").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OutputError, match="is a folder; give a file name"):
+        check_output(tmp_path / "a_folder.csv")
+    with pytest.raises(OutputError, match="is a file; give a folder"):
+        check_output(tmp_path / "a_file", folder=True)
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        check_output(tmp_path / "a_file" / "out.csv")
+    with pytest.raises(OutputError, match="is a folder"):
+        write_table(pd.DataFrame({"a": [1]}), tmp_path / "a_folder.csv")
+    assert check_output(tmp_path / "new" / "deeper" / "out.csv") == (
+        tmp_path / "new" / "deeper" / "out.csv"
+    )

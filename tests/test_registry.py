@@ -15,7 +15,7 @@ from conftest import ADDED_FEATURE
 
 from cxpredict import registry
 from cxpredict.config import ProjectConfig, parse_config
-from cxpredict.errors import FeatureMismatch, ModelNotFound
+from cxpredict.errors import ConfigError, FeatureMismatch, ModelNotFound, RegistryUnavailable
 from cxpredict.models import LightGBMClassifier, booster_from_dict, booster_to_dict
 from cxpredict.registry import CHALLENGER, CHAMPION, PromotionRefused
 from cxpredict.sample import generate_sample
@@ -238,6 +238,23 @@ def test_the_environment_variable_overrides_the_config(tmp_path: Path) -> None:
     env = {"MLFLOW_TRACKING_URI": "sqlite:////elsewhere/mlflow.db"}
     assert registry.resolve_tracking_uri(config, env) == "sqlite:////elsewhere/mlflow.db"
     assert registry.resolve_tracking_uri(config, {}) == registry.default_tracking_uri(config)
+    with pytest.raises(ConfigError, match=r"is a path, not a URI; use sqlite:////some/mlflow.db"):
+        registry.resolve_tracking_uri(config, {"MLFLOW_TRACKING_URI": "/some"})
+
+
+def test_a_store_that_cannot_be_read_is_not_reported_as_a_missing_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    config = parse_config({"project": "p", "data": {"orders": {"path": "o.csv"}}}, root=tmp_path)
+
+    def refused(self: object, *args: object) -> None:
+        raise MlflowException("API request to http://mlflow:5000 failed: connection refused")
+
+    monkeypatch.setattr("mlflow.MlflowClient.get_model_version_by_alias", refused)
+    with pytest.raises(RegistryUnavailable, match=r"the MLflow store http://mlflow:5000 cannot"):
+        registry.load_champion(config, "churn", tracking_uri="http://mlflow:5000")
 
 
 def test_the_data_fingerprint_ignores_row_order_but_not_content(tables) -> None:

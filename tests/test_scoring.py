@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from cxpredict import serving
 from cxpredict.cli import app
 from cxpredict.config import ProjectConfig, parse_config
-from cxpredict.errors import ConfigError, DriftFailed, ModelNotFound, OutputLocked
+from cxpredict.errors import ConfigError, DriftFailed, ModelNotFound, OutputLocked, TaskMismatch
 from cxpredict.features import build_features
 from cxpredict.io import atomic_path, load_tables
 from cxpredict.sample import generate_sample, write_sample
@@ -646,6 +646,51 @@ def test_a_run_stopped_by_drift_is_logged_as_failed_with_its_drift_report(
     assert run["status"] == "FAILED"
     assert [f.name for f in run["files"]] == ["drift.csv"]
     assert "fail" in set(run["drift"]["status"])
+
+
+def test_a_champion_trained_for_another_task_definition_is_refused_before_reading(
+    shop: ProjectConfig, tmp_path: Path
+) -> None:
+    standin = standin_loader()
+
+    def trained_with(**settings: Any) -> Any:
+        def load(config: ProjectConfig, task: str, *, tracking_uri: str | None = None) -> Any:
+            model = standin(config, task, tracking_uri=tracking_uri)
+            model.bundle.task = {**config.task(task).model_dump(mode="json"), **settings}
+            return model
+
+        return load
+
+    with pytest.raises(TaskMismatch) as info:
+        score_shop(shop, tmp_path / "a", load_model=trained_with(horizon_days=180), tasks=["churn"])
+    assert str(info.value).startswith(
+        "task 'churn': the config now says horizon_days 90 (trained with 180), so champion v3 "
+        "answers another question; retrain the task"
+    )
+    assert info.value.exit_code == 8
+    assert not (tmp_path / "a" / "validation").exists()  # refused before the tables are read
+    # the number of values listed only shapes the output: no retraining needed
+    run = score_shop(
+        shop, tmp_path / "b", load_model=trained_with(top_k=5), tasks=["next_category"]
+    )
+    assert run.rows_out["next_category"] > 0
+
+
+def test_a_feed_that_ended_long_before_the_as_of_date_is_warned_about(
+    shop: ProjectConfig, tmp_path: Path
+) -> None:
+    on_time = score_shop(shop, tmp_path / "a", tasks=["churn"])
+    assert not [w for w in on_time.warnings if "feed" in w]
+    late = run_scoring(
+        shop,
+        as_of=SHOP_AS_OF + pd.Timedelta(days=400),
+        out_dir=tmp_path / "b",
+        run_at=RUN_AT + pd.Timedelta(days=400),
+        load_model=standin_loader(),
+        log_run=False,
+        tasks=["churn"],
+    )
+    assert [w for w in late.warnings if "is the feed up to date?" in w]
 
 
 def test_scoring_without_a_champion_exits_with_the_missing_model_code(

@@ -77,6 +77,19 @@ def test_infinite_values_and_unknown_columns_are_refused() -> None:
         validate_input(frame(email=["x", "y"]), FEATURES)
 
 
+def test_a_repeated_column_is_refused_by_name() -> None:
+    given = pd.concat([frame(), frame()[["orders_lifetime"]]], axis=1)
+    with pytest.raises(InvalidInput, match=r"column\(s\) 'orders_lifetime' appear more than once"):
+        validate_input(given, FEATURES)
+
+
+def test_cells_of_instances_requests_are_read_as_their_values() -> None:
+    # MLflow hands "instances" rows over as zero-dimensional arrays, nulls included
+    cells = [np.array(None, dtype=object), np.array(2.5, dtype=object)]
+    out = validate_input(frame(spend_lifetime=cells), FEATURES)
+    np.testing.assert_array_equal(out["spend_lifetime"], [np.nan, 2.5])
+
+
 def test_another_catalogue_is_a_feature_mismatch() -> None:
     serving.check_catalogue(CATALOGUE, None)
     serving.check_catalogue(CATALOGUE, "")
@@ -302,6 +315,9 @@ def test_the_server_scores_valid_rows(server) -> None:
     records = json.dumps({"dataframe_records": [dict(zip(FEATURES, [1.0, 2.0, 3.0], strict=True))]})
     status, body = post(url, records)
     assert status == 200 and len(json.loads(body)["predictions"]) == 1
+    instances = json.dumps({"instances": [dict(zip(FEATURES, [1.0, None, 3.0], strict=True))]})
+    status, body = post(url, instances)
+    assert status == 200 and len(json.loads(body)["predictions"]) == 1, body
 
 
 @pytest.mark.slow
@@ -315,6 +331,11 @@ def test_the_server_scores_valid_rows(server) -> None:
         pytest.param(split(FEATURES[:2], [[1.0, 2.0]]), "spend_lifetime", id="missing column"),
         pytest.param(split(FEATURES, [[1.0, 2.0, "many"]]), "spend_lifetime", id="text"),
         pytest.param(split(FEATURES, [[1.0, [2], 3.0]]), "orders_lifetime", id="list"),
+        pytest.param(
+            split([*FEATURES, FEATURES[0]], [[1.0, 2.0, 3.0, 1.0]]),
+            "appear more than once",
+            id="repeated column",
+        ),
         pytest.param(
             json.dumps(
                 {

@@ -211,6 +211,24 @@ def test_a_horizon_longer_than_the_history_is_extrapolated_and_says_so(tables):
         )
 
 
+def test_a_feed_that_stopped_before_the_as_of_date_is_refused_with_its_last_day(tables):
+    stopped = tables.before(AS_OF - pd.Timedelta(days=40))
+    with pytest.raises(IneligibleTask) as info:
+        train_task(CONFIG, "churn", as_of=AS_OF, tables=stopped, backtest=False)
+    latest = stopped.latest_event()
+    assert str(info.value).startswith(
+        f"task 'churn': the latest order or interaction is on {latest:%Y-%m-%d}, 40 days "
+        "before the as-of date 2025-03-01"
+    )
+    assert f"train as of {latest + pd.Timedelta(days=1):%Y-%m-%d}" in str(info.value)
+    # a gap within training.max_feed_gap_days is a quiet fortnight, not a stopped feed
+    patient = project(
+        {"churn": {"kind": "churn", "horizon_days": 56, "active_days": 120}},
+        max_feed_gap_days=45,
+    )
+    assert train_task(patient, "churn", as_of=AS_OF, tables=stopped, backtest=False).bundle
+
+
 def test_too_few_churners_is_refused_with_what_to_change(tables):
     config = project(
         {"churn": {"kind": "churn", "horizon_days": 56, "active_days": 120}},

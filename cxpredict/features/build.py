@@ -204,7 +204,11 @@ def _build_in(
         available = s.availability()
         if vocabulary is None:
             vocabulary = learn_in_session(
-                s, available, int(micros[-1]), max_values=settings.vocabulary_max_values
+                s,
+                available,
+                int(micros[-1]),
+                max_values=settings.vocabulary_max_values,
+                min_customers=settings.vocabulary_min_customers,
             )
         ctx = Context(settings, vocabulary, available)
         defs = available_definitions(ctx, chosen)

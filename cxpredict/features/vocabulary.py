@@ -28,6 +28,8 @@ from cxpredict.schemas import Tables
 
 #: The bucket every value outside the vocabulary falls into.
 OTHER = "other"
+#: The fewest customers a customer attribute value needs to become a vocabulary value.
+MIN_CUSTOMERS = 10
 
 #: Vocabulary keys of the event tables, ``"<table>.<column>"``.
 ORDER_CATEGORY = "orders.category"
@@ -136,25 +138,41 @@ class Vocabulary:
 
 
 def learn_in_session(
-    s: Session, available: Availability, before: int, *, max_values: int = 10
+    s: Session,
+    available: Availability,
+    before: int,
+    *,
+    max_values: int = 10,
+    min_customers: int = MIN_CUSTOMERS,
 ) -> Vocabulary:
     """The vocabulary of the tables registered in ``s``, from their rows before ``before``.
 
     Window: rows strictly before the instant ``before`` (microseconds); customer attribute
-    rows with ``updated_at`` or ``signup_at`` at or after it are not yet known.
+    rows with ``updated_at`` or ``signup_at`` at or after it are not yet known. A customer
+    attribute value held by fewer than ``min_customers`` customers is never a vocabulary
+    value, and an attribute without any such value (an e-mail address, a name, a phone
+    number) gets no column: values that could single a customer out are not stored with a
+    model, nor in its column names.
     """
     if max_values < 1:
         raise ValueError(f"max_values must be at least 1, got {max_values}")
+    if min_customers < 1:
+        raise ValueError(f"min_customers must be at least 1, got {min_customers}")
     s.prepare(before)
 
-    def top(relation: str, columns: list[str], where: str) -> dict[str, tuple[str, ...]]:
+    def top(
+        relation: str, columns: list[str], where: str, *, customers: bool = False
+    ) -> dict[str, tuple[str, ...]]:
         # One scan per table, one grouping set per column (GROUPING(...) = 0: grouped by it).
         cells = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS v{i}" for i, c in enumerate(columns))
         flags = ", ".join(f"GROUPING(v{i}) AS g{i}" for i in range(len(columns)))
         sets = ", ".join(f"(v{i})" for i in range(len(columns)))
+        count = "count(DISTINCT customer_id)" if customers else "count(*)"
+        having = f" HAVING {count} >= {int(min_customers)}" if customers else ""
         grouped = s.con.execute(
-            f"SELECT {', '.join(f'v{i}' for i in range(len(columns)))}, {flags}, count(*) AS n "
-            f"FROM (SELECT {cells} FROM {relation} WHERE {where}) GROUP BY GROUPING SETS ({sets})"
+            f"SELECT {', '.join(f'v{i}' for i in range(len(columns)))}, {flags}, {count} AS n "
+            f"FROM (SELECT customer_id, {cells} FROM {relation} WHERE {where}) "
+            f"GROUP BY GROUPING SETS ({sets}){having}"
         ).fetchall()
         width = len(columns)
         rows = [
@@ -185,8 +203,8 @@ def learn_in_session(
     )
     categorical = [column for column, kind in available.attributes if kind == "categorical"]
     if categorical:
-        found = top("customers", categorical, known)
-        values += [(attribute_key(column), found[column]) for column in categorical]
+        found = top("customers", categorical, known, customers=True)
+        values += [(attribute_key(c), found[c]) for c in categorical if found[c]]
     numeric = tuple(column for column, kind in available.attributes if kind == "numeric")
     return Vocabulary(values=tuple(values), numeric=numeric)
 
@@ -196,13 +214,18 @@ def learn_vocabulary(
     before: Any,
     *,
     max_values: int = 10,
+    min_customers: int = MIN_CUSTOMERS,
 ) -> Vocabulary:
     """The ``max_values`` most frequent values of every categorical column before ``before``.
 
     Window: rows strictly before the instant ``before`` (order lines with a non-negative
     amount, all interactions, customer attribute rows already known); ties in frequency are
-    broken alphabetically. Values outside the vocabulary are counted as ``other``.
+    broken alphabetically. Values outside the vocabulary are counted as ``other``. Customer
+    attribute values are counted in customers and need ``min_customers`` of them (see
+    :func:`learn_in_session`).
     """
     instant = int(cutoff_micros([before])[0])
     with session(tables) as s:
-        return learn_in_session(s, s.availability(), instant, max_values=max_values)
+        return learn_in_session(
+            s, s.availability(), instant, max_values=max_values, min_customers=min_customers
+        )
