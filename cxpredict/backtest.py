@@ -690,7 +690,9 @@ def fit_task(
         a single class.
     """
     labelled = task.model_copy(update={"horizon_days": label_horizon_days})
-    check_class_balance(task_name, labelled, data.y_train, training=training)
+    check_class_balance(
+        task_name, labelled, data.y_train, training=training, configured_days=task.horizon_days
+    )
     params, boosting = split_overrides(training.lightgbm)
     common: dict[str, Any] = {"params": params, "seed": training.seed, **boosting}
     estimators: dict[str, Any] = {}
@@ -784,7 +786,7 @@ def _serve_preference(
     The baseline is the customer's most used value read from the per-value features
     (:class:`FrequentValueBaseline`). It is served only when its hit@1 beats the model's by
     more than :data:`SERVE_PAST_USE_FROM` standard errors of the paired difference (customer
-    by customer): the model gives probabilities and reasons, past use neither, and a
+    by customer): the model gives calibrated probabilities, past use does not, and a
     difference within the noise of one validation cutoff is no reason to give them up.
     """
     values = [str(v) for v in model.values_]

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import numpy as np
 import pandas as pd
 import typer
 from rich.console import Console
@@ -259,6 +260,26 @@ def print_backtest(name: str, summary: pd.DataFrame, kind: str) -> None:
     out.print(table)
 
 
+def baseline_warning(name: str, summary: pd.DataFrame, metric: str, higher: bool) -> str | None:
+    """A warning when a baseline beats the served model on the task's promotion metric."""
+    served = "served" if "served" in summary.columns else "lightgbm"
+    if metric not in summary.index or served not in summary.columns:
+        return None
+    row = summary.loc[metric]
+    model = float(row[served])
+    others = row.drop(labels=[c for c in ("lightgbm", "served") if c in row.index]).dropna()
+    if others.empty or not np.isfinite(model):
+        return None
+    best = str(others.idxmax() if higher else others.idxmin())
+    if (model < others[best]) if higher else (model > others[best]):
+        return (
+            f"{name}: the {best} baseline beats the model on {metric} in the backtest "
+            f"({others[best]:.3f} against {model:.3f}); too little data? Check the metrics "
+            "before promoting this version"
+        )
+    return None
+
+
 def final_model_text(details: dict) -> str:
     """What the final model serves: its calibration and where it was chosen, or its ranker."""
     final = details.get("final_model") or {}
@@ -325,6 +346,13 @@ def train(
         bundle_dir = result.bundle.save(out_dir / name / "bundle")
         write_table(result.metrics, out_dir / name / "metrics.csv")
         print_backtest(name, result.summary, result.bundle.kind)
+        from cxpredict.registry import promotion_metric
+
+        warning = baseline_warning(
+            name, result.summary, *promotion_metric(config, result.bundle.kind)
+        )
+        if warning:
+            console.print(f"[yellow]warning[/]: {warning}", highlight=False, soft_wrap=True)
         out.print(
             f"{name}: {result.details['horizon_method_text']} ({result.label_horizon_days}-day "
             f"windows); bundle {bundle_dir}",
@@ -419,6 +447,11 @@ def promote(
     ] = None,
 ) -> None:
     """Make the challenger the champion if it is better, or if the champion can't score."""
+    if force and not (reason or "").strip():
+        raise typer.BadParameter(
+            "--force needs --reason: say why the challenger replaces the champion",
+            param_hint="--reason",
+        )
     now = run_moment()
     config = load_config(config_path)
     config.task(task)

@@ -77,9 +77,41 @@ def singular_after_one(text: str) -> str:
     return _ONE_PLURAL.sub(lambda m: f"1 {m[1]}{'y' if m[2] == 'ies' else ''}", text)
 
 
-def _sentence(template: str, row: Mapping[str, Any]) -> str | None:
+def duration_text(hours: float) -> str:
+    """A duration given in hours, in the unit a reader expects: "20 minutes", "5 hours",
+    "3 days" (``nan`` for a missing value)."""
+    if not np.isfinite(hours):
+        return "nan"
+    if hours < 1:
+        return f"{max(1, round(hours * 60))} minutes"
+    if hours < 48:
+        return f"{hours:.0f} hours"
+    return f"{hours / 24:.0f} days"
+
+
+class _ReasonFormatter(string.Formatter):
+    """``str.format`` plus the ``hours`` spec: ``{response_hours_max:hours}``."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if format_spec == "hours":
+            return duration_text(float(value))
+        return format(value, format_spec)
+
+
+_REASONS = _ReasonFormatter()
+
+
+def fill_reason(template: str, row: Mapping[str, Any]) -> str | None:
+    """A catalogue ``reason`` filled with a customer's feature values (``row``).
+
+    Templates are ``str.format`` patterns, with one more spec: ``:hours`` writes a number of
+    hours as minutes, hours or days. ``None`` when a value the sentence needs is missing or
+    the template does not fit the row; a count of one is followed by a singular noun.
+    """
     try:
-        text = template.format(**row)
+        text = (
+            _REASONS.vformat(template, (), row) if ":hours}" in template else template.format(**row)
+        )
     except (KeyError, ValueError, TypeError, IndexError):
         return None
     return singular_after_one(text) if "nan" not in text.split() else None
@@ -115,10 +147,10 @@ def _sentences(template: str, features: pd.DataFrame, rows: np.ndarray) -> list[
         return [None] * len(rows)
     present = [f for f in fields if f in features.columns]
     if not present:
-        return [_sentence(template, {})] * len(rows)
+        return [fill_reason(template, {})] * len(rows)
     values = features[present].to_numpy(dtype=float)[rows]
     distinct, inverse = np.unique(values, axis=0, return_inverse=True)
-    texts = [_sentence(template, dict(zip(present, row, strict=True))) for row in distinct]
+    texts = [fill_reason(template, dict(zip(present, row, strict=True))) for row in distinct]
     return [texts[k] for k in inverse.reshape(-1)]
 
 

@@ -356,7 +356,12 @@ def class_counts(task: Task, labels: pd.DataFrame) -> tuple[int, int]:
 
 
 def check_class_balance(
-    task_name: str, task: Task, labels: pd.DataFrame, *, training: TrainingConfig
+    task_name: str,
+    task: Task,
+    labels: pd.DataFrame,
+    *,
+    training: TrainingConfig,
+    configured_days: int | None = None,
 ) -> None:
     """Refuse to train on too few positive or negative examples.
 
@@ -371,20 +376,31 @@ def check_class_balance(
     n_cutoffs = cutoffs.nunique()
     span = f"{cutoffs.min():%Y-%m-%d}..{cutoffs.max():%Y-%m-%d}" if n_cutoffs else "no cutoffs"
     pos_word, neg_word = _POSITIVE_WORDS[task.kind]
+    windows = (
+        f"labels over {task.horizon_days}-day windows, the longest the history allows for the "
+        f"configured {configured_days} days"
+        if configured_days is not None and configured_days != task.horizon_days
+        else f"horizon {task.horizon_days} days"
+    )
+    shortened = configured_days is not None and configured_days != task.horizon_days
     fix = (
-        f"use a longer horizon than {task.horizon_days} days, more training cutoffs "
+        "use a later as-of date (more history: longer windows and more customers), more "
+        "training cutoffs (training.n_cutoffs), or lower training.min_positives / "
+        "training.min_negatives"
+        if shortened
+        else f"use a longer horizon than {task.horizon_days} days, more training cutoffs "
         "(training.n_cutoffs) or a later as-of date with more customers, or lower "
         "training.min_positives / training.min_negatives"
     )
     if positives < training.min_positives:
         raise IneligibleTask(
-            f"task {task_name!r} ({task.kind}, horizon {task.horizon_days} days): the "
+            f"task {task_name!r} ({task.kind}, {windows}): the "
             f"{n_cutoffs} training cutoffs ({span}) hold {positives} {pos_word}; at least "
             f"{training.min_positives} are needed (training.min_positives); {fix}"
         )
     if negatives < training.min_negatives:
         raise IneligibleTask(
-            f"task {task_name!r} ({task.kind}, horizon {task.horizon_days} days): the "
+            f"task {task_name!r} ({task.kind}, {windows}): the "
             f"{n_cutoffs} training cutoffs ({span}) hold {negatives} {neg_word}; at least "
             f"{training.min_negatives} are needed (training.min_negatives); {fix}"
         )

@@ -507,6 +507,12 @@ ACTION_RULES: tuple[ActionRule, ...] = (
         "{channel}",
     ),
     ActionRule(
+        "first order",
+        "signed up but never ordered",
+        "first-order incentive on bestsellers",
+        "{channel}",
+    ),
+    ActionRule(
         "win-back",
         "lapsed",
         "win-back offer in {category}",
@@ -549,7 +555,8 @@ def suggest_actions(customers: pd.DataFrame) -> pd.DataFrame:
     customers
         Columns ``lifecycle_stage``, ``value_tier`` (tier of the expected value),
         ``open_issues`` (complaints plus unanswered messages of the last 90 days),
-        ``preferred_category_1`` and ``best_channel`` (missing values allowed).
+        ``preferred_category_1`` and ``best_channel`` (missing values allowed), and
+        optionally ``ever_ordered`` (everyone has when the column is absent).
 
     Returns
     -------
@@ -559,9 +566,15 @@ def suggest_actions(customers: pd.DataFrame) -> pd.DataFrame:
     stage = customers["lifecycle_stage"].to_numpy(dtype=object)
     high = (customers["value_tier"] == TIERS[0]).to_numpy()
     issues = customers["open_issues"].fillna(0).to_numpy(dtype=np.float64) > 0
+    ordered = (
+        customers["ever_ordered"].fillna(True).to_numpy(dtype=bool)
+        if "ever_ordered" in customers.columns
+        else np.ones(len(customers), dtype=bool)
+    )
     conditions = [
         high & issues,
         (stage == "at risk") & high,
+        ~ordered,
         stage == "lapsed",
         stage == "at risk",
         stage == "new",
@@ -883,6 +896,7 @@ def customer_table(
                     np.where(np.isnan(value), 2, value_tier)
                 ],
                 "open_issues": _open_issues(features),
+                "ever_ordered": np.isfinite(_column(features, "days_since_last_order")),
                 "preferred_category_1": out["preferred_category_1"]
                 .replace("", None)
                 .to_numpy(dtype=object, na_value=None),
@@ -973,6 +987,25 @@ def manifest(
         },
     }
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def _manifest_files(out: Path) -> list[str]:
+    """The files the folder's current manifest lists (none when it has no readable one)."""
+    try:
+        return list(json.loads((out / "manifest.json").read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _remove_stale(out: Path, previous: Sequence[str], written: Sequence[Path]) -> None:
+    """Remove the files a previous run listed that this run did not write (a task scored
+    then and not now), so that the folder holds one run's outputs, as its manifest says."""
+    kept = {str(p.relative_to(out)) for p in written}
+    root = out.resolve()
+    for name in previous:
+        path = (out / name).resolve()
+        if name not in kept and path.parent == root and path.is_file():
+            path.unlink()
 
 
 # ------------------------------------------------------------------------------ predictions
@@ -1449,12 +1482,14 @@ def run_scoring(
                 notes=warnings,
             )
             files.append(write_report(report, out / "report.html"))
+            previous = _manifest_files(out)
             files.append(
                 write_document(
                     manifest(files, as_of=as_of, versions=versions, root=out),
                     out / "manifest.json",
                 )
             )
+            _remove_stale(out, previous, files)
         run_id = None
         if log_run:
             with watch.stage("logging the run"):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cxpredict.cli import app
+from cxpredict.cli import app, baseline_warning
 from cxpredict.training import ModelBundle
 
 runner = CliRunner()
@@ -126,3 +126,60 @@ def test_the_final_model_line_names_the_served_ranker_and_its_validation_hits() 
         "most_frequent 0.600; past use ahead only within the noise)"
     )
     assert final_model_text({"final_model": {}}) == "no calibration (not a probability)"
+
+
+def test_an_output_path_that_cannot_be_written_stops_before_any_work(tmp_path: Path) -> None:
+    config = write_project(tmp_path, "customer_id,timestamp,amount\n1,2024-01-01,3")
+    as_file = ["--config", str(config), "--out", str(tmp_path / "orders.csv")]
+    result = runner.invoke(app, ["validate", *as_file])
+    assert result.exit_code == 13, result.output
+    assert "is a file; give a folder" in result.output
+    (tmp_path / "taken.csv").mkdir()
+    args = ["features", "--config", str(config), "--as-of", "2024-02-01"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "taken.csv")])
+    assert result.exit_code == 13, result.output
+    assert not (tmp_path / "validation").exists()  # nothing was read or written
+    result = runner.invoke(app, ["score", *as_file, "--as-of", "2024-02-01"])
+    assert result.exit_code == 13, result.output
+
+
+def test_forcing_a_promotion_without_a_reason_is_a_usage_error(tmp_path: Path) -> None:
+    config = write_project(tmp_path, "customer_id,timestamp,amount\n1,2024-01-01,3")
+    result = runner.invoke(app, ["promote", "--config", str(config), "-t", "x", "--force"])
+    assert result.exit_code == 2
+    assert "--force needs --reason" in result.output
+
+
+def test_a_port_in_use_is_a_usage_error_naming_the_port(tmp_path: Path) -> None:
+    import socket
+
+    config = tmp_path / "cxpredict.yaml"
+    config.write_text(
+        "project: t\ndata:\n  orders: {path: o.csv}\n"
+        "tasks:\n  churn: {kind: churn, horizon_days: 30}\n",
+        encoding="utf-8",
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["serve", "--config", str(config), "-t", "churn", "--port", str(port)]
+        result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert f"port {port} on 127.0.0.1 is in use" in result.output
+
+
+def test_training_warns_when_a_baseline_beats_the_model() -> None:
+    summary = pd.DataFrame(
+        {"lightgbm": [0.55, 0.60], "recency": [0.61, 0.58], "logistic": [0.62, 0.59]},
+        index=["pr_auc", "roc_auc"],
+    )
+    warning = baseline_warning("churn", summary, "pr_auc", True)
+    assert warning is not None
+    assert warning.startswith(
+        "churn: the logistic baseline beats the model on pr_auc in the backtest "
+        "(0.620 against 0.550)"
+    )
+    assert baseline_warning("churn", summary, "roc_auc", True) is None
+    # lower is better: a deviance above a baseline's is a loss too
+    assert baseline_warning("churn", summary.loc[["roc_auc"]], "roc_auc", False) is not None

@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxpredict.explain import explain, one_hot_groups, singular_after_one, top_reasons
+from cxpredict.explain import (
+    explain,
+    fill_reason,
+    one_hot_groups,
+    singular_after_one,
+    top_reasons,
+)
 from cxpredict.features import build_training_features, feature_catalogue, learn_vocabulary
 from cxpredict.labels import churn_labels
 from cxpredict.models import LightGBMClassifier
@@ -227,3 +233,42 @@ def test_windows_of_one_signal_give_one_reason_in_the_words_of_the_strongest():
 )
 def test_a_count_of_one_reads_in_the_singular(text: str, expected: str) -> None:
     assert singular_after_one(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("hours", "expected"),
+    [
+        (0.3, "waited up to 18 minutes for an answer"),
+        (0.001, "waited up to 1 minute for an answer"),
+        (5.4, "waited up to 5 hours for an answer"),
+        (80.0, "waited up to 3 days for an answer"),
+        (float("nan"), None),
+    ],
+)
+def test_waiting_times_read_in_minutes_hours_or_days(hours: float, expected: str | None) -> None:
+    template = "waited up to {response_hours_max:hours} for an answer"
+    assert fill_reason(template, {"response_hours_max": hours}) == expected
+
+
+def test_the_catalogues_sentences_name_their_units_and_read_in_the_singular() -> None:
+    shop = generate_sample(300, seed=4, start="2024-01-01", days=400)
+    reasons = feature_catalogue(shop).set_index("name")["reason"]
+    row = {
+        "days_since_last_order": 110.0,
+        "gap_mean_days": 100.0,
+        "order_value_mean": 81.72,
+        "first_order_value": 96.78,
+        "refunds_lifetime": 1.0,
+        "response_hours_median": 0.5,
+    }
+    assert fill_reason(reasons["overdue_ratio"], row) == (
+        "no order for 110 days; usually orders every 100 days"
+    )
+    assert fill_reason(reasons["order_value_mean"], row) == "spends 81.72 per order on average"
+    assert fill_reason(reasons["first_order_value"], row) == "first order worth 96.78"
+    assert fill_reason(reasons["refunds_lifetime"], row) == (
+        "returned or refunded items 1 time so far"
+    )
+    assert fill_reason(reasons["response_hours_median"], row) == (
+        "answers took 30 minutes (median)"
+    )

@@ -15,6 +15,7 @@ from conftest import CUTOFF
 from cxpredict.baselines import btyd_summary
 from cxpredict.config import FeaturesConfig
 from cxpredict.errors import DataError, OutOfMemory
+from cxpredict.explain import fill_reason
 from cxpredict.features import (
     FAMILIES,
     Vocabulary,
@@ -281,9 +282,9 @@ def test_every_reason_formats_with_a_feature_row(tiny: Tables, tiny_vocabulary: 
     row = got.loc["c1"].to_dict()
     for name, reason in catalogue.loc[catalogue["available"], ["name", "reason"]].values:
         # the season says nothing about the customer: it is never a reason
-        assert reason.format(**row) if name not in SEASON_FEATURES else reason == ""
-    assert catalogue.set_index("name").loc["overdue_ratio", "reason"].format(**row) == (
-        "no order for 20 days; usually orders every 26"
+        assert fill_reason(reason, row) if name not in SEASON_FEATURES else reason == ""
+    assert fill_reason(catalogue.set_index("name").loc["overdue_ratio", "reason"], row) == (
+        "no order for 20 days; usually orders every 26 days"
     )
 
 

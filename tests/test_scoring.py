@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -282,6 +283,23 @@ def test_suggested_action_is_the_first_rule_that_applies() -> None:
     assert out.loc[0, "contact_channel"] == "phone"
     assert out.loc[2, "offer"] == "win-back offer in their usual categories"
     assert out.loc[3, "contact_channel"] == "email"
+
+
+def test_a_customer_who_never_ordered_is_offered_a_first_order_not_a_win_back() -> None:
+    customers = pd.DataFrame(
+        {
+            "lifecycle_stage": ["lapsed", "new", "lapsed"],
+            "value_tier": ["low", "low", "low"],
+            "open_issues": [0, 0, 0],
+            "preferred_category_1": [None, None, "home"],
+            "best_channel": ["app", None, "web"],
+            "ever_ordered": [False, False, True],
+        }
+    )
+    out = suggest_actions(customers)
+    assert out["action"].tolist() == ["first order", "first order", "win-back"]
+    assert out.loc[0, "offer"] == "first-order incentive on bestsellers"
+    assert out["contact_channel"].tolist() == ["app", "email", "web"]
 
 
 # ------------------------------------------------------------------------------ locking
@@ -674,6 +692,22 @@ def test_a_champion_trained_for_another_task_definition_is_refused_before_readin
         shop, tmp_path / "b", load_model=trained_with(top_k=5), tasks=["next_category"]
     )
     assert run.rows_out["next_category"] > 0
+
+
+def test_a_run_of_fewer_tasks_removes_the_lists_of_the_others_and_nothing_else(
+    shop: ProjectConfig, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    score_shop(shop, out)
+    assert (out / "value.csv").exists()
+    (out / "notes.txt").write_text("mine")
+    run = score_shop(shop, out, tasks=["churn"])
+    listed = json.loads((out / "manifest.json").read_text())["files"]
+    assert not (out / "value.csv").exists() and not (out / "value.parquet").exists()
+    assert sorted(p.name for p in out.iterdir() if p.is_file() and p.name != ".cxpredict.lock") == (
+        sorted([*listed, "manifest.json", "notes.txt"])
+    )
+    assert run.rows_out.keys() == {"churn"}
 
 
 def test_a_feed_that_ended_long_before_the_as_of_date_is_warned_about(

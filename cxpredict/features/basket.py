@@ -39,7 +39,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
             "first_order_value",
             "Amount of the customer's first purchase.",
             "currency",
-            "first order {first_order_value:,.2f}",
+            "first order worth {first_order_value:,.2f}",
         ),
         feature(
             NAME,

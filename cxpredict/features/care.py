@@ -106,7 +106,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
             "response_hours_median",
             "Typical (median) hours the brand took to answer the customer.",
             "hours",
-            "answers took {response_hours_median:.0f} hours (median)",
+            "answers took {response_hours_median:hours} (median)",
             answers,
         ),
         feature(
@@ -114,7 +114,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
             "response_hours_max",
             "Longest the brand took to answer the customer, in hours.",
             "hours",
-            "waited up to {response_hours_max:.0f} hours for an answer",
+            "waited up to {response_hours_max:hours} for an answer",
             answers,
         ),
         feature(

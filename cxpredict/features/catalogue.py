@@ -61,8 +61,9 @@ def feature_catalogue(
     -------
     pandas.DataFrame
         Columns ``name``, ``family``, ``description``, ``unit``, ``available`` (bool),
-        ``why_not`` (the missing table or column) and ``reason`` (a sentence to format with
-        the customer's feature row: ``reason.format(**row)``).
+        ``why_not`` (the missing table or column) and ``reason`` (a sentence to fill with
+        the customer's feature row: :func:`cxpredict.explain.fill_reason`, ``str.format``
+        plus an ``:hours`` spec for durations).
     """
     if isinstance(tables_or_available, Availability):
         available = tables_or_available

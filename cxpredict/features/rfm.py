@@ -139,7 +139,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
             "refunds_lifetime",
             "Number of refunded or returned order lines.",
             "lines",
-            "{refunds_lifetime:.0f} refunds or returns so far",
+            "returned or refunded items {refunds_lifetime:.0f} times so far",
         ),
         feature(
             NAME,
@@ -153,7 +153,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
             "order_value_mean",
             "Average amount of an order (refunds not subtracted).",
             "currency",
-            "orders {order_value_mean:,.2f} on average",
+            "spends {order_value_mean:,.2f} per order on average",
         ),
         feature(
             NAME,

@@ -57,7 +57,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
             "Days since the last order divided by the usual gap; above 1 means later than usual.",
             "ratio",
             "no order for {days_since_last_order:.0f} days; usually orders every "
-            "{gap_mean_days:.0f}",
+            "{gap_mean_days:.0f} days",
         ),
         feature(
             NAME,
