@@ -247,6 +247,14 @@ def test_attribute_values_of_few_customers_never_reach_a_model(shop: Tables) -> 
     assert "attr_country_it" in frame.columns and "attr_country_be" not in frame.columns
     looser = learn_vocabulary(tables, "2025-01-01", min_customers=6)
     assert looser.get("customers.country")[-2:] == ("BE", "NL")
+    # in a history, a customer's many rows are still one customer
+    first = customers.iloc[[0]]
+    updates = pd.concat([first] * 12, ignore_index=True).assign(
+        updated_at=pd.date_range("2024-02-01", periods=12, freq="D", tz="UTC"), tier="vip"
+    )
+    history = pd.concat([customers.assign(updated_at=pd.NaT, tier=None), updates])
+    learnt = learn_vocabulary(Tables(shop.orders, shop.interactions, history), "2025-01-01")
+    assert not learnt.has("customers.tier")
 
 
 def test_the_configured_vocabulary_cap_limits_the_one_hot_columns(tiny: Tables) -> None:

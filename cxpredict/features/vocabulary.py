@@ -167,7 +167,10 @@ def learn_in_session(
         cells = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS v{i}" for i, c in enumerate(columns))
         flags = ", ".join(f"GROUPING(v{i}) AS g{i}" for i in range(len(columns)))
         sets = ", ".join(f"(v{i})" for i in range(len(columns)))
-        count = "count(DISTINCT customer_id)" if customers else "count(*)"
+        # customers are counted once each: a history table (updated_at) has several rows per
+        # customer, otherwise a row is a customer (and a plain count is much cheaper)
+        history = customers and available.has("customers", "updated_at")
+        count = "count(DISTINCT customer_id)" if history else "count(*)"
         having = f" HAVING {count} >= {int(min_customers)}" if customers else ""
         grouped = s.con.execute(
             f"SELECT {', '.join(f'v{i}' for i in range(len(columns)))}, {flags}, {count} AS n "
