@@ -90,11 +90,16 @@ def duration_text(hours: float) -> str:
 
 
 class _ReasonFormatter(string.Formatter):
-    """``str.format`` plus the ``hours`` spec: ``{response_hours_max:hours}``."""
+    """``str.format`` plus two specs: ``hours`` (``{response_hours_max:hours}``, see
+    :func:`duration_text`) and ``spread``, an entropy in bits as the number of equally used
+    values it amounts to (``2 ** bits``, whole)."""
 
     def format_field(self, value: Any, format_spec: str) -> str:
         if format_spec == "hours":
             return duration_text(float(value))
+        if format_spec == "spread":
+            bits = float(value)
+            return f"{2.0**bits:.0f}" if np.isfinite(bits) else "nan"
         return format(value, format_spec)
 
 
@@ -104,14 +109,14 @@ _REASONS = _ReasonFormatter()
 def fill_reason(template: str, row: Mapping[str, Any]) -> str | None:
     """A catalogue ``reason`` filled with a customer's feature values (``row``).
 
-    Templates are ``str.format`` patterns, with one more spec: ``:hours`` writes a number of
-    hours as minutes, hours or days. ``None`` when a value the sentence needs is missing or
+    Templates are ``str.format`` patterns, with two more specs: ``:hours`` writes a number of
+    hours as minutes, hours or days, and ``:spread`` an entropy in bits as a number of
+    equally used values. ``None`` when a value the sentence needs is missing or
     the template does not fit the row; a count of one is followed by a singular noun.
     """
     try:
-        text = (
-            _REASONS.vformat(template, (), row) if ":hours}" in template else template.format(**row)
-        )
+        special = ":hours}" in template or ":spread}" in template
+        text = _REASONS.vformat(template, (), row) if special else template.format(**row)
     except (KeyError, ValueError, TypeError, IndexError):
         return None
     return singular_after_one(text) if "nan" not in text.split() else None

@@ -272,3 +272,6 @@ def test_the_catalogues_sentences_name_their_units_and_read_in_the_singular() ->
     assert fill_reason(reasons["response_hours_median"], row) == (
         "answers took 30 minutes (median)"
     )
+    assert fill_reason(reasons["category_entropy"], {"category_entropy": 1.58}) == (
+        "variety of product category values: like 3 used equally"
+    )

@@ -63,7 +63,7 @@ def feature_catalogue(
         Columns ``name``, ``family``, ``description``, ``unit``, ``available`` (bool),
         ``why_not`` (the missing table or column) and ``reason`` (a sentence to fill with
         the customer's feature row: :func:`cxpredict.explain.fill_reason`, ``str.format``
-        plus an ``:hours`` spec for durations).
+        plus ``:hours`` and ``:spread`` specs).
     """
     if isinstance(tables_or_available, Availability):
         available = tables_or_available
