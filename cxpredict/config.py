@@ -176,10 +176,15 @@ class SqlFeatureConfig(_Frozen):
 
 
 class PythonFeatureConfig(_Frozen):
-    """A feature family written in pandas: ``module:function`` taking ``(tables, cutoff)``."""
+    """A feature family written in pandas: ``module:function`` taking ``(tables, cutoff)``.
+
+    ``columns`` declares the columns it returns: they are listed in the feature catalogue
+    and checked at build time.
+    """
 
     function: str = Field(pattern=r"^[\w.]+:\w+$")
     description: str = ""
+    columns: tuple[str, ...] = ()
 
 
 class FeaturesConfig(_Frozen):

@@ -82,9 +82,12 @@ def duration_text(hours: float) -> str:
     "3 days" (``nan`` for a missing value)."""
     if not np.isfinite(hours):
         return "nan"
-    if hours < 1:
-        return f"{max(1, round(hours * 60))} minutes"
-    if hours < 48:
+    minutes = round(hours * 60)
+    if minutes < 1:
+        return "under a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    if hours < 47.5:
         return f"{hours:.0f} hours"
     return f"{hours / 24:.0f} days"
 
@@ -99,7 +102,7 @@ class _ReasonFormatter(string.Formatter):
             return duration_text(float(value))
         if format_spec == "spread":
             bits = float(value)
-            return f"{2.0**bits:.0f}" if np.isfinite(bits) else "nan"
+            return f"{2.0 ** min(bits, 64.0):.0f}" if np.isfinite(bits) else "nan"
         return format(value, format_spec)
 
 
@@ -114,6 +117,14 @@ def fill_reason(template: str, row: Mapping[str, Any]) -> str | None:
     equally used values. ``None`` when a value the sentence needs is missing or
     the template does not fit the row; a count of one is followed by a singular noun.
     """
+    try:
+        fields = [f for _, f, _, _ in _REASONS.parse(template) if f]
+    except ValueError:  # a malformed template says nothing
+        return None
+    for field in fields:
+        value = row.get(field.split(".")[0].split("[")[0])
+        if isinstance(value, float | np.floating) and np.isnan(value):
+            return None  # a sentence about an unknown value says nothing
     try:
         special = ":hours}" in template or ":spread}" in template
         text = _REASONS.vformat(template, (), row) if special else template.format(**row)

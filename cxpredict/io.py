@@ -49,6 +49,7 @@ from cxpredict.errors import DataError, OutputError, ValidationFailed, closest
 from cxpredict.schemas import (
     COLUMNS,
     EVENT_TIME,
+    MAX_AMOUNT,
     NUMERIC_COLUMNS,
     SCHEMAS,
     TABLE_NAMES,
@@ -58,9 +59,6 @@ from cxpredict.schemas import (
     to_utc,
 )
 
-#: Amounts from this size on are rejected: the feature engine sums amounts in whole
-#: 1/10,000 units as 64-bit integers, which holds about 900 lines of this size per customer.
-MAX_AMOUNT = 1e12
 LINE_COLUMN = "line"
 REASON_COLUMN = "reason"
 #: Set by :func:`read_raw` on CSV rows whose number of fields is not the header's: the reason.

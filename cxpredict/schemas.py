@@ -26,6 +26,10 @@ import pandera.pandas as pa
 
 TABLE_NAMES: tuple[str, ...] = ("orders", "interactions", "customers")
 
+#: Amounts must stay below this size: the feature engine sums amounts in whole 1/10,000
+#: units as 64-bit integers, which holds about 900 lines of this size per customer.
+MAX_AMOUNT = 1e12
+
 #: Canonical columns per table: (required, optional).
 COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "orders": (
@@ -172,19 +176,26 @@ class Tables:
         rows whose ``updated_at`` is at or after it.
         """
         instant = to_utc(instant)
-        orders = self.orders[self.orders["timestamp"] < instant]
+
+        def at(column: pd.Series) -> pd.Timestamp:
+            # naive instants are UTC, as everywhere in cxpredict
+            naive = not isinstance(column.dtype, pd.DatetimeTZDtype)
+            return instant.tz_localize(None) if naive else instant
+
+        orders = self.orders[self.orders["timestamp"] < at(self.orders["timestamp"])]
         interactions = self.interactions
         if interactions is not None:
-            interactions = interactions[interactions["timestamp"] < instant].copy()
+            stamps = interactions["timestamp"]
+            interactions = interactions[stamps < at(stamps)].copy()
             if "responded_at" in interactions.columns:
-                late = interactions["responded_at"] >= instant
-                interactions.loc[late, "responded_at"] = pd.NaT
+                answers = interactions["responded_at"]
+                interactions.loc[answers >= at(answers), "responded_at"] = pd.NaT
         customers = self.customers
         if customers is not None:
             keep = pd.Series(True, index=customers.index)
             for column in ("signup_at", "updated_at"):
                 if column in customers.columns:
-                    keep &= ~(customers[column] >= instant)
+                    keep &= ~(customers[column] >= at(customers[column]))
             customers = customers[keep]
         return Tables(orders, interactions, customers, dict(self.extra))
 

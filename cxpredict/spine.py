@@ -78,16 +78,28 @@ def feature_window(
 def entry_instants(tables: Tables) -> pd.Series:
     """When each customer became known: the earlier of their first order and their signup.
 
+    An order is a purchase line (a non-negative amount): a customer with refunds only is not
+    known from them. A signup counts from the later of its ``signup_at`` and the
+    ``updated_at`` of its row, when the customers table is a history: a correction recorded
+    later is not known earlier.
+
     Returns
     -------
     pandas.Series
         Indexed by the string ``customer_id`` (sorted), UTC instants.
     """
     orders = tables.orders
+    if "amount" in orders.columns:
+        orders = orders[orders["amount"] >= 0]
     parts = [orders[["customer_id", "timestamp"]].rename(columns={"timestamp": "at"})]
     customers = tables.customers
     if customers is not None and "signup_at" in customers.columns:
-        parts.append(customers[["customer_id", "signup_at"]].rename(columns={"signup_at": "at"}))
+        signup = customers[["customer_id", "signup_at"]].rename(columns={"signup_at": "at"})
+        if "updated_at" in customers.columns:
+            recorded = customers["updated_at"].fillna(customers["signup_at"])
+            signup["at"] = signup["at"].where(signup["at"] >= recorded, recorded)
+            signup.loc[customers["signup_at"].isna().to_numpy(), "at"] = pd.NaT
+        parts.append(signup)
     events = pd.concat(parts, ignore_index=True).dropna(subset=["at"])
     events["customer_id"] = events["customer_id"].astype("str")
     entry = events.groupby("customer_id", sort=True)["at"].min()

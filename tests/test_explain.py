@@ -239,7 +239,9 @@ def test_a_count_of_one_reads_in_the_singular(text: str, expected: str) -> None:
     ("hours", "expected"),
     [
         (0.3, "waited up to 18 minutes for an answer"),
-        (0.001, "waited up to 1 minute for an answer"),
+        (0.02, "waited up to 1 minute for an answer"),
+        (0.001, "waited up to under a minute for an answer"),
+        (0.999, "waited up to 1 hour for an answer"),
         (5.4, "waited up to 5 hours for an answer"),
         (80.0, "waited up to 3 days for an answer"),
         (float("nan"), None),
@@ -275,3 +277,15 @@ def test_the_catalogues_sentences_name_their_units_and_read_in_the_singular() ->
     assert fill_reason(reasons["category_entropy"], {"category_entropy": 1.58}) == (
         "variety of product category values: like 3 used equally"
     )
+    assert fill_reason(reasons["category_entropy"], {"category_entropy": 1e15}) is not None
+    # a missing value, wherever it sits in the sentence, gives no sentence
+    assert fill_reason(reasons["email_click_rate"], {"email_click_rate": np.nan}) is None
+    assert fill_reason(reasons["email_clicks_30d"], {"email_clicks_30d": 1.0}) == (
+        "1 click on emails in the last 30 days"
+    )
+    assert fill_reason(reasons["btyd_frequency"], {"btyd_frequency": 1.0}) == (
+        "repeat purchases on 1 day"
+    )
+    assert fill_reason(
+        reasons["days_since_last_interaction_other"], {"days_since_last_interaction_other": 3.0}
+    ) == ("no interaction on other channels for 3 days")

@@ -564,3 +564,90 @@ def test_extra_columns_named_like_the_engines_own_change_nothing(tiny: Tables) -
         build_features(extra, CUTOFF, vocabulary=vocabulary),
         build_features(tiny, CUTOFF, vocabulary=vocabulary),
     )
+
+
+# -- inputs the engine refuses, and who is a customer ----------------------------------------
+
+
+def _orders(**columns: list) -> pd.DataFrame:
+    base = {
+        "customer_id": ["a", "b"],
+        "timestamp": pd.to_datetime(["2024-01-01", "2024-01-02"], utc=True),
+        "amount": [10.0, 20.0],
+    }
+    return pd.DataFrame({**base, **columns})
+
+
+@pytest.mark.parametrize(
+    ("orders", "message"),
+    [
+        (_orders(us=[1, 2]), "column 'us' has a name the feature engine uses"),
+        (_orders(C=[1, 2]), "column 'C' has a name the feature engine uses"),
+        (_orders(customer_id=["a", None]), "1 row\\(s\\) have no customer_id"),
+        (_orders(customer_id=["a", " "]), "1 row\\(s\\) have no customer_id"),
+        (_orders(amount=[10.0, 2e15]), "have an amount that is not a number below 1e\\+12"),
+        (_orders(amount=[10.0, np.inf]), "have an amount that is not a number below"),
+        (
+            _orders(timestamp=["2024-01-01", "2024-01-02"]),
+            "'timestamp' holds .*string, not instants",
+        ),
+        (_orders(amount=["10", "20"]), "'amount' holds .*string, not numbers"),
+    ],
+)
+def test_tables_the_engine_cannot_read_right_are_refused_naming_the_column(
+    orders: pd.DataFrame, message: str
+) -> None:
+    with pytest.raises(DataError, match=message) as info:
+        build_features(Tables(orders), "2024-02-01")
+    assert info.value.table == "orders"
+
+
+def test_a_customer_with_refunds_only_is_not_yet_a_customer() -> None:
+    orders = _orders(amount=[10.0, -5.0])
+    frame = build_features(Tables(orders), "2024-02-01")
+    assert frame.index.tolist() == ["a"]
+    assert population(Tables(orders), "2024-02-01").tolist() == ["a"]
+
+
+def test_a_signup_date_corrected_later_is_not_known_before_the_correction() -> None:
+    orders = _orders(customer_id=["x", "y"])
+    customers = pd.DataFrame(
+        {
+            "customer_id": ["a", "a"],
+            "signup_at": pd.to_datetime(["2024-04-01", "2023-01-01"], utc=True),
+            "updated_at": pd.to_datetime(["2024-04-01", "2024-12-01"], utc=True),
+        }
+    )
+    tables = Tables(orders, None, customers)
+    march = build_features(tables, "2024-03-01")
+    assert "a" not in march.index  # the row saying 2023 was only written in December
+    assert "a" not in population(tables, "2024-03-01")
+    june = build_features(tables, "2024-06-01")
+    assert june.loc["a", "tenure_days"] == june.loc["a", "days_since_signup"] == 61
+
+
+def test_cutoffs_given_as_numbers_or_a_bare_text_are_refused(tiny: Tables) -> None:
+    with pytest.raises(TypeError, match="got the number 20241001"):
+        build_features(tiny, 20241001)
+    with pytest.raises(TypeError, match="pass \\['2024-10-01'\\]"):
+        build_training_features(tiny, "2024-10-01")
+
+
+def test_a_numeric_attribute_of_the_vocabulary_must_be_numbers_in_the_tables(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    customers = tiny.customers.assign(age=tiny.customers["age"].astype(str))
+    with pytest.raises(DataError, match="attribute 'age' holds text here"):
+        build_features(
+            Tables(tiny.orders, tiny.interactions, customers), CUTOFF, vocabulary=tiny_vocabulary
+        )
+
+
+def test_attribute_columns_of_one_name_once_slugged_are_named_as_such(tiny: Tables) -> None:
+    customers = tiny.customers.assign(Segment=tiny.customers["segment"])
+    with pytest.raises(ValueError, match="two customer attribute columns have the same name"):
+        build_features(
+            Tables(tiny.orders, tiny.interactions, customers),
+            CUTOFF,
+            settings=FeaturesConfig(vocabulary_min_customers=1),
+        )

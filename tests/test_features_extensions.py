@@ -153,7 +153,81 @@ def test_a_python_feature_must_return_its_declared_columns(
         build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[feature])
 
 
-def test_a_sql_feature_name_must_be_snake_case(tiny: Tables) -> None:
-    bad = SqlFeature("Store Spend", "orders", "sum(amount)", "Spend.")
+def test_a_sql_feature_name_must_be_snake_case() -> None:
     with pytest.raises(ValueError, match="'Store Spend' must be snake_case"):
-        build_features(tiny, CUTOFF, extensions=[bad])
+        SqlFeature("Store Spend", "orders", "sum(amount)", "Spend.")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("orders", "count(*) / (SELECT count(*) FROM orders)"), "holds a subquery"),
+        (("orders", "sum(amount) / (FROM orders SELECT count(*))"), "holds a subquery"),
+        (("customers", "count(*)"), "table must be 'orders' or 'interactions'"),
+    ],
+)
+def test_a_sql_feature_cannot_read_beyond_its_rows(arguments: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SqlFeature("x", *arguments, "X.")
+    with pytest.raises(ValueError, match="window_days must be a positive"):
+        SqlFeature("x", "orders", "count(*)", "X.", window_days=0)
+    # a keyword inside a text literal is text
+    assert SqlFeature("x", "orders", "count(*)", "X.", where="channel = 'from select'")
+
+
+def test_a_broken_row_filter_names_its_feature(tiny: Tables, tiny_vocabulary: Vocabulary) -> None:
+    broken = SqlFeature("store_lines", "orders", "count(*)", "Lines.", where="chanel = 'store'")
+    with pytest.raises(ValueError, match="'store_lines': the row filter \"chanel = 'store'\""):
+        build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[broken])
+    text = SqlFeature("channels", "orders", "string_agg(channel, ',')", "Channels.")
+    with pytest.raises(ValueError, match="'channels'.*gives VARCHAR values, not numbers"):
+        build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[text])
+
+
+def _by_position(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
+    return orders_per_weekday(tables, cutoff).reset_index(drop=True)
+
+
+def _twice(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
+    once = orders_per_weekday(tables, cutoff)
+    return pd.concat([once, once])
+
+
+@pytest.mark.parametrize(
+    ("function", "message"),
+    [(_by_position, "matches no customer"), (_twice, "not one row per customer")],
+)
+def test_a_python_feature_must_give_one_row_per_customer_id(
+    tiny: Tables, tiny_vocabulary: Vocabulary, function: object, message: str
+) -> None:
+    feature = PythonFeature(function, "Weekend lines.")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=message):
+        build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[feature])
+
+
+def test_columns_declared_in_the_settings_are_in_the_catalogue(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    settings = FeaturesConfig(
+        python=(
+            PythonFeatureConfig(
+                function="test_features_extensions:orders_per_weekday",
+                columns=("weekend_order_lines",),
+            ),
+        )
+    )
+    catalogue = feature_catalogue(tiny, settings=settings, vocabulary=tiny_vocabulary)
+    assert "weekend_order_lines" in set(catalogue["name"])
+
+
+def test_a_python_feature_works_on_naive_timestamps(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    naive = Tables(
+        tiny.orders.assign(timestamp=tiny.orders["timestamp"].dt.tz_localize(None)),
+        tiny.interactions,
+        tiny.customers,
+    )
+    feature = PythonFeature(orders_per_weekday, "Weekend lines.", ("weekend_order_lines",))
+    got = build_features(naive, CUTOFF, vocabulary=tiny_vocabulary, extensions=[feature])
+    assert got.loc["c1", "weekend_order_lines"] == 2.0

@@ -31,7 +31,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
             "btyd_frequency",
             "Number of repeat purchase days (days with an order, minus the first).",
             "days",
-            "{btyd_frequency:.0f} repeat purchase days",
+            "repeat purchases on {btyd_frequency:.0f} days",
         ),
         feature(
             NAME,

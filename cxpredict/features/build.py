@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cxpredict.config import FeaturesConfig
-from cxpredict.errors import OutOfMemory
+from cxpredict.errors import DataError, OutOfMemory
 from cxpredict.features import (
     basket,
     btyd,
@@ -32,6 +32,7 @@ from cxpredict.features import (
 )
 from cxpredict.features.engine import (
     Aggregate,
+    Availability,
     Block,
     PerCutoff,
     Request,
@@ -161,6 +162,20 @@ def build_training_features(
     )
 
 
+def _check_numeric_attributes(vocabulary: Vocabulary, available: Availability) -> None:
+    """A vocabulary's numeric attributes must be numbers in the tables it is used with."""
+    kinds = dict(available.attributes)
+    text = [c for c in vocabulary.numeric if kinds.get(c) == "categorical"]
+    if text:
+        raise DataError(
+            f"customers: attribute {text[0]!r} holds text here, but the vocabulary (the "
+            "model's, when scoring) reads it as a number; give it as numbers (list it under "
+            "data.customers.numeric for a CSV file)",
+            table="customers",
+            column=text[0],
+        )
+
+
 def available_definitions(ctx: Context, extensions: Sequence[Extension]) -> list[FeatureDef]:
     """Every catalogue entry, built-in families first, then extensions."""
     defs = [d for family in FAMILIES for d in family.definitions(ctx)]
@@ -168,7 +183,14 @@ def available_definitions(ctx: Context, extensions: Sequence[Extension]) -> list
     names = [d.name for d in defs]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise ValueError(f"feature names defined twice: {duplicated}; rename the extension")
+        families = sorted({d.family for d in defs if d.name in set(duplicated)})
+        fix = (
+            "two customer attribute columns have the same name once lower-cased and "
+            "slugged: rename one of them"
+            if families == ["tenure"]
+            else "rename the extension"
+        )
+        raise ValueError(f"feature names defined twice: {duplicated}; {fix}")
     return defs
 
 
@@ -210,6 +232,7 @@ def _build_in(
                 max_values=settings.vocabulary_max_values,
                 min_customers=settings.vocabulary_min_customers,
             )
+        _check_numeric_attributes(vocabulary, available)
         ctx = Context(settings, vocabulary, available)
         defs = available_definitions(ctx, chosen)
         # Each family's requests, then the SQL extensions' (also what each step of the

@@ -33,12 +33,13 @@ from cxpredict.features.vocabulary import INTERACTION_CHANNEL, OTHER
 
 NAME = "engagement"
 
-#: (name stem, kind, words)
-_COUNTS: tuple[tuple[str, str | None, str], ...] = (
-    ("interactions", None, "interactions of any kind"),
-    ("visits", "visit", "visits"),
-    ("email_opens", "email_open", "emails opened"),
-    ("email_clicks", "email_click", "email clicks"),
+#: (name stem, kind, words of the description, words of the reason: the count's noun first,
+#: so that a count of one reads in the singular)
+_COUNTS: tuple[tuple[str, str | None, str, str], ...] = (
+    ("interactions", None, "interactions of any kind", "interactions of any kind"),
+    ("visits", "visit", "visits", "visits"),
+    ("email_opens", "email_open", "emails opened", "emails opened"),
+    ("email_clicks", "email_click", "email clicks", "clicks on emails"),
 )
 
 
@@ -64,7 +65,7 @@ def _channels(ctx: Context) -> tuple[tuple[str, str], ...]:
 def _definitions(ctx: Context) -> list[FeatureDef]:
     why = ctx.available.why_not("interactions")
     out: list[FeatureDef] = []
-    for stem, _kind, words in _COUNTS:
+    for stem, _kind, words, said in _COUNTS:
         for w in ctx.windows:
             out.append(
                 feature(
@@ -72,7 +73,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
                     f"{stem}_{w}d",
                     f"Number of {words} in the last {w} days.",
                     "count",
-                    f"{{{stem}_{w}d:.0f}} {words} in the last {w} days",
+                    f"{{{stem}_{w}d:.0f}} {said} in the last {w} days",
                     why,
                 )
             )
@@ -130,7 +131,10 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
                 f"days_since_last_interaction_{slug}",
                 f"Days since the customer's latest interaction on channel '{label}'.",
                 "days",
-                f"no {label} interaction for {{days_since_last_interaction_{slug}:.0f}} days",
+                f"no interaction on other channels for "
+                f"{{days_since_last_interaction_{slug}:.0f}} days"
+                if slug == OTHER
+                else f"no {label} interaction for {{days_since_last_interaction_{slug}:.0f}} days",
                 why,
             )
         )
@@ -153,7 +157,7 @@ def _requests(ctx: Context) -> list[Request]:
         return []
     windows = ctx.windows
     out: list[Request] = [interaction_rows(ctx)]
-    for stem, kind, _words in _COUNTS:
+    for stem, kind, _words, _said in _COUNTS:
         condition = "true" if kind is None else f"kind = '{kind}'"
         extra = (30, 120) if stem == "visits" else ()
         spans = tuple(sorted({*windows, *extra}))
@@ -185,7 +189,7 @@ def _requests(ctx: Context) -> list[Request]:
 def _compute(ctx: Context, res: Block) -> Iterator[tuple[str, np.ndarray]]:
     if not ctx.available.table("interactions"):
         return
-    for stem, _kind, _words in _COUNTS:
+    for stem, _kind, _words, _said in _COUNTS:
         for w in ctx.windows:
             yield f"{stem}_{w}d", res.window(stem, w)
     for w in ctx.windows:

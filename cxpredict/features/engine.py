@@ -50,7 +50,7 @@ import pandas as pd
 import pyarrow as pa
 
 from cxpredict.errors import DataError
-from cxpredict.schemas import COLUMNS, TABLE_NAMES, Tables, to_utc
+from cxpredict.schemas import COLUMNS, MAX_AMOUNT, TABLE_NAMES, Tables, to_utc
 
 DAY_US = 86_400_000_000
 HOUR_US = 3_600_000_000
@@ -233,7 +233,8 @@ def _arrow_kind(kind: pa.DataType) -> str | None:
     return None
 
 
-def _duck_kind(kind: str) -> str | None:
+def duck_kind(kind: str) -> str | None:
+    """``numeric`` or ``categorical`` for a DuckDB type name, ``None`` for other types."""
     kind = kind.upper()
     numeric = ("INT", "FLOAT", "DOUBLE", "DECIMAL", "REAL", "BOOLEAN", "HUGEINT", "NUMERIC")
     if kind.startswith(numeric) or kind.startswith(("TINYINT", "SMALLINT", "BIGINT", "UBIGINT")):
@@ -305,6 +306,77 @@ def _schema_of(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
     return {str(r[0]): str(r[1]) for r in rows}
 
 
+#: Column names the engine gives its own columns (compared without case, as SQL does): a
+#: table column of one of these names would be read in their place.
+RESERVED_COLUMNS = frozenset({"us", "responded_us", "signup_us", "updated_us", "c", "j", "cid"})
+_INSTANT_COLUMNS = ("timestamp", "responded_at", "signup_at", "updated_at")
+_NUMBER_COLUMNS = ("amount", "quantity", "rating")
+_FIX = "load the tables with cxpredict.io.load_tables, which converts and checks every column"
+
+
+def _check_names(name: str, schema: Mapping[str, str]) -> None:
+    taken = [c for c in schema if c.lower() in RESERVED_COLUMNS or c.startswith("__")]
+    if taken:
+        raise DataError(
+            f"{name}: column {taken[0]!r} has a name the feature engine uses for its own "
+            "columns; rename or drop it",
+            table=name,
+            column=taken[0],
+        )
+
+
+def _check_types(name: str, schema: Mapping[str, str]) -> None:
+    """Canonical instants must be timestamps and canonical numbers numbers."""
+    for column, kind in schema.items():
+        upper = kind.upper()
+        if column in _INSTANT_COLUMNS and not upper.startswith(("TIMESTAMP", "DATE")):
+            raise DataError(
+                f"{name}: column {column!r} holds {kind}, not instants; convert it with "
+                f"pd.to_datetime(..., utc=True), or {_FIX}",
+                table=name,
+                column=column,
+            )
+        numeric = duck_kind(kind) == "numeric" or upper.startswith(
+            ("INT", "UINT", "DOUBLE", "FLOAT", "DECIMAL")
+        )
+        if column in _NUMBER_COLUMNS and not numeric:
+            raise DataError(
+                f"{name}: column {column!r} holds {kind}, not numbers; convert it with "
+                f"pd.to_numeric, or {_FIX}",
+                table=name,
+                column=column,
+            )
+
+
+def _check_values(
+    con: duckdb.DuckDBPyConnection, name: str, relation: str, schema: Mapping[str, str]
+) -> None:
+    """Rows without a customer, and amounts the engine's integer sums cannot hold."""
+    checks = [
+        "count(*) FILTER (WHERE customer_id IS NULL OR trim(CAST(customer_id AS VARCHAR)) = '')"
+    ]
+    if "amount" in schema:
+        checks.append(
+            f"count(*) FILTER (WHERE NOT (abs(amount) < {MAX_AMOUNT:.0f}))"  # NaN, inf, huge
+        )
+    found = con.execute(f"SELECT {', '.join(checks)} FROM {relation}").fetchall()[0]
+    if found[0]:
+        raise DataError(
+            f"{name}: {found[0]:,} row(s) have no customer_id (missing or empty); drop them, or "
+            f"{_FIX} (it rejects such rows with their reasons)",
+            table=name,
+            column="customer_id",
+        )
+    if len(found) > 1 and found[1]:
+        raise DataError(
+            f"{name}: {found[1]:,} row(s) have an amount that is not a number below "
+            f"{MAX_AMOUNT:.0e} in size (the engine sums amounts in 1/10,000 units as 64-bit "
+            f"integers); fix or drop them, or {_FIX}",
+            table=name,
+            column="amount",
+        )
+
+
 class Session:
     """A DuckDB connection holding the registered tables of one build.
 
@@ -356,7 +428,7 @@ class Session:
         if isinstance(value, str | os.PathLike):
             relation = _parquet_sql(value)
             schema = _schema_of(self.con, relation)
-            self.kinds[name] = {c: _duck_kind(t) for c, t in schema.items()}
+            self.kinds[name] = {c: duck_kind(t) for c, t in schema.items()}
         else:
             if isinstance(value, pd.DataFrame):
                 arrow = arrow_table(value)
@@ -382,6 +454,9 @@ class Session:
                 table=name,
                 column=missing[0],
             )
+        _check_names(name, schema)
+        _check_types(name, schema)
+        _check_values(self.con, name, relation, schema)
         self.relations[name] = relation
         self.schemas[name] = schema
 
@@ -529,8 +604,20 @@ def cutoff_micros(cutoffs: Sequence[Any]) -> np.ndarray:
     ValueError
         When no cutoff is given.
     """
+    if isinstance(cutoffs, str | bytes):
+        raise TypeError(
+            f"cutoffs must be a list of instants, got the text {cutoffs!r}; pass [{cutoffs!r}]"
+        )
     if len(cutoffs) == 0:
         raise ValueError("no cutoff given; pass at least one instant (e.g. '2025-01-01')")
+    numbers = [
+        c for c in cutoffs if isinstance(c, int | float | np.number) and not isinstance(c, bool)
+    ]
+    if numbers:
+        raise TypeError(
+            f"a cutoff must be a date or an instant ('2024-10-01', a Timestamp), got the number "
+            f"{numbers[0]!r}"
+        )
     stamps = sorted({to_utc(c) for c in cutoffs})
     return np.array([s.value // 1000 for s in stamps], dtype=np.int64)
 
@@ -895,15 +982,20 @@ def _base_views(s: Session, cmax: int) -> None:
 def _dimension(s: Session, cmax: int, first_orders: str) -> tuple[np.ndarray, np.ndarray]:
     """Customers known before the latest cutoff, sorted by id, with their entry instant.
 
-    ``first_orders`` is a table of ``customer_id`` and ``entry_us`` (first order instants).
+    ``first_orders`` is a table of ``customer_id`` and ``entry_us`` (first purchase instants;
+    missing for a customer with refunds only). A signup counts from the later of its
+    ``signup_at`` and the ``updated_at`` of its row.
     """
     parts = [f"SELECT customer_id, {ENTRY} AS us FROM {first_orders}"]
     if "customers" in s.relations:
-        parts.append(f"SELECT customer_id, signup_us AS us FROM customers WHERE signup_us < {cmax}")
+        # a signup counts from when its row was recorded: a later correction of the signup
+        # date is not known before its updated_at
+        known = "greatest(signup_us, COALESCE(updated_us, signup_us))"
+        parts.append(f"SELECT customer_id, {known} AS us FROM customers WHERE {known} < {cmax}")
     s.con.execute(
         "CREATE TEMP TABLE dim AS SELECT customer_id, min(us) AS entry, "
         "(row_number() OVER (ORDER BY customer_id) - 1)::INTEGER AS cid "
-        f"FROM ({' UNION ALL '.join(parts)}) GROUP BY customer_id"
+        f"FROM ({' UNION ALL '.join(parts)}) WHERE us IS NOT NULL GROUP BY customer_id"
     )
     got = s.fetch("SELECT customer_id, entry FROM dim ORDER BY cid")
     ids = np.asarray(got["customer_id"], dtype=object)

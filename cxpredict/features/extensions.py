@@ -35,7 +35,15 @@ import pandas as pd
 
 from cxpredict.config import FeaturesConfig
 from cxpredict.errors import ConfigError, DataError
-from cxpredict.features.engine import DAY_US, Block, PerCutoff, Request, Session, Source
+from cxpredict.features.engine import (
+    DAY_US,
+    Block,
+    PerCutoff,
+    Request,
+    Session,
+    Source,
+    duck_kind,
+)
 from cxpredict.features.family import Context, FeatureDef, feature
 from cxpredict.schemas import TABLE_NAMES, Tables
 
@@ -72,6 +80,31 @@ class SqlFeature:
     window_days: int | None = None
     unit: str = "value"
     reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ValueError(
+                f"SqlFeature name {self.name!r} must be snake_case (a-z, 0-9, _), starting "
+                "with a letter; e.g. 'store_spend_90d'"
+            )
+        if self.table not in ("orders", "interactions"):
+            raise ValueError(
+                f"SqlFeature {self.name!r}: table must be 'orders' or 'interactions', got "
+                f"{self.table!r} (customer attributes are features already)"
+            )
+        if self.window_days is not None and self.window_days <= 0:
+            raise ValueError(
+                f"SqlFeature {self.name!r}: window_days must be a positive number of days, "
+                f"got {self.window_days}"
+            )
+        for part, text in (("expression", self.expression), ("where", self.where or "")):
+            code = re.sub(r"'(?:[^']|'')*'", "''", text)  # string literals say nothing
+            if re.search(r"\b(select|from)\b", code, flags=re.IGNORECASE):
+                raise ValueError(
+                    f"SqlFeature {self.name!r}: the {part} {text!r} holds a subquery; a "
+                    "feature reads only its table's rows before the cutoff, which a subquery "
+                    "would not: write one aggregate over the rows, e.g. 'count(*)'"
+                )
 
 
 @dataclass(frozen=True)
@@ -115,19 +148,17 @@ def resolve_extensions(
     settings: FeaturesConfig, extensions: Sequence[Extension]
 ) -> list[Extension]:
     """The extensions of ``settings`` followed by ``extensions``."""
-    out: list[Extension] = [
-        SqlFeature(s.name, s.table, s.expression, s.description, s.where, s.window_days)
-        for s in settings.sql
+    try:
+        out: list[Extension] = [
+            SqlFeature(s.name, s.table, s.expression, s.description, s.where, s.window_days)
+            for s in settings.sql
+        ]
+    except ValueError as exc:
+        raise ConfigError(f"features.sql: {exc}") from None
+    out += [
+        PythonFeature(_import(p.function), p.description, tuple(p.columns)) for p in settings.python
     ]
-    out += [PythonFeature(_import(p.function), p.description) for p in settings.python]
     for extension in extensions:
-        if isinstance(extension, SqlFeature) and not re.fullmatch(
-            r"[a-z][a-z0-9_]*", extension.name
-        ):
-            raise ValueError(
-                f"SqlFeature name {extension.name!r} must be snake_case (a-z, 0-9, _), "
-                "starting with a letter; e.g. 'store_spend_90d'"
-            )
         if not isinstance(extension, SqlFeature | PythonFeature):
             raise TypeError(
                 "an extension must be a SqlFeature or a PythonFeature, got "
@@ -233,6 +264,22 @@ def sql_fills(s: Session, ctx: Context, extensions: Sequence[Extension]) -> dict
                 f"SqlFeature {extension.name!r}: {extension.expression!r} is not an aggregate "
                 f"over {extension.table} ({exc}); write e.g. 'sum(amount)'"
             ) from None
+        if extension.where:
+            try:
+                s.con.execute(f"SELECT count(*) FROM ({rows}) WHERE ({extension.where})").fetchall()
+            except duckdb.Error as exc:
+                raise ValueError(
+                    f"SqlFeature {extension.name!r}: the row filter {extension.where!r} is not a "
+                    f"condition on {extension.table} ({exc}); write e.g. \"channel = 'store'\""
+                ) from None
+        kind = s.con.execute(
+            f"DESCRIBE SELECT ({extension.expression}) AS v FROM ({rows})"
+        ).fetchall()[0][1]
+        if duck_kind(str(kind)) != "numeric":
+            raise ValueError(
+                f"SqlFeature {extension.name!r}: {extension.expression!r} gives {kind} "
+                "values, not numbers; write a numeric aggregate"
+            )
         raw = None if value is None else value[0]
         fills[extension.name] = np.nan if raw is None else float(raw)
     return fills
@@ -262,6 +309,23 @@ def _in_memory(tables: Tables | Mapping[str, object]) -> Tables:
                 table=name,
             )
     return Tables(frames["orders"], frames["interactions"], frames["customers"])  # type: ignore[arg-type]
+
+
+def _check_index(name: str, got: pd.DataFrame, ids: pd.Index) -> None:
+    """A Python feature's rows must be customers: unique ``customer_id`` strings."""
+    index = got.index
+    if index.nlevels != 1 or index.has_duplicates:
+        raise ValueError(
+            f"PythonFeature {name} returned an index that is not one row per customer "
+            f"({index.nlevels} level(s), duplicates: {bool(index.has_duplicates)}); index it "
+            "by customer_id, e.g. with .groupby('customer_id')"
+        )
+    if len(got) and not index.isin(pd.Index(ids, dtype="str")).any():
+        raise ValueError(
+            f"PythonFeature {name} returned rows whose index matches no customer (e.g. "
+            f"{index[0]!r}); index it by the customer_id strings, e.g. with "
+            ".groupby('customer_id')"
+        )
 
 
 def python_columns(
@@ -298,6 +362,7 @@ def python_columns(
                 raise ValueError(
                     f"PythonFeature {name} returns existing column(s) {clash}; rename them"
                 )
+            _check_index(name, got, ids[rows])
             aligned = got.reindex(pd.Index(ids[rows], dtype="str"))
             for column in got.columns:
                 if not pd.api.types.is_numeric_dtype(got[column]):

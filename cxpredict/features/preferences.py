@@ -63,7 +63,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
                 f"distinct_{plural}",
                 f"Number of different {words} values the customer has bought (rare ones as one).",
                 "count",
-                f"bought with {{distinct_{plural}:.0f}} different {words} values",
+                f"{words} values bought: {{distinct_{plural}:.0f}}",
                 why,
             )
         )

@@ -185,7 +185,8 @@ def _requests(ctx: Context) -> list[Request]:
     return [
         order_level(ctx),
         order_lines(ctx),
-        Aggregate("order_lines", ENTRY, "min", "us"),
+        # customers become known with their first purchase: refunds are not orders
+        Aggregate("order_lines", ENTRY, "min", "CASE WHEN amount >= 0 THEN us END"),
         Aggregate("order_level", "orders", "count", "true", windows),
         # an order's value is known once its last line is before the cutoff
         Aggregate(
