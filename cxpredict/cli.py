@@ -429,6 +429,15 @@ def score(
     out.print(f"lists, customers.csv and report.html: {out_dir}", highlight=False)
 
 
+@app.command()
+@reported
+def tasks(config_path: ConfigOption) -> None:
+    """Print the configured task names, one per line (for scripts)."""
+    config = load_config(config_path)
+    for name in config.tasks:
+        out.print(name, highlight=False)
+
+
 TaskOption = Annotated[
     str, typer.Option("--task", "-t", help="The task (a key under 'tasks:').", show_default=False)
 ]

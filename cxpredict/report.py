@@ -59,6 +59,9 @@ class ReportData:
         How many customers the "contact first" table shows.
     notes
         Sentences shown under the headline (for instance a task that was not scored).
+    priority_basis
+        What the customers are ranked by (:func:`cxpredict.scoring.priority_basis`); the
+        value at risk is shown only when it is the basis.
     """
 
     project: str
@@ -74,6 +77,7 @@ class ReportData:
     drift_fail: float = 0.25
     top_n: int = 25
     notes: tuple[str, ...] = ()
+    priority_basis: str | None = "value at risk"
 
 
 def png_data_uri(figure: Figure) -> str:
@@ -159,11 +163,14 @@ def _headline(data: ReportData) -> dict[str, object]:
     customers = data.customers
     tiers = customers["tier"].value_counts()
     risk = customers["value_at_risk"].astype(np.float64)
+    shown = data.priority_basis == "value at risk"
     return {
         "customers": len(customers),
         "tiers": [(t, int(tiers.get(t, 0))) for t in TIERS],
-        "value_at_risk": float(np.nansum(risk)),
-        "value_at_risk_high": float(np.nansum(risk[customers["tier"] == TIERS[0]])),
+        "value_at_risk": float(np.nansum(risk)) if shown else None,
+        "value_at_risk_high": (
+            float(np.nansum(risk[customers["tier"] == TIERS[0]])) if shown else None
+        ),
         "stages": [(s, int((customers["lifecycle_stage"] == s).sum())) for s in STAGES],
         "actions": [
             (str(a), int(n)) for a, n in customers["action"].value_counts().sort_index().items()

@@ -797,6 +797,35 @@ def role_of_tasks(tasks: Mapping[str, Any]) -> dict[str, str | None]:
     }
 
 
+#: What the customer table ranks by, best first: value at risk needs a churn and a value task;
+#: without them the priority falls back on the tasks that were scored.
+PRIORITY_BASES: tuple[str, ...] = (
+    "value at risk",
+    "churn probability",
+    "chance of no repurchase",
+    "expected value",
+)
+
+
+def priority_basis(lists: Mapping[str, pd.DataFrame], tasks: Mapping[str, Any]) -> str | None:
+    """What the customer table's ``priority_rank`` ranks by, given the lists scored (see
+    :data:`PRIORITY_BASES`); ``None`` when no churn, repurchase or value task was scored."""
+    roles = role_of_tasks(tasks)
+
+    def scored(role: str) -> bool:
+        return roles[role] is not None and roles[role] in lists
+
+    if scored("churn") and scored("value"):
+        return PRIORITY_BASES[0]
+    if scored("churn"):
+        return PRIORITY_BASES[1]
+    if scored("repurchase"):
+        return PRIORITY_BASES[2]
+    if scored("value"):
+        return PRIORITY_BASES[3]
+    return None
+
+
 def _open_issues(features: pd.DataFrame) -> np.ndarray:
     total = np.zeros(len(features))
     for name in ("complaints_90d", "unanswered_messages_90d"):
@@ -819,7 +848,8 @@ def customer_table(
     spend over its horizon); customers a task does not score (for instance churn scores only
     customers active in its ``active_days``) have no value there. ``priority_rank`` and
     ``tier`` follow the value at risk (missing last, ties by ``customer_id``), with the
-    percentile cut points of ``scoring.tier_cuts``. Reasons are the churn list's (else the
+    percentile cut points of ``scoring.tier_cuts``; without a churn and a value list they
+    follow what was scored (:func:`priority_basis`). Reasons are the churn list's (else the
     repurchase list's); preferred categories and the best channel come from the preference
     tasks (see :func:`role_of_tasks`); the action from :data:`ACTION_RULES`.
 
@@ -873,15 +903,22 @@ def customer_table(
         out[f"preferred_category_{k}"] = text("category", f"pref_{k}")
     out["best_channel"] = text("channel", "pref_1")
 
-    ranking = pd.DataFrame({"customer_id": out["customer_id"], "score": risk})
-    by_risk = ranked(ranking)
-    position = _rows_in(ids, _arrow_text(by_risk["customer_id"]))
-    priority = by_risk["rank"].to_numpy()[position]
-    missing = np.isnan(risk)
+    basis = priority_basis(lists, tasks)
+    urgency = {
+        PRIORITY_BASES[0]: risk,
+        PRIORITY_BASES[1]: churn,
+        PRIORITY_BASES[2]: 1.0 - out["repurchase_probability"],
+        PRIORITY_BASES[3]: value,
+    }.get(basis or "", np.full(n, np.nan))
+    ranking = pd.DataFrame({"customer_id": out["customer_id"], "score": urgency})
+    by_urgency = ranked(ranking)
+    position = _rows_in(ids, _arrow_text(by_urgency["customer_id"]))
+    priority = by_urgency["rank"].to_numpy()[position]
+    missing = np.isnan(urgency)
     out["priority_rank"] = priority
     out["value_at_risk_rank"] = pd.array(np.where(missing, 0, priority), dtype="Int64")
-    out["value_at_risk_rank"][missing] = pd.NA
-    tier = _tier_codes(by_risk["percentile"].to_numpy()[position], tier_cuts)
+    out["value_at_risk_rank"][np.isnan(risk)] = pd.NA
+    tier = _tier_codes(by_urgency["percentile"].to_numpy()[position], tier_cuts)
     out["tier"] = _from_codes(np.where(missing, 2, tier), TIERS)
 
     by_value = ranked(ranking.assign(score=value))
@@ -1466,6 +1503,7 @@ def run_scoring(
             from cxpredict.report import ReportData, write_report
 
             report = ReportData(
+                priority_basis=priority_basis(lists, config.tasks),
                 project=config.project,
                 as_of=as_of_text(as_of),
                 lists=lists,

@@ -9,10 +9,11 @@ export MLFLOW_DISABLE_TELEMETRY=true
 CONFIG=data/sample/cxpredict.yaml
 AS_OF=${AS_OF:-2026-01-01}
 OUT=${OUT:-demo-output}
+[[ "$OUT" == /* ]] || OUT="$PWD/$OUT"  # absolute: the store URI and the paths printed below
 # The demo keeps its own MLflow store beside its outputs, so that it starts from scratch
 # every time; a real project uses the store configured under `mlflow:` (or
 # MLFLOW_TRACKING_URI).
-export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/$OUT/mlruns/mlflow.db}
+export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$OUT/mlruns/mlflow.db}
 rm -rf "$OUT"
 mkdir -p "$OUT/mlruns"
 
@@ -26,8 +27,7 @@ echo "== 3/5 train and backtest every task against its baselines; register as ch
 cxpredict train --config "$CONFIG" --as-of "$AS_OF" --out "$OUT/training"
 
 echo "== 4/5 promote: the first version of each task is already champion"
-for task in $(python -c 'import sys; from cxpredict.config import load_config
-print(" ".join(load_config(sys.argv[1]).tasks))' "$CONFIG"); do
+for task in $(cxpredict tasks --config "$CONFIG"); do
     cxpredict promote --config "$CONFIG" --task "$task" || [[ $? -eq 11 ]]
 done
 
@@ -39,7 +39,7 @@ echo "outputs:"
 echo "  validation report: $OUT/validation/validation_report.json"
 echo "  features:          $OUT/features.parquet"
 echo "  backtests:         $OUT/training/"
-echo "  MLflow store:      $MLFLOW_TRACKING_URI  (mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI)"
+echo "  MLflow store:      $MLFLOW_TRACKING_URI  (mlflow ui --backend-store-uri '$MLFLOW_TRACKING_URI')"
 echo "  ranked lists:      $OUT/scores/<task>.csv"
-echo "  customers:         $PWD/$OUT/scores/customers.csv"
-echo "  report:            $PWD/$OUT/scores/report.html"
+echo "  customers:         $OUT/scores/customers.csv"
+echo "  report:            $OUT/scores/report.html"

@@ -17,8 +17,7 @@ AS_OF=${AS_OF:-$(date -u +%Y-%m-%d)}
 PROMOTION_REFUSED=11
 
 if [[ -z "${TASKS:-}" ]]; then
-    TASKS=$(python -c 'import sys; from cxpredict.config import load_config
-print(" ".join(load_config(sys.argv[1]).tasks))' "$CONFIG")
+    TASKS=$(cxpredict tasks --config "$CONFIG")  # a bad config stops here with exit code 3
 fi
 
 for task in $TASKS; do

@@ -6,10 +6,12 @@
 #   CONFIG=... REASONS_FOR=top pipelines/score_weekly.sh    # reasons for the top of each list only
 #
 # Writes OUT_ROOT/<as-of>/ (ranked lists, customers.csv, report.html, drift.csv, manifest.json)
-# and then points OUT_ROOT/latest at it in one rename, so readers never see a half-written week.
-# Rerunning for the same date rewrites the same bytes. The exit code is the command's:
-# 0 ok, 3 config, 4 unreadable data, 5 too many rejected rows, 6 no champion, 8 feature
-# mismatch, 9 drift beyond scoring.drift_fail_psi, 10 another run holds the folder.
+# and then points OUT_ROOT/latest at it in one rename, so readers never see a half-written week;
+# a backfill of an earlier week leaves `latest` on the newest one. Rerunning for the same date
+# rewrites the same bytes. The exit code is the command's: 0 ok, 3 config, 4 unreadable data,
+# 5 too many rejected rows, 6 no champion, 8 feature mismatch or a changed task, 9 drift beyond
+# scoring.drift_fail_psi, 10 another run holds the folder, 13 an output cannot be written,
+# 14 the MLflow store cannot be read.
 set -euo pipefail
 
 CONFIG=${CONFIG:?set CONFIG to the project config file}
@@ -25,10 +27,19 @@ if [[ -n "${REASONS_FOR:-}" ]]; then  # empty: scoring.reasons_for of the config
     task_args+=(--reasons-for "$REASONS_FOR")
 fi
 
-mkdir -p "$OUT_ROOT"
 cxpredict score --config "$CONFIG" --as-of "$AS_OF" --out "$OUT" ${task_args[@]+"${task_args[@]}"}
 
+latest="$OUT_ROOT/latest"
+if [[ -e "$latest" && ! -L "$latest" ]]; then
+    echo "error: $latest is not a link; move it away so that it can point at the newest week" >&2
+    exit 13
+fi
+current=$(readlink "$latest" 2>/dev/null || true)
+if [[ -n "$current" && "$current" > "$AS_OF" ]]; then  # ISO dates sort as text
+    echo "scores as of $AS_OF: $OUT ($latest stays on the newer $current)"
+    exit 0
+fi
 # Swap the "latest" link atomically: make the new link beside it, then rename over the old one.
 ln -sfn "$AS_OF" "$OUT_ROOT/.latest.tmp"
-mv -Tf "$OUT_ROOT/.latest.tmp" "$OUT_ROOT/latest"
-echo "scores as of $AS_OF: $OUT (also $OUT_ROOT/latest)"
+mv -Tf "$OUT_ROOT/.latest.tmp" "$latest"
+echo "scores as of $AS_OF: $OUT (also $latest)"

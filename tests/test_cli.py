@@ -183,3 +183,15 @@ def test_training_warns_when_a_baseline_beats_the_model() -> None:
     assert baseline_warning("churn", summary, "roc_auc", True) is None
     # lower is better: a deviance above a baseline's is a loss too
     assert baseline_warning("churn", summary.loc[["roc_auc"]], "roc_auc", False) is not None
+
+
+def test_tasks_lists_the_configured_tasks_one_per_line(tmp_path: Path) -> None:
+    config = tmp_path / "cxpredict.yaml"
+    config.write_text(
+        "project: t\ndata:\n  orders: {path: o.csv}\ntasks:\n"
+        "  churn: {kind: churn, horizon_days: 30}\n  value: {kind: value, horizon_days: 60}\n",
+        encoding="utf-8",
+    )
+    result = runner.invoke(app, ["tasks", "--config", str(config)])
+    assert result.exit_code == 0
+    assert result.output.splitlines() == ["churn", "value"]

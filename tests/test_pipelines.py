@@ -17,7 +17,11 @@ PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 SAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "data" / "sample" / "cxpredict.yaml"
 
 STANDIN = """#!/usr/bin/env bash
-# Records its arguments; `score` writes a file into --out; exits with the code asked for.
+# `tasks` is the real command (it only reads the config). Any other command records its
+# arguments; `score` writes a file into --out; each exits with the code asked for.
+if [[ "$1" == tasks ]]; then
+    exec python -c 'from cxpredict.cli import main; main()' "$@"
+fi
 echo "$*" >> "$CALLS"
 if [[ "$1" == score ]]; then
     out=""
@@ -99,6 +103,37 @@ def test_a_failed_scoring_week_keeps_latest_and_passes_the_exit_code_on(tmp_path
     )
     assert code == 6  # no champion
     assert os.readlink(tmp_path / "scores" / "latest") == "2026-01-05"
+
+
+def test_a_backfilled_week_leaves_latest_on_the_newest_week(tmp_path: Path) -> None:
+    settings = {"CONFIG": "p.yaml", "OUT_ROOT": str(tmp_path / "scores")}
+    for as_of in ("2026-01-12", "2026-01-05"):
+        code, _, output = run_pipeline("score_weekly.sh", tmp_path, **settings, AS_OF=as_of)
+        assert code == 0, output
+    assert (tmp_path / "scores" / "2026-01-05" / "churn.csv").exists()
+    assert os.readlink(tmp_path / "scores" / "latest") == "2026-01-12"
+    assert "stays on the newer 2026-01-12" in output
+
+
+def test_a_latest_that_is_not_a_link_is_an_output_error(tmp_path: Path) -> None:
+    (tmp_path / "scores" / "latest").mkdir(parents=True)
+    code, _, output = run_pipeline(
+        "score_weekly.sh", tmp_path, CONFIG="p.yaml", OUT_ROOT=str(tmp_path / "scores")
+    )
+    assert code == 13
+    assert "is not a link" in output
+    assert not (tmp_path / "scores" / ".latest.tmp").exists()
+
+
+def test_monthly_retraining_with_a_broken_config_stops_with_the_config_code(
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("project: p\ndata: {orders: {path: o.csv}}\ntaks: {}\n", encoding="utf-8")
+    code, calls, output = run_pipeline("retrain_monthly.sh", tmp_path, CONFIG=str(broken))
+    assert code == 3, output
+    assert calls == []
+    assert "Traceback" not in output and "did you mean 'tasks'" in output
 
 
 def test_weekly_scoring_needs_a_config(tmp_path: Path) -> None:

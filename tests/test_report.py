@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -14,7 +16,13 @@ import yaml
 from cxpredict.config import parse_config
 from cxpredict.metrics import calibration_table
 from cxpredict.report import ReportData, reason_patterns, render_report, write_report
-from cxpredict.scoring import customer_table, drift_report, reference_from_values, task_list
+from cxpredict.scoring import (
+    customer_table,
+    drift_report,
+    priority_basis,
+    reference_from_values,
+    task_list,
+)
 
 AS_OF = pd.Timestamp("2025-06-01", tz="UTC")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -125,6 +133,33 @@ def test_the_report_loads_nothing_from_outside_the_file(report_data: ReportData,
 def test_the_report_shows_drift_warnings_and_the_calibration_table(html: str) -> None:
     assert re.search(r'<tr class="fail"><td>churn</td><td>orders_90d</td>', html)
     assert "actual rate" in html and "score decile" in html
+
+
+def test_without_a_churn_and_a_value_list_customers_rank_by_what_was_scored(
+    report_data: ReportData,
+) -> None:
+    lists = {"churn": report_data.lists["churn"]}
+    tasks = {"churn": SimpleNamespace(kind="churn")}
+    features = pd.DataFrame(
+        {"days_since_last_order": 10.0}, index=report_data.customers["customer_id"]
+    ).sort_index()
+    customers = customer_table(features, lists, tasks, as_of=AS_OF, tier_cuts=(0.8, 0.5))
+    assert priority_basis(lists, tasks) == "churn probability"
+    ranked = customers.dropna(subset=["churn_probability"])
+    assert ranked["churn_probability"].is_monotonic_decreasing
+    assert customers["value_at_risk_rank"].isna().all()
+    html = render_report(
+        dataclasses.replace(
+            report_data,
+            lists=lists,
+            kinds={"churn": "churn"},
+            customers=customers,
+            priority_basis="churn probability",
+        )
+    )
+    assert "Contact first: top 10 by churn probability" in html
+    assert "value at risk (all)" not in html
+    assert "this run ranks by churn probability instead" in html
 
 
 def test_the_same_inputs_render_the_same_bytes(report_data: ReportData, tmp_path: Path) -> None:
