@@ -99,10 +99,14 @@ def score_histogram(scores: pd.Series, *, title: str, xlabel: str) -> str:
     values = scores.to_numpy(dtype=np.float64, na_value=np.nan)
     values = values[np.isfinite(values)]
     figure, axes = _figure()
+    clipped = 0
     if len(values):
         high = float(np.quantile(values, 0.995)) if values.max() > 1 else 1.0
+        clipped = int((values > high).sum())
         axes.hist(np.clip(values, 0, high), bins=40, range=(0, high), color="#3b6ea8")
     axes.set_title(title, fontsize=10, loc="left")
+    if clipped:  # the long tail is drawn in the last bar, and said so
+        xlabel += f" (the last bar also holds the {clipped:,} customers above {high:,.0f})"
     axes.set_xlabel(xlabel, fontsize=9)
     axes.set_ylabel("customers", fontsize=9)
     axes.tick_params(labelsize=8)
