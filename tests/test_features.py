@@ -584,7 +584,7 @@ def _orders(**columns: list) -> pd.DataFrame:
         (_orders(us=[1, 2]), "column 'us' has a name the feature engine uses"),
         (_orders(C=[1, 2]), "column 'C' has a name the feature engine uses"),
         (_orders(customer_id=["a", None]), "1 row\\(s\\) have no customer_id"),
-        (_orders(customer_id=["a", " "]), "1 row\\(s\\) have no customer_id"),
+        (_orders(customer_id=["a", ""]), "1 row\\(s\\) have no customer_id"),
         (_orders(amount=[10.0, 2e15]), "have an amount that is not a number below 1e\\+12"),
         (_orders(amount=[10.0, np.inf]), "have an amount that is not a number below"),
         (
