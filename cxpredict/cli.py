@@ -23,7 +23,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from cxpredict.config import ProjectConfig, load_config
-from cxpredict.errors import CxpredictError
+from cxpredict.errors import ConfigError, CxpredictError
 from cxpredict.io import (
     LoadResult,
     check_output,
@@ -434,6 +434,11 @@ def score(
 def tasks(config_path: ConfigOption) -> None:
     """Print the configured task names, one per line (for scripts)."""
     config = load_config(config_path)
+    if not config.tasks:
+        raise ConfigError(
+            "no task is configured; add at least one under 'tasks:' in the config (for "
+            "instance churn: {kind: churn, horizon_days: 90})"
+        )
     for name in config.tasks:
         out.print(name, highlight=False)
 

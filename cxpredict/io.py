@@ -65,9 +65,9 @@ REASON_COLUMN = "reason"
 MALFORMED_COLUMN = "__malformed"
 #: ISO text with a UTC offset after its time of day: ``Z``, ``+02:00``, ``+0200`` or ``+02``
 #: (PostgreSQL's ``timestamptz`` text). A date alone (``2024-01-01``) is never read as one.
-_AWARE = re.compile(r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$")
+_AWARE = re.compile(r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)? ?(?:Z|[+-]\d{2}(?::?\d{2})?)$")
 #: ``strftime`` directives that read a zone: with one, text is converted to UTC as written.
-_ZONE_DIRECTIVES = ("%z", "%Z", "%:z")
+_ZONE_DIRECTIVES = ("%z", "%Z")
 
 
 @dataclass(frozen=True)
@@ -191,10 +191,11 @@ def _read_csv_as_text(path: Path, sep: str, encoding: str, *, typed: bool = Fals
         header = next(csv.reader(handle, delimiter=sep), None)
     if not header:
         raise DataError(f"the file {str(path)!r} is empty: it has no header line")
-    malformed: list[tuple[int, str]] = []
+    malformed: list[list[str]] = []
 
     def skip(row: Any) -> str:
-        malformed.append((int(row.actual_columns), str(row.text)))
+        fields = next(csv.reader([str(row.text)], delimiter=sep), [])
+        malformed.append(fields or [str(row.text)])
         return "skip"
 
     table = pa_csv.read_csv(
@@ -213,68 +214,79 @@ def _read_csv_as_text(path: Path, sep: str, encoding: str, *, typed: bool = Fals
         frame = frame.astype(object).where(lambda f: f.notna(), None)
     # else Arrow-backed text: the same values, without a Python object per cell
     lines = _record_lines(path, opening, len(header), len(frame), len(malformed), sep=sep)
-    return _with_lines(frame, lines, malformed, len(header))
+    return _with_lines(frame, lines, malformed, len(header), sep=sep)
 
 
 def _read_whitespace(path: Path, encoding: str) -> pd.DataFrame:
-    """A file whose fields are separated by runs of spaces or tabs (no quoting)."""
+    """A file whose fields are separated by runs of spaces or tabs; double quotes group a
+    field that holds spaces."""
     opening = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-    with open(path, encoding=opening) as handle:
-        rows = [(number, line.split()) for number, line in enumerate(handle, start=1)]
-    rows = [(number, fields) for number, fields in rows if fields]
-    if not rows:
+    with open(path, encoding=opening, newline="") as handle:
+        lines = ((n, line.strip().replace("\t", " ")) for n, line in enumerate(handle, start=1))
+        numbered = [(n, line) for n, line in lines if line]
+    reader = csv.reader((line for _, line in numbered), delimiter=" ", skipinitialspace=True)
+    records = list(zip((n for n, _ in numbered), reader, strict=True))
+    if not records:
         raise DataError(f"the file {str(path)!r} is empty: it has no header line")
-    (_, header), body = rows[0], rows[1:]
-    good = [(number, fields) for number, fields in body if len(fields) == len(header)]
+    (_, header), body = records[0], records[1:]
+    width = len(header)
+    good = [(n, fields) for n, fields in body if len(fields) == width]
     frame = pd.DataFrame([fields for _, fields in good], columns=header, dtype=object)
     if frame.empty:
         frame = pd.DataFrame({c: pd.Series([], dtype=object) for c in header})
-    malformed = [
-        (len(fields), " ".join(fields)) for _, fields in body if len(fields) != len(header)
-    ]
+    malformed = [fields for _, fields in body if len(fields) != width]
     lines = (
         np.asarray([n for n, _ in good], dtype=np.int64),
-        np.asarray([n for n, f in body if len(f) != len(header)], dtype=np.int64),
+        np.asarray([n for n, f in body if len(f) != width], dtype=np.int64),
     )
-    return _with_lines(frame, lines, malformed, len(header), whitespace=True)
+    return _with_lines(frame, lines, malformed, width, sep=" ", whitespace=True)
 
 
 def _with_lines(
     frame: pd.DataFrame,
     lines: tuple[np.ndarray, np.ndarray],
-    malformed: list[tuple[int, str]],
+    malformed: list[list[str]],
     width: int,
     *,
+    sep: str,
     whitespace: bool = False,
 ) -> pd.DataFrame:
-    """``frame`` with its ``line`` column, and the malformed rows appended with reasons."""
+    """``frame`` with its ``line`` column, and the malformed rows appended with reasons.
+
+    A malformed row keeps its text: its fields fill the columns in order, and fields beyond
+    the last column are joined into it with the separator.
+    """
     good, bad = lines
     frame.insert(0, LINE_COLUMN, good)
     if not malformed:
         return frame
     hint = (
-        "; with sep: whitespace an empty value cannot be told from a missing one: export "
+        ", and with sep: whitespace an empty value cannot be told from a missing one: export "
         "with a delimiter"
         if whitespace
         else ""
     )
     reasons = [
-        f"wrong number of fields ({count}, the header has {width}{hint}): {_quoted_text(text)}"
-        for count, text in malformed
+        f"wrong number of fields ({len(fields)}, the header has {width}{hint})"
+        for fields in malformed
     ]
+    columns = [c for c in frame.columns if c != LINE_COLUMN]
+    cells: list[list[str | None]] = []
+    for fields in malformed:
+        kept: list[str | None] = list(fields[: width - 1])
+        if len(fields) >= width:
+            kept.append(sep.join(fields[width - 1 :]))
+        cells.append(kept + [None] * (width - len(kept)))
     extra = pd.DataFrame(
         {
-            c: bad if c == LINE_COLUMN else pd.Series([None] * len(bad), dtype=frame[c].dtype)
-            for c in frame.columns
+            c: pd.Series([row[k] for row in cells], dtype=frame[c].dtype)
+            for k, c in enumerate(columns)
         }
     )
+    extra.insert(0, LINE_COLUMN, bad)
     frame[MALFORMED_COLUMN] = pd.Series([None] * len(frame), dtype=object, index=frame.index)
     extra[MALFORMED_COLUMN] = pd.Series(reasons, dtype=object)
     return pd.concat([frame, extra], ignore_index=True)
-
-
-def _quoted_text(text: str) -> str:
-    return "'" + (text if len(text) <= 60 else text[:57] + "...") + "'"
 
 
 def _record_lines(
@@ -441,6 +453,17 @@ def map_columns(raw: pd.DataFrame, table: str, config: TableConfig) -> pd.DataFr
     for canonical, source in config.columns.items():
         if table == "customers" and canonical not in required + optional and source in found:
             rename[source] = canonical
+    attributes = set(found) | {c for c in config.columns if c not in required + optional}
+    unknown = [c for c in config.numeric if c not in attributes]
+    if unknown:
+        suggestion = closest(unknown[0], sorted(attributes))
+        hint = f"; the closest is {suggestion!r}" if suggestion else ""
+        raise DataError(
+            f"{table}: data.{table}.numeric lists {unknown[0]!r}, which is not a column of "
+            f"{config.path.name}{hint}",
+            table=table,
+            column=unknown[0],
+        )
     # A file column named like a canonical column that another column is mapped to is
     # replaced by the mapping: it is not read (customers would keep it as an attribute).
     replaced = [c for c in found if c not in rename and c in rename.values()]
@@ -600,7 +623,7 @@ def _coerce(
                     f"{column} ",
                     text,
                     f" does not exist or happens twice in {config.timezone} (a daylight saving "
-                    "change); give it with its UTC offset",
+                    "change): give it with its UTC offset",
                 ),
             )
             reasons.add(bad & ~clock, _quoting(f"{column} ", text, " is not a date/time"))
@@ -964,9 +987,10 @@ def _with_malformed(
         as_of=as_of,
     )
     bad = raw[flags].drop(columns=MALFORMED_COLUMN)
-    for column in bad.columns:
+    for column in bad.columns:  # the row's fields, as read, in order
         if column != LINE_COLUMN:
-            bad[column] = pd.Series([None] * len(bad), dtype=object, index=bad.index)
+            text = _textual(bad[column]).astype(object)
+            bad[column] = text.where(text.notna(), None)
     bad[REASON_COLUMN] = raw.loc[flags, MALFORMED_COLUMN].astype(object)
     rejects = pd.concat([rejects, bad[rejects.columns]], ignore_index=True)
     rejects = rejects.sort_values(LINE_COLUMN, kind="stable").reset_index(drop=True)

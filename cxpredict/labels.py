@@ -210,7 +210,7 @@ def median_days_to_next(labels: pd.DataFrame, *, horizon_days: int) -> float | N
     horizon and cannot be estimated from these labels (``None``): use a longer horizon.
     """
     observed = labels["next_observed"].to_numpy(dtype=bool)
-    if observed.mean() <= 0.5:
+    if not len(observed) or observed.mean() <= 0.5:
         return None
     days = np.sort(labels["days_to_next"].to_numpy(dtype=float)[observed])
     position = int(np.ceil(0.5 * len(labels))) - 1
@@ -336,23 +336,30 @@ _POSITIVE_WORDS = {
     "churn": ("churned customers (no order in the window)", "customers who ordered again"),
     "repurchase": ("customers who ordered again", "customers with no order in the window"),
     "value": ("customers with an order in the window", "customers without one"),
-    "preference": ("customers choosing the value", "customers choosing another value"),
+    "preference": (
+        "choices of the second most chosen value (a ranking needs two)",
+        "customers choosing another value",
+    ),
 }
 
 
 def class_counts(task: Task, labels: pd.DataFrame) -> tuple[int, int]:
-    """Positives and negatives of a stacked label frame (the rarest value for preference)."""
+    """Positives and negatives of a stacked label frame.
+
+    For a preference, the positives are the choices of the second most chosen value: a
+    ranking needs two values chosen often enough.
+    """
     if isinstance(task, ChurnTask | RepurchaseTask):
         positives = int(labels[LABEL].sum())
         return positives, len(labels) - positives
     if isinstance(task, ValueTask):
         positives = int((labels["orders"] > 0).sum())
         return positives, len(labels) - positives
-    counts = labels.sum(axis=0)
-    if counts.empty:
-        return 0, 0
-    top = int(counts.max())
-    return top, len(labels) - top
+    counts = labels.sum(axis=0).sort_values(ascending=False)
+    if len(counts) < 2:
+        return 0, len(labels)
+    second = int(counts.iloc[1])
+    return second, len(labels) - second
 
 
 def check_class_balance(
@@ -383,26 +390,34 @@ def check_class_balance(
         else f"horizon {task.horizon_days} days"
     )
     shortened = configured_days is not None and configured_days != task.horizon_days
-    fix = (
-        "use a later as-of date (more history: longer windows and more customers), more "
-        "training cutoffs (training.n_cutoffs), or lower training.min_positives / "
-        "training.min_negatives"
-        if shortened
-        else f"use a longer horizon than {task.horizon_days} days, more training cutoffs "
-        "(training.n_cutoffs) or a later as-of date with more customers, or lower "
-        "training.min_positives / training.min_negatives"
+    others = (
+        "more training cutoffs (training.n_cutoffs) or a later as-of date with more customers, "
+        "or lower training.min_positives / training.min_negatives"
     )
+
+    def fix(few_positives: bool) -> str:
+        if shortened:
+            return (
+                "use a later as-of date (more history: longer windows and more customers), "
+                "more training cutoffs (training.n_cutoffs), or lower training.min_positives / "
+                "training.min_negatives"
+            )
+        # a longer window holds more orders: more buyers, fewer churners
+        longer = few_positives != (task.kind == "churn")
+        side = "longer" if longer else "shorter"
+        return f"use a {side} horizon than {task.horizon_days} days, {others}"
+
     if positives < training.min_positives:
         raise IneligibleTask(
             f"task {task_name!r} ({task.kind}, {windows}): the "
             f"{n_cutoffs} training cutoffs ({span}) hold {positives} {pos_word}; at least "
-            f"{training.min_positives} are needed (training.min_positives); {fix}"
+            f"{training.min_positives} are needed (training.min_positives); {fix(True)}"
         )
     if negatives < training.min_negatives:
         raise IneligibleTask(
             f"task {task_name!r} ({task.kind}, {windows}): the "
             f"{n_cutoffs} training cutoffs ({span}) hold {negatives} {neg_word}; at least "
-            f"{training.min_negatives} are needed (training.min_negatives); {fix}"
+            f"{training.min_negatives} are needed (training.min_negatives); {fix(False)}"
         )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import roc_auc_score
 
 #: The shares of a ranked list at which lift and capture rate are reported.
 TOP_FRACTIONS: tuple[float, ...] = (0.05, 0.10, 0.20)
@@ -47,11 +47,36 @@ def roc_auc(y: ArrayLike, score: ArrayLike) -> float:
 
 
 def pr_auc(y: ArrayLike, score: ArrayLike) -> float:
-    """Average precision (the step-wise area under the precision-recall curve)."""
+    """Average precision (the step-wise area under the precision-recall curve), expected over
+    a random order of tied scores.
+
+    Without ties it is scikit-learn's ``average_precision_score``. A group of ``m`` tied rows
+    holding ``g`` positives, after ``A`` rows and ``B`` positives ranked above it, adds
+    ``g / m * sum over t = 1..m of (B + 1 + (t - 1) (g - 1) / (m - 1)) / (A + t)``: a positive
+    is equally likely at each place ``t`` of the group, with the group's other positives
+    spread evenly before it.
+    """
     y, score = _pair(y, score)
-    if y.sum() == 0:
+    positives = y.sum()
+    if positives == 0:
         return float("nan")
-    return float(average_precision_score(y, score))
+    order = np.argsort(-score, kind="stable")
+    y, score = y[order], score[order]
+    starts = np.flatnonzero(np.r_[True, score[1:] != score[:-1]])
+    sizes = np.diff(np.r_[starts, len(y)])
+    goods = np.add.reduceat(y, starts)
+    above = starts.astype(float)  # rows ranked above each group
+    good_above = np.r_[0.0, np.cumsum(goods)[:-1]]
+    single = sizes == 1  # most groups: the row's own precision
+    total = float(np.sum(goods[single] * (good_above[single] + 1) / (above[single] + 1)))
+    for m, g, a, b in zip(
+        sizes[~single], goods[~single], above[~single], good_above[~single], strict=True
+    ):
+        if g == 0:
+            continue
+        t = np.arange(1, m + 1, dtype=float)
+        total += g * float(np.mean((b + 1 + (t - 1) * (g - 1) / (m - 1)) / (a + t)))
+    return total / float(positives)
 
 
 def _expected_top_positives(y: np.ndarray, score: np.ndarray, n_top: int) -> float:
@@ -91,15 +116,22 @@ def lift(y: ArrayLike, score: ArrayLike, *, top: float) -> float:
     return (_expected_top_positives(y, score, n_top) / n_top) / float(y.mean())
 
 
+def _probabilities(probability: ArrayLike) -> np.ndarray:
+    values = np.asarray(probability, dtype=float)
+    if ((values < 0) | (values > 1)).any():
+        raise ValueError("probabilities must lie in [0, 1]; got values outside")
+    return values
+
+
 def brier(y: ArrayLike, probability: ArrayLike) -> float:
     """Mean squared difference between the outcome and the predicted probability."""
-    y, probability = _pair(y, probability)
+    y, probability = _pair(y, _probabilities(probability))
     return float(np.mean((probability - y) ** 2))
 
 
 def log_loss(y: ArrayLike, probability: ArrayLike) -> float:
     """Mean negative log-likelihood of the outcomes; probabilities are clipped to (1e-15, 1)."""
-    y, probability = _pair(y, probability)
+    y, probability = _pair(y, _probabilities(probability))
     p = np.clip(probability, _EPS, 1 - _EPS)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
@@ -110,7 +142,11 @@ def calibration_table(
     *,
     n_bins: int = 10,
 ) -> pd.DataFrame:
-    """Actual positive rate per score decile (or ``n_bins`` quantile bins of equal size).
+    """Actual positive rate per score decile (or ``n_bins`` quantile bins).
+
+    Tied scores stay in one bin (the bin of their first rank), so that the table does not
+    depend on the order of the rows; bins are then of unequal size, and a bin can be empty
+    (it has no row).
 
     Returns
     -------
@@ -118,8 +154,8 @@ def calibration_table(
         One row per bin, highest scores last: ``bin`` (1..n_bins), ``n``, ``mean_score``,
         ``actual_rate``.
     """
-    y, probability = _pair(y, probability)
-    ranks = pd.Series(probability).rank(method="first").to_numpy()
+    y, probability = _pair(y, _probabilities(probability))
+    ranks = pd.Series(probability).rank(method="min").to_numpy()
     bins = np.ceil(ranks * n_bins / len(y)).astype(int).clip(1, n_bins)
     frame = pd.DataFrame({"bin": bins, "score": probability, "y": y})
     table = frame.groupby("bin").agg(
@@ -161,7 +197,9 @@ def binary_metrics(
 # ---------------------------------------------------------------- preference (multi-label)
 
 
-def _ranked(actual: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ranked(
+    actual: np.ndarray, scores: np.ndarray, k: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     actual = np.asarray(actual, dtype=float)
     scores = np.asarray(scores, dtype=float)
     if actual.ndim != 2 or actual.shape != scores.shape:
@@ -169,6 +207,10 @@ def _ranked(actual: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndar
             "expected actual and scores as (customers x values) matrices of the same shape; "
             f"got {actual.shape} and {scores.shape}"
         )
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN; score every value or drop the unscored rows first")
+    if k is not None and k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
     return actual, scores
 
 
@@ -212,7 +254,7 @@ def customer_hits(actual: np.ndarray, scores: np.ndarray, *, k: int) -> np.ndarr
     One value per customer with at least one relevant value, in row order (1 or 0, or in
     between when ties at the boundary are broken at random).
     """
-    actual, scores = _ranked(actual, scores)
+    actual, scores = _ranked(actual, scores, k)
     keep = actual.sum(axis=1) > 0
     actual, scores = actual[keep], scores[keep]
     n, m = scores.shape
@@ -243,7 +285,7 @@ def ndcg(actual: np.ndarray, scores: np.ndarray, *, k: int) -> float:
 
     Only customers with at least one relevant value count; gains are ``1 / log2(rank + 1)``.
     """
-    actual, scores = _ranked(actual, scores)
+    actual, scores = _ranked(actual, scores, k)
     keep = actual.sum(axis=1) > 0
     if not keep.any():
         return float("nan")
@@ -279,6 +321,8 @@ def _values(actual: ArrayLike, predicted: ArrayLike) -> tuple[np.ndarray, np.nda
         )
     if np.isnan(predicted).any():
         raise ValueError("predictions contain NaN; predict every row or drop the unscored ones")
+    if np.isnan(actual).any():
+        raise ValueError("actual values contain NaN; drop the rows without an outcome first")
     return actual, predicted
 
 

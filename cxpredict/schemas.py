@@ -27,8 +27,8 @@ import pandera.pandas as pa
 TABLE_NAMES: tuple[str, ...] = ("orders", "interactions", "customers")
 
 #: Amounts must stay below this size: the feature engine sums amounts in whole 1/10,000
-#: units as 64-bit integers, which holds about 900 lines of this size per customer.
-MAX_AMOUNT = 1e12
+#: units as 64-bit integers, which holds about 92,000 lines of this size per customer.
+MAX_AMOUNT = 1e10
 
 #: Canonical columns per table: (required, optional).
 COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

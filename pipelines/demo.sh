@@ -27,7 +27,8 @@ echo "== 3/5 train and backtest every task against its baselines; register as ch
 cxpredict train --config "$CONFIG" --as-of "$AS_OF" --out "$OUT/training"
 
 echo "== 4/5 promote: the first version of each task is already champion"
-for task in $(cxpredict tasks --config "$CONFIG"); do
+tasks=$(cxpredict tasks --config "$CONFIG")  # a bad config stops here with exit code 3
+for task in $tasks; do
     cxpredict promote --config "$CONFIG" --task "$task" || [[ $? -eq 11 ]]
 done
 

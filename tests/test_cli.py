@@ -195,3 +195,7 @@ def test_tasks_lists_the_configured_tasks_one_per_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["tasks", "--config", str(config)])
     assert result.exit_code == 0
     assert result.output.splitlines() == ["churn", "value"]
+    config.write_text("project: t\ndata:\n  orders: {path: o.csv}\n", encoding="utf-8")
+    result = runner.invoke(app, ["tasks", "--config", str(config)])
+    assert result.exit_code == 3
+    assert "no task is configured" in result.output

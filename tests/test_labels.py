@@ -185,7 +185,14 @@ def test_too_few_positives_is_refused_with_what_to_change(tables):
     task = ChurnTask(kind="churn", horizon_days=30, active_days=60)
     with pytest.raises(IneligibleTask, match=r"hold 1 churned customers.*min_positives") as info:
         check_class_balance("churn", task, labels, training=TrainingConfig(min_positives=5))
-    assert "longer horizon" in str(info.value)
+    # a longer window holds more orders, so fewer churners: the advice is a shorter one
+    assert "use a shorter horizon than 30 days" in str(info.value)
+    repurchase = RepurchaseTask(kind="repurchase", horizon_days=30)
+    bought = make_labels(repurchase, tables, [CUTOFF])
+    with pytest.raises(IneligibleTask, match="use a longer horizon than 30 days"):
+        check_class_balance(
+            "again", repurchase, bought, training=TrainingConfig(min_positives=10_000)
+        )
 
 
 def test_too_few_negatives_is_refused(tables):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cxpredict import metrics
@@ -23,6 +23,31 @@ def test_roc_auc_counts_correctly_ordered_pairs():
 
 def test_roc_auc_is_nan_when_only_one_class_is_present():
     assert math.isnan(metrics.roc_auc([1, 1], [0.2, 0.4]))
+
+
+def test_pr_auc_of_tied_scores_is_its_expectation_over_the_orders_of_the_tie():
+    # positives 1 of the 3 tied at the top, 2 of the 3 tied below: averaged over all 36
+    # orders of the ties, average precision is 29/54
+    assert metrics.pr_auc([1, 0, 0, 1, 0, 1], [1, 1, 1, 0, 0, 0]) == pytest.approx(29 / 54)
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 2)), min_size=2, max_size=6))
+def test_pr_auc_with_ties_equals_the_mean_over_every_order_of_the_ties(rows):
+    import itertools
+
+    from sklearn.metrics import average_precision_score
+
+    y = np.array([r[0] for r in rows])
+    score = np.array([r[1] for r in rows], dtype=float)
+    if y.sum() == 0:
+        return
+    orders = []
+    for perm in itertools.permutations(range(len(y))):
+        jitter = np.empty(len(y))
+        jitter[list(perm)] = np.arange(len(y)) * 1e-6
+        orders.append(average_precision_score(y, score + jitter))
+    assert metrics.pr_auc(y, score) == pytest.approx(np.mean(orders))
 
 
 def test_pr_auc_is_average_precision_at_each_positive():
@@ -144,3 +169,21 @@ def test_capture_rate_is_a_share_and_lift_never_exceeds_its_ceiling(rows, top):
     capture = metrics.capture_rate(y, score, top=top)
     assert -1e-12 <= capture <= 1 + 1e-12
     assert metrics.lift(y, score, top=top) <= len(y) / sum(y) + 1e-9
+
+
+def test_tied_scores_stay_in_one_calibration_bin_whatever_the_row_order():
+    table = metrics.calibration_table([0] * 50 + [1] * 50, [0.5] * 100)
+    assert table[["bin", "n", "actual_rate"]].values.tolist() == [[1, 100, 0.5]]
+
+
+def test_metrics_refuse_inputs_they_cannot_score():
+    actual = np.array([[1, 0, 0], [0, 1, 0]])
+    scores = np.array([[0.5, 0.2, 0.1], [0.1, np.nan, 0.3]])
+    with pytest.raises(ValueError, match="scores contain NaN"):
+        metrics.hit_rate(actual, scores, k=1)
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        metrics.ndcg(actual, np.nan_to_num(scores), k=0)
+    with pytest.raises(ValueError, match=r"probabilities must lie in \[0, 1\]"):
+        metrics.log_loss([1, 0], [1.5, -0.2])
+    with pytest.raises(ValueError, match="actual values contain NaN"):
+        metrics.rmse([1.0, np.nan], [1.0, 2.0])

@@ -234,8 +234,16 @@ def test_too_few_churners_is_refused_with_what_to_change(tables):
         {"churn": {"kind": "churn", "horizon_days": 56, "active_days": 120}},
         min_positives=100_000,
     )
-    with pytest.raises(IneligibleTask, match=r"min_positives.*longer horizon"):
+    with pytest.raises(IneligibleTask, match=r"min_positives.*shorter horizon"):
         train_task(config, "churn", as_of=AS_OF, tables=tables, backtest=False)
+
+
+def test_a_preference_with_one_value_chosen_often_enough_is_refused_with_what_to_change(
+    tables,
+):
+    config = project({"category": {"kind": "preference", "horizon_days": 56}}, min_positives=461)
+    with pytest.raises(IneligibleTask, match=r"second most chosen value.*longer horizon"):
+        train_task(config, "category", as_of=AS_OF, tables=tables, backtest=False)
 
 
 def test_a_probability_beyond_the_history_starts_from_pareto_nbd_and_is_scored_on_its_window(
