@@ -2,8 +2,9 @@
 
 Every function takes plain arrays (actual first, prediction second) and returns a float or a
 small frame, so the same code scores a model, a baseline, or a notebook's guess. Rankings
-that have ties are scored by their expectation over a random order of the tied rows: a
-score that gives everybody the same value earns exactly the base rate, never a lucky sort.
+that have ties are scored by their expectation over a random order of the tied rows, never
+by a lucky sort: a score that gives everybody the same value earns a ROC-AUC of 0.5 and a lift
+of 1.
 """
 
 from __future__ import annotations
