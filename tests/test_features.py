@@ -629,6 +629,8 @@ def test_a_signup_date_corrected_later_is_not_known_before_the_correction() -> N
 def test_cutoffs_given_as_numbers_or_a_bare_text_are_refused(tiny: Tables) -> None:
     with pytest.raises(TypeError, match="got the number 20241001"):
         build_features(tiny, 20241001)
+    with pytest.raises(TypeError, match="for several, use build_training_features"):
+        build_features(tiny, ["2024-10-01", "2024-11-01"])
     with pytest.raises(TypeError, match="pass \\['2024-10-01'\\]"):
         build_training_features(tiny, "2024-10-01")
 

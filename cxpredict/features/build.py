@@ -114,6 +114,8 @@ def build_features(
         One float64 row per customer, indexed by the string ``customer_id`` (sorted), columns
         in catalogue order.
     """
+    if isinstance(cutoff, list | tuple | set | np.ndarray | pd.Index):
+        raise TypeError("build_features takes one cutoff; for several, use build_training_features")
     frame = _build(
         tables,
         [cutoff],
