@@ -629,17 +629,7 @@ def _coerce(
             reasons.add(bad & ~clock, _quoting(f"{column} ", text, " is not a date/time"))
             out[column] = parsed
         elif column in NUMERIC_COLUMNS[table]:
-            if kind == "number":
-                numbers = text.astype("float64")
-            else:
-                text = _textual(text)
-                numbers = pd.to_numeric(text.str.strip() if len(text) else text, errors="coerce")
-                numbers = numbers.astype("float64")
-            bad = text.notna() & numbers.isna()
-            reasons.add(bad, _quoting(f"{column} ", text, " is not a number"))
-            infinite = np.isinf(numbers.to_numpy(na_value=np.nan))
-            reasons.add(infinite, f"{column} is infinite")
-            numbers = numbers.mask(infinite)
+            numbers, text = _numbers(text, kind, column, reasons)
             if column == "amount":
                 huge = numbers.abs() >= MAX_AMOUNT
                 reasons.add(
@@ -659,19 +649,8 @@ def _coerce(
             else:
                 out[column] = numbers
         elif _numeric_attribute(table, column, kind, config):
-            if kind == "number":
-                numbers = text.astype("float64")
-            else:
-                text = _textual(text)
-                numbers = pd.to_numeric(text.str.strip() if len(text) else text, errors="coerce")
-                numbers = numbers.astype("float64")
-            reasons.add(
-                text.notna() & numbers.isna(),
-                _quoting(f"{column} ", text, f" is not a number (data.{table}.numeric lists it)"),
-            )
-            infinite = np.isinf(numbers.to_numpy(na_value=np.nan))
-            reasons.add(infinite, f"{column} is infinite")
-            out[column] = numbers.mask(infinite)
+            why = f" (data.{table}.numeric lists it)"
+            out[column], _ = _numbers(text, kind, column, reasons, why=why)
         else:
             text = _textual(text)
             stripped = text.astype("str").str.strip() if len(text) else text.astype("str")
@@ -693,6 +672,25 @@ def _clock_changes(text: pd.Series, bad: np.ndarray, config: TableConfig) -> np.
     local = pd.Series([_one_instant(v, config.timestamp_format) for v in values], dtype=object)
     clock[rows] = [v is not pd.NaT and getattr(v, "tzinfo", None) is None for v in local]
     return clock
+
+
+def _numbers(
+    text: pd.Series, kind: str, column: str, reasons: _Reasons, *, why: str = ""
+) -> tuple[pd.Series, pd.Series]:
+    """A column as float64 numbers (and as text), recording values that are not numbers or
+    are infinite; those become missing."""
+    if kind == "number":
+        numbers = text.astype("float64")
+    else:
+        text = _textual(text)
+        numbers = pd.to_numeric(text.str.strip() if len(text) else text, errors="coerce")
+        numbers = numbers.astype("float64")
+    reasons.add(
+        text.notna() & numbers.isna(), _quoting(f"{column} ", text, f" is not a number{why}")
+    )
+    infinite = np.isinf(numbers.to_numpy(na_value=np.nan))
+    reasons.add(infinite, f"{column} is infinite")
+    return numbers.mask(infinite), text
 
 
 def _numeric_attribute(table: str, column: str, kind: str, config: TableConfig) -> bool:
