@@ -448,6 +448,11 @@ class _BuyTillYouDie(BaseEstimator):
                 column="penalizer",
             )
         x, t_x, age, w = _compress(x, t_x, age, w)
+        if not (x > 0).any():
+            raise BaselineFitError(
+                f"{where}: no customer bought more than once, so the repeat-purchase and "
+                "dropout parameters cannot be estimated; fit on a longer history"
+            )
         scale = _FIT_TIME_SCALE / age.max() if age.max() > 0 else 1.0
         scaled_t_x, scaled_age = t_x * scale, age * scale
         total = w.sum()

@@ -18,6 +18,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
 from cxpredict.baselines import (
+    BaselineFitError,
     BaselineInputError,
     BetaGeometricNBD,
     ParetoNBD,
@@ -507,6 +508,13 @@ def test_negative_weights_horizons_and_penalizers_are_rejected():
     model = with_params(ParetoNBD(), PUBLISHED_PARETO)
     with pytest.raises(BaselineInputError, match="horizon t that is negative"):
         model.probability_of_purchase(-1, [1], [1.0], [2.0])
+
+
+@pytest.mark.parametrize("model_class", [BetaGeometricNBD, ParetoNBD])
+def test_a_history_without_repeat_buyers_cannot_be_fitted(model_class):
+    # without a second purchase the dropout parameters are not in the likelihood at all
+    with pytest.raises(BaselineFitError, match="no customer bought more than once"):
+        model_class().fit(np.zeros(200), np.zeros(200), np.linspace(1, 50, 200))
 
 
 @pytest.mark.parametrize("model_class", [BetaGeometricNBD, ParetoNBD])
