@@ -507,7 +507,7 @@ def serve(
         str, typer.Option("--host", help="Interface to bind; the default answers locally only.")
     ] = "127.0.0.1",
 ) -> None:
-    """Serve the task's champion over HTTP: POST JSON rows to /invocations (Ctrl-C stops)."""
+    """Serve the task's champion over HTTP: POST rows (JSON, CSV or Parquet) to /invocations."""
     config = load_config(config_path)
     config.task(task)
     from cxpredict import registry, serving

@@ -100,10 +100,16 @@ def resolve_tracking_uri(config: ProjectConfig, environ: Mapping[str, str]) -> s
     if given and ":" not in given:
         raise ConfigError(
             f"MLFLOW_TRACKING_URI {given!r} is a path, not a URI; use "
-            f"sqlite:///{Path(given).absolute() / 'mlflow.db'} for a local store, or "
+            f"sqlite:///{_database(Path(given).absolute())} for a local store, or "
             "http://host:port for a tracking server"
         )
     return given or default_tracking_uri(config)
+
+
+def _database(path: Path) -> Path:
+    """A SQLite store's file for a path: the path itself when it names a file, else
+    ``mlflow.db`` in that folder."""
+    return path if path.suffix in (".db", ".sqlite", ".sqlite3") else path / "mlflow.db"
 
 
 def artifact_location(tracking_uri: str) -> str | None:

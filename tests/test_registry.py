@@ -240,6 +240,8 @@ def test_the_environment_variable_overrides_the_config(tmp_path: Path) -> None:
     assert registry.resolve_tracking_uri(config, {}) == registry.default_tracking_uri(config)
     with pytest.raises(ConfigError, match=r"is a path, not a URI; use sqlite:////some/mlflow.db"):
         registry.resolve_tracking_uri(config, {"MLFLOW_TRACKING_URI": "/some"})
+    with pytest.raises(ConfigError, match=r"use sqlite:////some/runs.db for"):
+        registry.resolve_tracking_uri(config, {"MLFLOW_TRACKING_URI": "/some/runs.db"})
 
 
 def test_a_store_that_cannot_be_read_is_not_reported_as_a_missing_champion(
