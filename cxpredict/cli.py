@@ -23,7 +23,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from cxpredict.config import ProjectConfig, load_config
-from cxpredict.errors import ConfigError, CxpredictError
+from cxpredict.errors import CxpredictError
 from cxpredict.io import (
     LoadResult,
     check_output,
@@ -433,13 +433,7 @@ def score(
 @reported
 def tasks(config_path: ConfigOption) -> None:
     """Print the configured task names, one per line (for scripts)."""
-    config = load_config(config_path)
-    if not config.tasks:
-        raise ConfigError(
-            "no task is configured; add at least one under 'tasks:' in the config (for "
-            "instance churn: {kind: churn, horizon_days: 90})"
-        )
-    for name in config.tasks:
+    for name in load_config(config_path).task_names():
         out.print(name, highlight=False)
 
 

@@ -302,6 +302,15 @@ class ProjectConfig(_Frozen):
     scoring: ScoringConfig = ScoringConfig()
     root: Path = Path(".")
 
+    def task_names(self) -> list[str]:
+        """The configured task names in config order, or a ``ConfigError`` when there is none."""
+        if not self.tasks:
+            raise ConfigError(
+                "no task is configured; add at least one under 'tasks:' in the config "
+                "(for instance churn: {kind: churn, horizon_days: 90})"
+            )
+        return list(self.tasks)
+
     def task(self, name: str) -> ChurnTask | RepurchaseTask | PreferenceTask | ValueTask:
         """The task called ``name``, or a ``ConfigError`` naming the configured ones."""
         if name not in self.tasks:

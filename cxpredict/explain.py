@@ -118,11 +118,11 @@ def fill_reason(template: str, row: Mapping[str, Any]) -> str | None:
     the template does not fit the row; a count of one is followed by a singular noun.
     """
     try:
-        fields = [f for _, f, _, _ in _REASONS.parse(template) if f]
+        fields = _fields(template)
     except ValueError:  # a malformed template says nothing
         return None
     for field in fields:
-        value = row.get(field.split(".")[0].split("[")[0])
+        value = row.get(field)
         if isinstance(value, float | np.floating) and np.isnan(value):
             return None  # a sentence about an unknown value says nothing
     try:

@@ -383,13 +383,13 @@ def check_class_balance(
     n_cutoffs = cutoffs.nunique()
     span = f"{cutoffs.min():%Y-%m-%d}..{cutoffs.max():%Y-%m-%d}" if n_cutoffs else "no cutoffs"
     pos_word, neg_word = _POSITIVE_WORDS[task.kind]
+    shortened = configured_days is not None and configured_days != task.horizon_days
     windows = (
         f"labels over {task.horizon_days}-day windows, the longest the history allows for the "
         f"configured {configured_days} days"
-        if configured_days is not None and configured_days != task.horizon_days
+        if shortened
         else f"horizon {task.horizon_days} days"
     )
-    shortened = configured_days is not None and configured_days != task.horizon_days
     others = (
         "more training cutoffs (training.n_cutoffs) or a later as-of date with more customers, "
         "or lower training.min_positives / training.min_negatives"

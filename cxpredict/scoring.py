@@ -67,6 +67,7 @@ from cxpredict.features.season import SEASON_FEATURES
 from cxpredict.io import atomic_path, check_rejects, load_tables, write_validation
 from cxpredict.labels import eligible
 from cxpredict.schemas import Tables, to_utc
+from cxpredict.spine import feed_gap
 
 #: Decimals kept for every float written (scores, probabilities, values, percentiles).
 DECIMALS = 6
@@ -1180,13 +1181,9 @@ class _Stopwatch:
 
 def resolve_tasks(config: ProjectConfig, tasks: Sequence[str] | None) -> list[str]:
     """The tasks to score: ``tasks`` in config order, or every configured task."""
-    if not config.tasks:
-        raise ConfigError(
-            "no task is configured; add at least one under 'tasks:' in the config "
-            "(for instance churn: {kind: churn, horizon_days: 90})"
-        )
+    names = config.task_names()
     if not tasks:
-        return list(config.tasks)
+        return names
     for name in tasks:
         config.task(name)  # a ConfigError naming the configured tasks
     return [name for name in config.tasks if name in set(tasks)]
@@ -1562,10 +1559,10 @@ def _by_vocabulary(models: Mapping[str, LoadedModel]) -> list[list[str]]:
 
 def _stale_feed(tables: Tables, as_of: pd.Timestamp, *, max_gap_days: int) -> tuple[str, ...]:
     """A warning when the data end more than ``max_gap_days`` before ``as_of``."""
-    latest = tables.latest_event()
-    if latest is None or as_of - latest <= pd.Timedelta(days=max_gap_days):
+    stopped = feed_gap(tables, as_of, max_gap_days=max_gap_days)
+    if stopped is None:
         return ()
-    gap = (as_of - latest) / pd.Timedelta(days=1)
+    latest, gap = stopped
     return (
         f"the latest order or interaction is on {latest:%Y-%m-%d}, {gap:.0f} days before the "
         "as-of date: is the feed up to date? Every customer looks that much longer silent",

@@ -139,3 +139,15 @@ def spine(tables: Tables, cutoffs: Sequence[object]) -> pd.MultiIndex:
         codes=[ii, jj],
         names=list(INDEX_NAMES),
     )
+
+
+def feed_gap(
+    tables: Tables, as_of: object, *, max_gap_days: float
+) -> tuple[pd.Timestamp, float] | None:
+    """The latest order or interaction and the days from it to ``as_of``, when those days
+    exceed ``max_gap_days`` (a feed that stopped); ``None`` otherwise or without events."""
+    latest = tables.latest_event()
+    if latest is None:
+        return None
+    gap = (to_utc(as_of) - latest) / pd.Timedelta(days=1)
+    return (latest, gap) if gap > max_gap_days else None

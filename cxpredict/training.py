@@ -72,6 +72,7 @@ from cxpredict.features import (
 from cxpredict.labels import Task, eligible
 from cxpredict.models import PreferenceModel, booster_from_dict, booster_to_dict
 from cxpredict.schemas import Tables, to_utc
+from cxpredict.spine import feed_gap
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = 1
@@ -443,11 +444,9 @@ def check_feed(task_name: str, known: Tables, as_of: pd.Timestamp, *, max_gap_da
     """Raise :class:`IneligibleTask` when the data end more than ``max_gap_days`` before
     ``as_of``: the latest label windows would then run past the data, and count every
     customer in them as having bought nothing."""
-    latest = known.latest_event()
-    if latest is None:
-        return
-    gap = (as_of - latest) / pd.Timedelta(days=1)
-    if gap > max_gap_days:
+    stopped = feed_gap(known, as_of, max_gap_days=max_gap_days)
+    if stopped is not None:
+        latest, gap = stopped
         day_after = (latest + pd.Timedelta(days=1)).floor("D")
         raise IneligibleTask(
             f"task {task_name!r}: the latest order or interaction is on {latest:%Y-%m-%d}, "

@@ -337,9 +337,8 @@ def _check_types(name: str, schema: Mapping[str, str]) -> None:
                 table=name,
                 column=column,
             )
-        numeric = duck_kind(kind) == "numeric" or upper.startswith(
-            ("INT", "UINT", "DOUBLE", "FLOAT", "DECIMAL")
-        )
+        # Arrow's unsigned integers (uint8 ...) are the one number type duck_kind does not name
+        numeric = duck_kind(kind) == "numeric" or upper.startswith("UINT")
         if column in _NUMBER_COLUMNS and not numeric:
             raise DataError(
                 f"{name}: column {column!r} holds {kind}, not numbers; convert it with "
