@@ -97,6 +97,7 @@ def _rfm_duckdb(tables: Any, cutoff: pd.Timestamp) -> pd.DataFrame:
         "max(us) FILTER (WHERE amount >= 0) AS last_purchase",
         "min(us) FILTER (WHERE amount >= 0) AS first_purchase",
         "sum(amount) AS spend",
+        "sum(amount) FILTER (WHERE amount >= 0) AS purchase_value",
     ]
     per_customer = []
     for w in WINDOWS:
@@ -109,6 +110,8 @@ def _rfm_duckdb(tables: Any, cutoff: pd.Timestamp) -> pd.DataFrame:
         "sum(spend) AS spend_lifetime",
         f"({cut} - min(first_purchase)) / {day} AS days_since_first_order",
         f"({cut} - max(last_purchase)) / {day} AS days_since_last_order",
+        "sum(purchase_value) / count(last_purchase) AS order_value_mean",
+        "max(purchase_value) AS order_value_max",
     ]
     con = duckdb.connect()
     con.register("orders_arrow", arrow_table(tables.orders))

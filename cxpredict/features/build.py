@@ -37,10 +37,10 @@ from cxpredict.features.engine import (
     PerCutoff,
     Request,
     Results,
+    Session,
     TableSource,
     cutoff_micros,
     run,
-    session,
     small_pages,
 )
 from cxpredict.features.extensions import (
@@ -219,12 +219,13 @@ def _build_in(
     chosen: Sequence[Extension],
     temp_directory: str | os.PathLike[str] | None,
 ) -> pd.DataFrame:
-    with session(
+    s = Session(
         tables,
         threads=settings.duckdb_threads,
         memory_limit=settings.duckdb_memory_limit,
         temp_directory=temp_directory or settings.duckdb_temp_directory,
-    ) as s:
+    )
+    try:
         available = s.availability()
         if vocabulary is None:
             vocabulary = learn_in_session(
@@ -247,8 +248,13 @@ def _build_in(
         declared = {c for e in chosen if isinstance(e, PythonFeature) for c in e.columns}
         columns = [d.name for d in defs if d.available and d.name not in declared]
         results = run(s, micros, requests)
-    needs = [_names(step) for step in steps]
-    return _assemble(tables, ctx, results, defs, chosen, fills, columns, needs)
+    except BaseException:
+        s.close()
+        raise
+    # DuckDB returns its memory while the frame is assembled.
+    with s.closing_behind():
+        needs = [_names(step) for step in steps]
+        return _assemble(tables, ctx, results, defs, chosen, fills, columns, needs)
 
 
 #: From this many bytes, the output block's memory is obtained by two helper threads.
@@ -466,7 +472,13 @@ def _assemble(
         pd.to_datetime(results.cutoffs, unit="us", utc=True), name="cutoff"
     ).as_unit("us")
     ids = pd.Index(results.customer_ids, dtype="str", name="customer_id")
-    index = pd.MultiIndex(levels=[ids, stamps], codes=[ii, jj], names=["customer_id", "cutoff"])
+    # Both levels hold distinct values by construction: pandas need not check them.
+    index = pd.MultiIndex(
+        levels=[ids, stamps],
+        codes=[ii, jj],
+        names=["customer_id", "cutoff"],
+        verify_integrity=False,
+    )
     frame = pd.DataFrame(block.T, index=index, columns=list(columns), copy=False)
     if python:
         python_columns(frame, tables, python, stamps)
