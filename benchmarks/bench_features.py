@@ -5,7 +5,8 @@ Scenarios, each run in its own child process (spawned) so that peak RSS is its o
 - ``full_1_cutoff``: every family at one cutoff (``build_features``);
 - ``full_12_cutoffs``: a training set at 12 monthly cutoffs (``build_training_features``);
 - ``rfm_duckdb``: a plain DuckDB query computing only the RFM subset at one cutoff (orders and
-  net spend per window and lifetime, days since first and last order);
+  net spend per window and lifetime, order value mean and max, days since first and last
+  order: the same numbers as those features of the full build, which a test checks);
 - ``rfm_pandas``: the same RFM subset with idiomatic pandas ``groupby``.
 
 Columns: wall time of the scenario, events (orders + interactions) per second, customers per
@@ -80,12 +81,14 @@ def _read(folder: Path) -> Any:
 def _rfm_duckdb(tables: Any, cutoff: pd.Timestamp) -> pd.DataFrame:
     """The RFM subset as one hand-written DuckDB query, in two grouping steps.
 
-    An order counts in a window when one of its purchase lines (amount >= 0) falls in it, i.e.
-    when its latest purchase line is at or after the window start: the lines are first reduced
-    to one row per order (latest and first purchase instant, net amount per window), then to
-    one row per customer. Written with ``count(DISTINCT order_id) FILTER (...)`` per window
-    instead, DuckDB keeps a set of order ids per customer and window, which made this
-    reference three times slower for the same numbers.
+    As in the features, an order counts in a window when its first purchase line (amount >= 0)
+    is in it: the lines are first reduced to one row per order (first and latest purchase
+    instant, purchase value, net amount per window), then to one row per customer. Written
+    with ``count(DISTINCT order_id) FILTER (...)`` per window instead, DuckDB keeps a set of
+    order ids per customer and window, which made this reference three times slower for the
+    same numbers. One difference with the features: an order with lines on both sides of the
+    cutoff has its value from the lines before it, where ``order_value_max`` waits for its
+    last line (the benchmark's orders have one instant each).
     """
     import duckdb
 
@@ -103,7 +106,7 @@ def _rfm_duckdb(tables: Any, cutoff: pd.Timestamp) -> pd.DataFrame:
     for w in WINDOWS:
         since = cut - w * day
         per_order.append(f"sum(amount) FILTER (WHERE us >= {since}) AS spend_{w}d")
-        per_customer.append(f"count(*) FILTER (WHERE last_purchase >= {since}) AS orders_{w}d")
+        per_customer.append(f"count(*) FILTER (WHERE first_purchase >= {since}) AS orders_{w}d")
         per_customer.append(f"sum(spend_{w}d) AS spend_{w}d")
     per_customer += [
         "count(last_purchase) AS orders_lifetime",
@@ -130,18 +133,23 @@ def _rfm_pandas(tables: Any, cutoff: pd.Timestamp) -> pd.DataFrame:
     orders = tables.orders
     orders = orders[orders["timestamp"] < cutoff]
     purchases = orders[orders["amount"] >= 0]
+    per_order = purchases.groupby(["customer_id", "order_id"]).agg(
+        first=("timestamp", "min"), value=("amount", "sum")
+    )
     out = {}
     for w in WINDOWS:
         start = cutoff - pd.Timedelta(days=w)
         recent = orders[orders["timestamp"] >= start]
-        recent_purchases = purchases[purchases["timestamp"] >= start]
-        out[f"orders_{w}d"] = recent_purchases.groupby("customer_id")["order_id"].nunique()
+        out[f"orders_{w}d"] = (per_order["first"] >= start).groupby(level=0).sum()
         out[f"spend_{w}d"] = recent.groupby("customer_id")["amount"].sum()
     grouped = purchases.groupby("customer_id")["timestamp"]
-    out["orders_lifetime"] = purchases.groupby("customer_id")["order_id"].nunique()
+    out["orders_lifetime"] = per_order.groupby(level=0).size()
     out["spend_lifetime"] = orders.groupby("customer_id")["amount"].sum()
     out["days_since_first_order"] = (cutoff - grouped.min()) / pd.Timedelta(days=1)
     out["days_since_last_order"] = (cutoff - grouped.max()) / pd.Timedelta(days=1)
+    values = per_order["value"].groupby(level=0)
+    out["order_value_mean"] = values.mean()
+    out["order_value_max"] = values.max()
     return pd.DataFrame(out).sort_index()
 
 

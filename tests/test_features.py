@@ -4,6 +4,7 @@ vocabulary, catalogue, Parquet sources and agreement with the BTYD reference."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 from pathlib import Path
 
@@ -653,3 +654,32 @@ def test_attribute_columns_of_one_name_once_slugged_are_named_as_such(tiny: Tabl
             CUTOFF,
             settings=FeaturesConfig(vocabulary_min_customers=1),
         )
+
+
+# -- the benchmark's references ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reference", ["_rfm_duckdb", "_rfm_pandas"])
+def test_the_benchmark_references_compute_the_rfm_features_they_are_timed_against(
+    shop: Tables, reference: str
+) -> None:
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_features.py"
+    spec = importlib.util.spec_from_file_location("bench_features", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cutoff = pd.Timestamp("2024-11-15", tz="UTC")
+
+    timed = getattr(bench, reference)(shop, cutoff)
+    features = build_features(shop, cutoff)
+
+    assert len(timed.columns) == 16
+    assert set(timed.columns) <= set(features.columns)
+    # The references leave out customers without orders, and sums over no rows missing.
+    built = features.loc[timed.index, timed.columns]
+    spend = [c for c in timed.columns if c.startswith("spend_")]
+    timed[spend] = timed[spend].fillna(0.0)
+    pd.testing.assert_frame_equal(
+        timed.astype(float), built, check_names=False, check_index_type=False, rtol=1e-9
+    )
+    assert len(timed) == int((features["orders_lifetime"] > 0).sum())
