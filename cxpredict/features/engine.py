@@ -760,6 +760,8 @@ class Cells:
     cid: np.ndarray
     j: np.ndarray
     bounds: np.ndarray
+    #: Whether the cells are every customer in order, at one cutoff (``cid`` is ``arange``).
+    every: bool = False
 
 
 def _compact(values: np.ndarray) -> np.ndarray:
@@ -830,6 +832,9 @@ class Results:
         cutoff, ``w`` for the sums per first cutoff after ``w`` days. ``values`` maps a fetched
         column to ``(aggregate, kind)``: ``max``, ``min``, ``last`` or ``cutoff``.
         """
+        if self.shape[0] == 1:
+            self._keep_every(got, sums or {}, values or {})
+            return
         cells, order = self._cells(_filled(got["cid"], 0), _filled(got["j"], 0))
 
         def arranged(column: np.ndarray) -> np.ndarray:
@@ -846,6 +851,37 @@ class Results:
                 continue
             cid = cells.cid[keep]
             self._values[name] = (kind, Cells(cid, cells.j[keep], self._bounds(cid)), raw[keep])
+
+    def _keep_every(
+        self,
+        got: Mapping[str, np.ndarray],
+        sums: Mapping[str, tuple[str, int]],
+        values: Mapping[str, tuple[str, str]],
+    ) -> None:
+        """At one cutoff, keep each fetched column as an array over every customer.
+
+        Scattered once into customer order, a column is then read block by block as a slice,
+        without sorting the fetched rows by block first.
+        """
+        n = self.shape[1]
+        every = Cells(
+            np.arange(n, dtype=np.int32 if n < 2**31 else np.int64),
+            np.zeros(n, dtype=np.int16),
+            np.minimum(np.arange(self.n_blocks + 1) * self.block_size, n),
+            every=True,
+        )
+        cid = _filled(got["cid"], 0)
+        for column, (name, days) in sums.items():
+            fetched = np.asarray(_filled(got[column], 0))
+            dense = np.zeros(n, dtype=fetched.dtype)
+            dense[cid] = fetched
+            self._sums.setdefault(name, {})[days] = (every, _compact(dense))
+        for column, (name, kind) in values.items():
+            raw = np.asarray(_filled(got[column], 0), dtype=np.float64)
+            raw[np.ma.getmaskarray(got[column])] = np.nan
+            dense = np.full(n, np.nan)
+            dense[cid] = raw
+            self._values[name] = (kind, every, dense)
 
     @property
     def nbytes(self) -> int:
@@ -917,10 +953,13 @@ class Block:
         return rows, (cells.j[rows], cells.cid[rows] - self.lo)
 
     def _dense(self, cells: Cells, values: np.ndarray, fill: Any) -> np.ndarray:
-        if values.dtype.kind in "iub" and fill == 0:
-            out = np.zeros(self.shape, dtype=np.int64)
-        else:
-            out = np.full(self.shape, fill, dtype=np.float64)
+        dtype = np.int64 if values.dtype.kind in "iub" and fill == 0 else np.float64
+        if cells.every:
+            # every customer in order: the block is a slice (missing values already filled)
+            out = np.empty(self.shape, dtype=dtype)
+            out[0] = values[cells.bounds[self.number] : cells.bounds[self.number + 1]]
+            return out
+        out = np.zeros(self.shape, dtype) if dtype == np.int64 else np.full(self.shape, fill)
         rows, (j, cid) = self._at(cells)
         if self.shape[0] == 1:
             out[0, cid] = values[rows]  # one cutoff: a plain index is several times faster
