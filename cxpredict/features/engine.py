@@ -39,6 +39,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -861,7 +862,8 @@ class Results:
         """At one cutoff, keep each fetched column as an array over every customer.
 
         Scattered once into customer order, a column is then read block by block as a slice,
-        without sorting the fetched rows by block first.
+        without sorting the fetched rows by block first. NumPy scatters without the
+        interpreter lock, and DuckDB is idle meanwhile: two threads share the columns.
         """
         n = self.shape[1]
         every = Cells(
@@ -871,17 +873,27 @@ class Results:
             every=True,
         )
         cid = _filled(got["cid"], 0)
-        for column, (name, days) in sums.items():
+
+        def summed(column: str) -> np.ndarray:
             fetched = np.asarray(_filled(got[column], 0))
             dense = np.zeros(n, dtype=fetched.dtype)
             dense[cid] = fetched
-            self._sums.setdefault(name, {})[days] = (every, _compact(dense))
-        for column, (name, kind) in values.items():
+            return _compact(dense)
+
+        def valued(column: str) -> np.ndarray:
             raw = np.asarray(_filled(got[column], 0), dtype=np.float64)
             raw[np.ma.getmaskarray(got[column])] = np.nan
             dense = np.full(n, np.nan)
             dense[cid] = raw
-            self._values[name] = (kind, every, dense)
+            return dense
+
+        with ThreadPoolExecutor(2, thread_name_prefix="cxpredict-keep") as pool:
+            sum_arrays = pool.map(summed, sums)
+            value_arrays = pool.map(valued, values)
+            for (name, days), dense in zip(sums.values(), sum_arrays, strict=True):
+                self._sums.setdefault(name, {})[days] = (every, dense)
+            for (name, kind), dense in zip(values.values(), value_arrays, strict=True):
+                self._values[name] = (kind, every, dense)
 
     @property
     def nbytes(self) -> int:
