@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,66 @@ def test_features_at_one_cutoff_equal_those_built_among_many(shop: Tables) -> No
     for cutoff in cutoffs:
         alone = build_features(shop, cutoff, vocabulary=vocabulary)
         pd.testing.assert_frame_equal(many.xs(cutoff, level="cutoff"), alone, check_exact=True)
+
+
+def test_a_source_covering_few_customers_gives_the_same_features_at_one_cutoff(
+    shop: Tables,
+) -> None:
+    # At one cutoff a fetch covering most customers is kept in customer order, one covering
+    # few is kept sparse: both read the same as among several cutoffs.
+    two = sorted(shop.interactions["customer_id"].unique())[:2]
+    few = shop.interactions[shop.interactions["customer_id"].isin(two)]
+    tables = Tables(shop.orders, few, shop.customers)
+    cutoffs = [pd.Timestamp("2024-06-01", tz="UTC"), pd.Timestamp("2025-01-01", tz="UTC")]
+    vocabulary = learn_vocabulary(tables, cutoffs[-1])
+    many = build_training_features(tables, cutoffs, vocabulary=vocabulary)
+    alone = build_features(tables, cutoffs[-1], vocabulary=vocabulary)
+    pd.testing.assert_frame_equal(many.xs(cutoffs[-1], level="cutoff"), alone, check_exact=True)
+    assert alone["days_since_last_interaction"].notna().sum() == 2
+
+
+def test_the_session_is_closed_once_even_when_no_thread_can_close_it(
+    shop: Tables, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[int] = []
+    close = engine.Session.close
+    start = threading.Thread.start
+
+    def counted(self: engine.Session) -> None:
+        closed.append(1)
+        close(self)
+
+    def no_thread(self: threading.Thread) -> None:
+        if self.name == "cxpredict-close":
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(engine.Session, "close", counted)
+    expected = build_features(shop, "2024-10-01")
+    assert closed == [1]
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    pd.testing.assert_frame_equal(build_features(shop, "2024-10-01"), expected)
+    assert closed == [1, 1]
+
+
+def test_a_failed_close_is_raised_and_noted_on_an_error_of_the_assembly(
+    shop: Tables, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: engine.Session) -> None:
+        self.con.close()
+        raise OSError("spill folder vanished")
+
+    monkeypatch.setattr(engine.Session, "close", broken)
+    with pytest.raises(OSError, match="spill folder vanished"):
+        build_features(shop, "2024-10-01")
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise MemoryError("no room for the output")
+
+    monkeypatch.setattr(build_module, "_assemble", failing)
+    with pytest.raises(MemoryError) as raised:
+        build_features(shop, "2024-10-01")
+    assert "closing the DuckDB session failed too" in str(raised.value.__notes__)
 
 
 @pytest.mark.parametrize(("cells", "scattered"), [(1, False), (7, False), (64, False), (7, True)])
@@ -669,16 +730,32 @@ def test_the_benchmark_references_compute_the_rfm_features_they_are_timed_agains
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     cutoff = pd.Timestamp("2024-11-15", tz="UTC")
+    # Two orders in five get a second line 1 to 19 days after the first, so that an order's
+    # first line, its last line and its lines differ; none straddles the cutoff (the one
+    # case where the references and the features differ, as the benchmark says).
+    rng = np.random.default_rng(5)
+    later = shop.orders[rng.random(len(shop.orders)) < 0.4]
+    later = later.assign(
+        timestamp=later["timestamp"] + pd.to_timedelta(rng.integers(1, 20, len(later)), unit="D"),
+        amount=later["amount"] * 0.5,
+    )
+    first = shop.orders.set_index("order_id").loc[later["order_id"], "timestamp"].to_numpy()
+    later = later[(first < cutoff) == (later["timestamp"] < cutoff).to_numpy()]
+    orders = pd.concat([shop.orders, later], ignore_index=True)
+    tables = Tables(orders, shop.interactions, shop.customers)
+    assert orders.groupby("order_id")["timestamp"].nunique().gt(1).sum() > 100
 
-    timed = getattr(bench, reference)(shop, cutoff)
-    features = build_features(shop, cutoff)
+    timed = getattr(bench, reference)(tables, cutoff)
+    features = build_features(tables, cutoff)
 
     assert len(timed.columns) == 16
     assert set(timed.columns) <= set(features.columns)
-    # The references leave out customers without orders, and sums over no rows missing.
-    built = features.loc[timed.index, timed.columns]
+    # The references also list customers with refunds only, and leave sums over no rows
+    # missing.
+    timed = timed[timed["orders_lifetime"] > 0].copy()
     spend = [c for c in timed.columns if c.startswith("spend_")]
     timed[spend] = timed[spend].fillna(0.0)
+    built = features.loc[timed.index, timed.columns]
     pd.testing.assert_frame_equal(
         timed.astype(float), built, check_names=False, check_index_type=False, rtol=1e-9
     )

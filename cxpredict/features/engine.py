@@ -504,7 +504,9 @@ class Session:
 
         Closing returns DuckDB's memory (about 0.05 s for a large build), which DuckDB does
         without the interpreter lock, so other work can go on meanwhile. An error of the
-        closing is raised on leaving, unless the block raised one of its own.
+        closing is raised on leaving; when the block raised one of its own, that one is raised
+        with a note of the other. Where no thread can be started, the session is closed before
+        the block runs.
         """
         errors: list[BaseException] = []
 
@@ -515,11 +517,21 @@ class Session:
                 errors.append(error)
 
         thread = threading.Thread(target=close, name="cxpredict-close", daemon=True)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:
+            # no thread to be had: close here, before the block
+            self.close()
+            yield
+            return
         try:
             yield
-        finally:
+        except BaseException as error:
             thread.join()
+            if errors:
+                error.add_note(f"closing the DuckDB session failed too: {errors[0]!r}")
+            raise
+        thread.join()
         if errors:
             raise errors[0]
 
@@ -833,7 +845,9 @@ class Results:
         cutoff, ``w`` for the sums per first cutoff after ``w`` days. ``values`` maps a fetched
         column to ``(aggregate, kind)``: ``max``, ``min``, ``last`` or ``cutoff``.
         """
-        if self.shape[0] == 1:
+        if self.shape[0] == 1 and 2 * len(got["cid"]) >= self.shape[1]:
+            # a fetch covering few customers stays sparse: an array over every customer would
+            # hold mostly fill values
             self._keep_every(got, sums or {}, values or {})
             return
         cells, order = self._cells(_filled(got["cid"], 0), _filled(got["j"], 0))
@@ -971,7 +985,7 @@ class Block:
             out = np.empty(self.shape, dtype=dtype)
             out[0] = values[cells.bounds[self.number] : cells.bounds[self.number + 1]]
             return out
-        out = np.zeros(self.shape, dtype) if dtype == np.int64 else np.full(self.shape, fill)
+        out = np.zeros(self.shape, dtype) if dtype == np.int64 else np.full(self.shape, fill, dtype)
         rows, (j, cid) = self._at(cells)
         if self.shape[0] == 1:
             out[0, cid] = values[rows]  # one cutoff: a plain index is several times faster
