@@ -14,10 +14,12 @@ from cxpredict.training import ModelBundle
 runner = CliRunner()
 
 
-def write_project(tmp_path: Path, orders: str) -> Path:
+def write_project(tmp_path: Path, orders: str, tasks: str = "") -> Path:
+    """A project reading ``orders`` (CSV text), with the YAML lines ``tasks`` under ``tasks:``."""
     (tmp_path / "orders.csv").write_text(orders.strip() + "\n", encoding="utf-8")
     config = tmp_path / "cxpredict.yaml"
-    config.write_text("project: t\ndata:\n  orders: {path: orders.csv}\n", encoding="utf-8")
+    text = "project: t\ndata:\n  orders: {path: orders.csv}\n"
+    config.write_text(text + (f"tasks:\n{tasks}" if tasks else ""), encoding="utf-8")
     return config
 
 
@@ -153,11 +155,10 @@ def test_forcing_a_promotion_without_a_reason_is_a_usage_error(tmp_path: Path) -
 def test_a_port_in_use_is_a_usage_error_naming_the_port(tmp_path: Path) -> None:
     import socket
 
-    config = tmp_path / "cxpredict.yaml"
-    config.write_text(
-        "project: t\ndata:\n  orders: {path: o.csv}\n"
-        "tasks:\n  churn: {kind: churn, horizon_days: 30}\n",
-        encoding="utf-8",
+    config = write_project(
+        tmp_path,
+        "customer_id,timestamp,amount\n1,2024-01-01,3",
+        "  churn: {kind: churn, horizon_days: 30}\n",
     )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -186,16 +187,13 @@ def test_training_warns_when_a_baseline_beats_the_model() -> None:
 
 
 def test_tasks_lists_the_configured_tasks_one_per_line(tmp_path: Path) -> None:
-    config = tmp_path / "cxpredict.yaml"
-    config.write_text(
-        "project: t\ndata:\n  orders: {path: o.csv}\ntasks:\n"
-        "  churn: {kind: churn, horizon_days: 30}\n  value: {kind: value, horizon_days: 60}\n",
-        encoding="utf-8",
-    )
+    orders = "customer_id,timestamp,amount\n1,2024-01-01,3"
+    tasks = "  churn: {kind: churn, horizon_days: 30}\n  value: {kind: value, horizon_days: 60}\n"
+    config = write_project(tmp_path, orders, tasks)
     result = runner.invoke(app, ["tasks", "--config", str(config)])
     assert result.exit_code == 0
     assert result.output.splitlines() == ["churn", "value"]
-    config.write_text("project: t\ndata:\n  orders: {path: o.csv}\n", encoding="utf-8")
+    config = write_project(tmp_path, orders)
     result = runner.invoke(app, ["tasks", "--config", str(config)])
     assert result.exit_code == 3
     assert "no task is configured" in result.output
