@@ -214,7 +214,49 @@ def _read_csv_as_text(path: Path, sep: str, encoding: str, *, typed: bool = Fals
         frame = frame.astype(object).where(lambda f: f.notna(), None)
     # else Arrow-backed text: the same values, without a Python object per cell
     lines = _record_lines(path, opening, len(header), len(frame), len(malformed), sep=sep)
-    return _with_lines(frame, lines, malformed, len(header), sep=sep)
+    # rows on one line each (the common file) hold no line break: nothing to look for
+    single = not malformed and (len(frame) == 0 or lines[0][-1] == len(frame) + 1)
+    swallowing = {} if single else _swallowing(frame, lines, len(header), sep)
+    return _with_lines(frame, lines, malformed, len(header), sep=sep, swallowing=swallowing)
+
+
+def _swallowing(
+    frame: pd.DataFrame, lines: tuple[np.ndarray, np.ndarray], width: int, sep: str
+) -> dict[int, str]:
+    """The rows of ``frame`` holding a quoted value that swallows rows, with the reason to
+    reject each (:func:`_swallow_reason`).
+
+    Only a row followed by a gap in the line numbers (``lines``: of the rows and of the
+    malformed rows) can hold a line break, and only those rows are looked at.
+    """
+    good, bad = lines
+    starts = np.sort(np.concatenate([good, bad]))
+    following = np.append(starts, np.iinfo(np.int64).max)[np.searchsorted(starts, good) + 1]
+    found: dict[int, str] = {}
+    for row in np.flatnonzero(following - good > 1):
+        fields = [v for v in frame.iloc[row].tolist() if isinstance(v, str)]
+        if (reason := _swallow_reason(fields, int(good[row]), width, sep)) is not None:
+            found[int(row)] = reason
+    return found
+
+
+def _swallow_reason(fields: list[str], start: int, width: int, sep: str) -> str | None:
+    """Why the row on line ``start`` is rejected when one of its ``fields`` swallows rows.
+
+    A double quote opens a value that may hold line breaks. A stray one (``"20`` for ``20``)
+    makes the parser read the lines after it into that value, up to the next quote. A value
+    that continues over a line holding as many separators as a row does is taken for such a
+    swallow: the row is rejected (its text kept) rather than read with rows inside a value.
+    """
+    for value in fields:
+        if any(line.count(sep) >= width - 1 for line in value.split("\n")[1:]):
+            end = start + sum(f.count("\n") for f in fields)
+            return (
+                f"a quoted value swallows the rows after it (the row on line {start} holds a "
+                f"value running to line {end} over lines that look like rows of their own: a "
+                'stray double quote? Remove it, or write a quote inside a quoted value as "")'
+            )
+    return None
 
 
 def _read_whitespace(path: Path, encoding: str) -> pd.DataFrame:
@@ -250,15 +292,17 @@ def _with_lines(
     *,
     sep: str,
     whitespace: bool = False,
+    swallowing: dict[int, str] | None = None,
 ) -> pd.DataFrame:
     """``frame`` with its ``line`` column, and the malformed rows appended with reasons.
 
     A malformed row keeps its text: its fields fill the columns in order, and fields beyond
-    the last column are joined into it with the separator.
+    the last column are joined into it with the separator. The rows of ``frame`` in
+    ``swallowing`` (row position: reason) are marked malformed too.
     """
     good, bad = lines
     frame.insert(0, LINE_COLUMN, good)
-    if not malformed:
+    if not malformed and not swallowing:
         return frame
     hint = (
         ", and with sep: whitespace an empty value cannot be told from a missing one: export "
@@ -267,8 +311,9 @@ def _with_lines(
         else ""
     )
     reasons = [
-        f"wrong number of fields ({len(fields)}, the header has {width}{hint})"
-        for fields in malformed
+        _swallow_reason(fields, int(line), width, sep)
+        or f"wrong number of fields ({len(fields)}, the header has {width}{hint})"
+        for fields, line in zip(malformed, bad, strict=True)
     ]
     columns = [c for c in frame.columns if c != LINE_COLUMN]
     cells: list[list[str | None]] = []
@@ -284,7 +329,10 @@ def _with_lines(
         }
     )
     extra.insert(0, LINE_COLUMN, bad)
-    frame[MALFORMED_COLUMN] = pd.Series([None] * len(frame), dtype=object, index=frame.index)
+    flagged: list[str | None] = [None] * len(frame)
+    for row, reason in (swallowing or {}).items():
+        flagged[row] = reason
+    frame[MALFORMED_COLUMN] = pd.Series(flagged, dtype=object, index=frame.index)
     extra[MALFORMED_COLUMN] = pd.Series(reasons, dtype=object)
     return pd.concat([frame, extra], ignore_index=True)
 

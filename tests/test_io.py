@@ -511,6 +511,35 @@ def test_malformed_lines_are_rejected_with_their_physical_line_and_text(tmp_path
     assert result.tables.orders["customer_id"].tolist() == ["a", "c\nd"]
 
 
+def test_a_stray_quote_that_swallows_rows_rejects_its_row_naming_the_lines(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "orders.csv").write_text(
+        "customer_id,timestamp,amount,category\n"
+        "a,2024-01-01,1,books\n"  # line 2
+        'b,2024-01-02,2,"toys\n'  # 3: a stray quote opens a value...
+        "c,2024-01-03,3,home\n"  # 4: ...that swallows this row
+        'd,2024-01-04,4,garden"\n'  # 5: ...up to the next quote
+        'e,2024-01-05,5,"note\nover two lines"\n'  # 6-7: a value holding a line break
+        'f,2024-01-06,"6,toys\n'  # 8: a stray quote never closed
+        "g,2024-01-07,7,home\n",
+        encoding="utf-8",
+    )
+    result = load_tables(project(tmp_path, orders={"path": "orders.csv"}), run_at=RUN_AT)
+    rejects = result.rejects["orders"]
+    assert rejects["line"].tolist() == [3, 8]
+    assert rejects["reason"].str.startswith("a quoted value swallows the rows after it").all()
+    assert "the row on line 3 holds a value running to line 5" in rejects["reason"][0]
+    assert "running to line 9" in rejects["reason"][1]
+    # the swallowed rows are kept in the rejected row's text, not lost
+    assert rejects["category"][0] == "toys\nc,2024-01-03,3,home\nd,2024-01-04,4,garden"
+    assert "g,2024-01-07,7,home" in rejects["amount"][1]
+    assert result.tables.orders["customer_id"].tolist() == ["a", "e"]
+    report = result.reports["orders"]
+    assert report.reconciles()
+    assert report.reasons == {"a quoted value swallows the rows after it": 2}
+
+
 def test_a_file_in_another_encoding_names_the_encoding_option(tmp_path: Path) -> None:
     (tmp_path / "orders.csv").write_bytes(
         b"customer_id,timestamp,amount,category\na,2024-01-01,1,caf\xe9\n"
