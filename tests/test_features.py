@@ -647,6 +647,7 @@ def _orders(**columns: list) -> pd.DataFrame:
         (_orders(C=[1, 2]), "column 'C' has a name the feature engine uses"),
         (_orders(customer_id=["a", None]), "1 row\\(s\\) have no customer_id"),
         (_orders(customer_id=["a", ""]), "1 row\\(s\\) have no customer_id"),
+        (_orders(customer_id=["a", " \t"]), "1 row\\(s\\) have no customer_id .*blank"),
         (_orders(amount=[10.0, 2e15]), "have an amount that is not a number below 1e\\+10"),
         (_orders(amount=[10.0, np.inf]), "have an amount that is not a number below"),
         (
@@ -662,6 +663,13 @@ def test_tables_the_engine_cannot_read_right_are_refused_naming_the_column(
     with pytest.raises(DataError, match=message) as info:
         build_features(Tables(orders), "2024-02-01")
     assert info.value.table == "orders"
+
+
+def test_blank_customer_ids_in_parquet_files_are_refused_too(tmp_path) -> None:
+    _orders(customer_id=["a", " \r\n"]).to_parquet(tmp_path / "orders.parquet")
+    with pytest.raises(DataError, match="1 row\\(s\\) have no customer_id") as info:
+        build_features({"orders": tmp_path / "orders.parquet"}, "2024-02-01")
+    assert (info.value.table, info.value.column) == ("orders", "customer_id")
 
 
 def test_a_customer_with_refunds_only_is_not_yet_a_customer() -> None:

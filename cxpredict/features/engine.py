@@ -350,12 +350,14 @@ def _check_types(name: str, schema: Mapping[str, str]) -> None:
 
 
 def _arrow_counts(arrow: pa.Table) -> tuple[int, int]:
-    """Rows without a customer_id (missing or empty) and amounts out of bounds, read off the
-    Arrow columns (null counts are kept by Arrow; a scan of the amounts takes milliseconds)."""
+    """Rows without a customer_id (missing, empty or blank) and amounts out of bounds, read
+    off the Arrow columns (null counts are kept by Arrow; a scan of the ids or the amounts
+    takes milliseconds)."""
     ids = arrow.column("customer_id")
     missing = ids.null_count
     if len(ids) and (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
-        missing += int(pc.sum(pc.equal(pc.binary_length(ids), 0)).as_py() or 0)
+        empty = pc.or_(pc.equal(pc.binary_length(ids), 0), pc.utf8_is_space(ids))
+        missing += int(pc.sum(empty).as_py() or 0)
     if "amount" not in arrow.column_names:
         return missing, 0
     bad = 0
@@ -364,6 +366,10 @@ def _arrow_counts(arrow: pa.Table) -> tuple[int, int]:
         if len(values) and not max(values.max(), -values.min()) < MAX_AMOUNT:  # NaN too
             bad += int((~(np.abs(values) < MAX_AMOUNT)).sum())
     return missing, bad
+
+
+#: The characters a blank customer_id is made of, as a DuckDB string.
+_BLANKS = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
 
 
 def _check_values(
@@ -378,7 +384,8 @@ def _check_values(
         found: Sequence[int] = _arrow_counts(arrow)
     else:
         checks = [
-            "count(*) FILTER (WHERE customer_id IS NULL OR CAST(customer_id AS VARCHAR) = '')"
+            "count(*) FILTER (WHERE customer_id IS NULL "
+            f"OR trim(CAST(customer_id AS VARCHAR), {_BLANKS}) = '')"
         ]
         if "amount" in schema:
             # NOT (x < limit) holds for NaN and the infinities too
@@ -386,8 +393,8 @@ def _check_values(
         found = con.execute(f"SELECT {', '.join(checks)} FROM {relation}").fetchall()[0]
     if found[0]:
         raise DataError(
-            f"{name}: {found[0]:,} row(s) have no customer_id (missing or empty); drop them, or "
-            f"{_FIX} (it rejects such rows with their reasons)",
+            f"{name}: {found[0]:,} row(s) have no customer_id (missing, empty or blank); drop "
+            f"them, or {_FIX} (it rejects such rows with their reasons)",
             table=name,
             column="customer_id",
         )
