@@ -844,12 +844,22 @@ def _btyd_at(
     cutoff: pd.Timestamp,
     horizon_days: float,
     names: Sequence[str],
+    notes: list[str] | None = None,
 ) -> dict[str, pd.DataFrame]:
+    """The BTYD baselines' predictions for ``customers``; a baseline that cannot predict every
+    customer is left out of the comparison, and ``notes`` says so."""
     out = {}
     for name in names:
         frame = cache.predictions(name, cutoff, horizon_days).reindex(customers)
-        if np.isfinite(frame.to_numpy(dtype=float)).all():
+        finite = np.isfinite(frame.to_numpy(dtype=float)).all(axis=1)
+        if finite.all():
             out[name] = frame
+        elif notes is not None:
+            notes.append(
+                f"{name} is left out of the comparison at the test cutoff {cutoff:%Y-%m-%d}: "
+                f"its fit on the purchases before it gives no prediction for "
+                f"{int((~finite).sum()):,} of {len(finite):,} customers"
+            )
     return out
 
 
@@ -902,13 +912,15 @@ def evaluate_binary(
     *,
     cache: BtydCache,
     btyd_baselines: Sequence[str] = ("bgnbd", "pareto"),
+    notes: list[str] | None = None,
 ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """Model and baseline metrics on a fold's test cutoff, and the model's calibration table.
 
     Baselines: days since the last order; the RFM quintile score (edges from the training
     rows); a logistic regression on the same features (imputer and scaler fitted on the
     training rows); BG/NBD and Pareto/NBD fitted on the purchases before the test cutoff,
-    scoring ``P(at least one purchase in the horizon)`` (churn: one minus it).
+    scoring ``P(at least one purchase in the horizon)`` (churn: one minus it). A BTYD
+    baseline without a prediction for every customer is left out, with a line in ``notes``.
     """
     assert data.X_test is not None and data.y_test is not None and fitted.fold.test is not None
     cutoff = fitted.fold.test
@@ -942,7 +954,7 @@ def evaluate_binary(
     )
     customers = data.X_test.index.get_level_values("customer_id")
     h = fitted.label_horizon_days
-    for name, frame in _btyd_at(cache, customers, cutoff, h, btyd_baselines).items():
+    for name, frame in _btyd_at(cache, customers, cutoff, h, btyd_baselines, notes).items():
         p_buy = frame["btyd_p_purchase"].to_numpy(dtype=float)
         score = 1.0 - p_buy if target == "churn" else p_buy
         rows += _rows(cutoff, name, metrics.binary_metrics(y, score))
@@ -976,11 +988,13 @@ def evaluate_value(
     *,
     cache: BtydCache,
     btyd_baselines: Sequence[str] = ("bgnbd", "pareto"),
+    notes: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Spend and order-count metrics of the model and the baselines on the test cutoff.
 
     Baselines: BTYD expected purchases (times the customer's mean order value for spend),
-    and the spend and orders of the last period of the same length.
+    and the spend and orders of the last period of the same length. A BTYD baseline without
+    a prediction for every customer is left out, with a line in ``notes``.
     """
     assert data.X_test is not None and data.y_test is not None and fitted.fold.test is not None
     cutoff = fitted.fold.test
@@ -991,7 +1005,7 @@ def evaluate_value(
         "lightgbm": {t: _over(fitted.estimators[t], data.X_test, h) for t in ("spend", "orders")}
     }
     basket = _mean_order_value(cache.orders, cutoff).reindex(customers).fillna(0.0).to_numpy()
-    for name, frame in _btyd_at(cache, customers, cutoff, h, btyd_baselines).items():
+    for name, frame in _btyd_at(cache, customers, cutoff, h, btyd_baselines, notes).items():
         expected = frame["btyd_expected_purchases"].to_numpy(dtype=float)
         predictions[name] = {"orders": expected, "spend": expected * basket}
     last = _last_period(cache.orders, cutoff, h).reindex(customers).fillna(0.0)
@@ -1154,15 +1168,18 @@ def run_backtest(
             preference_strategy=preference_strategy,
             start_horizon_days=start_horizon_days,
         )
+        notes: list[str] = []
         if isinstance(task, ChurnTask | RepurchaseTask):
             fold_rows, calibration = evaluate_binary(
-                task, fitted, data, cache=cache, btyd_baselines=btyd_baselines
+                task, fitted, data, cache=cache, btyd_baselines=btyd_baselines, notes=notes
             )
             rows += fold_rows
             calibrations.append(calibration)
             fitted.details["calibration_brier_on_test"] = calibration_on_test(fitted, data)
         elif isinstance(task, ValueTask):
-            rows += evaluate_value(fitted, data, cache=cache, btyd_baselines=btyd_baselines)
+            rows += evaluate_value(
+                fitted, data, cache=cache, btyd_baselines=btyd_baselines, notes=notes
+            )
         else:
             rows += evaluate_preference(fitted, data)
         details.append(
@@ -1176,6 +1193,7 @@ def run_backtest(
                     "test": 0 if data.y_test is None else len(data.y_test),
                 },
                 **fitted.details,
+                "baselines_left_out": notes,
             }
         )
     frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))

@@ -351,8 +351,14 @@ def train(
         warning = baseline_warning(
             name, result.summary, *promotion_metric(config, result.bundle.kind)
         )
-        if warning:
-            console.print(f"[yellow]warning[/]: {warning}", highlight=False, soft_wrap=True)
+        left_out = [
+            f"{name}: {note}"
+            for fold in result.details.get("backtest_folds", [])
+            for note in fold.get("baselines_left_out", [])
+        ]
+        for text in [warning, *left_out]:
+            if text:
+                console.print(f"[yellow]warning[/]: {text}", highlight=False, soft_wrap=True)
         out.print(
             f"{name}: {result.details['horizon_method_text']} ({result.label_horizon_days}-day "
             f"windows); bundle {bundle_dir}",

@@ -201,6 +201,34 @@ def test_a_value_backtest_scores_spend_and_orders_against_btyd_and_last_period(t
     assert summary.loc["orders/normalised_gini", "lightgbm"] > 0.3
 
 
+def test_a_btyd_baseline_without_a_prediction_for_every_customer_is_left_out_and_said(tables):
+    from cxpredict.backtest import BtydCache
+
+    class OneCustomerLost(BtydCache):
+        def predictions(self, name, cutoff, horizon_days):
+            frame = super().predictions(name, cutoff, horizon_days).copy()
+            frame.iloc[0] = np.nan
+            return frame
+
+    task = ValueTask(kind="value", horizon_days=56)
+    training = TRAINING.model_copy(update={"n_backtest_cutoffs": 1})
+    result = run_backtest(
+        "value",
+        task,
+        tables,
+        as_of=AS_OF,
+        training=training,
+        features=rfm_features,
+        btyd_baselines=("bgnbd",),
+        cache=OneCustomerLost(tables.orders),
+    )
+    assert "bgnbd" not in set(result.metrics["model"])
+    (note,) = result.details[0]["baselines_left_out"]
+    test = f"{result.folds[0].test:%Y-%m-%d}"
+    assert note.startswith(f"bgnbd is left out of the comparison at the test cutoff {test}")
+    assert "gives no prediction for 1 of " in note
+
+
 def two_buyers_and_one_without_a_summary(ids: list[str]) -> pd.DataFrame:
     """A one-time buyer, a repeat buyer and a customer without a BTYD summary."""
     return pd.DataFrame(
