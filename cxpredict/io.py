@@ -182,15 +182,47 @@ def _read_csv_as_text(path: Path, sep: str, encoding: str, *, typed: bool = Fals
     """A CSV file as text, with the physical ``line`` of each row.
 
     A row with more or fewer fields than the header is not read as data: it is kept, its
-    columns missing, with its reason in :data:`MALFORMED_COLUMN`. Blank lines are skipped.
+    columns missing, with its reason in :data:`MALFORMED_COLUMN`; so is a row holding a
+    quoted value that swallows the rows after it (:func:`_swallow_reason`). Blank lines are
+    skipped.
     """
     if sep == "whitespace":
         return _read_whitespace(path, encoding)
     opening = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-    with open(path, encoding=opening, newline="") as handle:
-        header = next(csv.reader(handle, delimiter=sep), None)
-    if not header:
-        raise DataError(f"the file {str(path)!r} is empty: it has no header line")
+    physical, size = _physical_lines(path)
+    with _long_fields(size):
+        with open(path, encoding=opening, newline="") as handle:
+            header = next(csv.reader(handle, delimiter=sep), None)
+        if not header:
+            raise DataError(f"the file {str(path)!r} is empty: it has no header line")
+        if any(_BREAK.search(name) for name in header):
+            raise DataError(
+                f"the header line of {str(path)!r} holds a double quote that is not closed "
+                "on that line (a stray quote?): fix the header"
+            )
+        frame, malformed = _arrow_csv(path, opening, sep, header, line_breaks=False)
+        # Every row on a line of its own (the common file) holds no line break. Otherwise
+        # the file is read again allowing line breaks in values: Arrow parses blocks of
+        # lines in parallel and can otherwise split a quoted value at a block's end.
+        single = physical == len(frame) + len(malformed) + 1
+        if not single:
+            frame, malformed = _arrow_csv(path, opening, sep, header, line_breaks=True)
+        if not typed:
+            frame = frame.astype(object).where(lambda f: f.notna(), None)
+        # else Arrow-backed text: the same values, without a Python object per cell
+        lines = _record_lines(
+            path, opening, len(header), len(frame), len(malformed), sep=sep, physical=physical
+        )
+    swallowing = {} if single else _swallowing(frame, lines, len(header), sep, physical)
+    return _with_lines(
+        frame, lines, malformed, len(header), sep=sep, swallowing=swallowing, last=physical
+    )
+
+
+def _arrow_csv(
+    path: Path, encoding: str, sep: str, header: list[str], *, line_breaks: bool
+) -> tuple[pd.DataFrame, list[list[str]]]:
+    """The rows of a CSV file as text, and the fields of its rows of the wrong width."""
     malformed: list[list[str]] = []
 
     def skip(row: Any) -> str:
@@ -200,8 +232,10 @@ def _read_csv_as_text(path: Path, sep: str, encoding: str, *, typed: bool = Fals
 
     table = pa_csv.read_csv(
         path,
-        read_options=pa_csv.ReadOptions(encoding=opening.replace("-sig", "")),
-        parse_options=pa_csv.ParseOptions(delimiter=sep, invalid_row_handler=skip),
+        read_options=pa_csv.ReadOptions(encoding=encoding.replace("-sig", "")),
+        parse_options=pa_csv.ParseOptions(
+            delimiter=sep, invalid_row_handler=skip, newlines_in_values=line_breaks
+        ),
         convert_options=pa_csv.ConvertOptions(
             column_types={c: pa_arrow.string() for c in header},
             strings_can_be_null=True,
@@ -209,48 +243,75 @@ def _read_csv_as_text(path: Path, sep: str, encoding: str, *, typed: bool = Fals
             quoted_strings_can_be_null=True,
         ),
     )
-    frame = table.to_pandas()
-    if not typed:
-        frame = frame.astype(object).where(lambda f: f.notna(), None)
-    # else Arrow-backed text: the same values, without a Python object per cell
-    lines = _record_lines(path, opening, len(header), len(frame), len(malformed), sep=sep)
-    # rows on one line each (the common file) hold no line break: nothing to look for
-    single = not malformed and (len(frame) == 0 or lines[0][-1] == len(frame) + 1)
-    swallowing = {} if single else _swallowing(frame, lines, len(header), sep)
-    return _with_lines(frame, lines, malformed, len(header), sep=sep, swallowing=swallowing)
+    return table.to_pandas(), malformed
+
+
+@contextmanager
+def _long_fields(size: int) -> Iterator[None]:
+    """Python's csv module reads fields of up to ``size`` characters meanwhile (its default
+    limit is 128 KiB, and a stray quote in a large file makes a value of any length)."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(min(max(previous, size + 1), 2**31 - 1))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _physical_lines(path: Path) -> tuple[int, int]:
+    """The number of lines of a file (a last line without a line break counts), and its
+    size in bytes, counted without parsing. Lines end with LF, CRLF or a lone CR."""
+    breaks, size, last = 0, 0, b"\n"
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            breaks += chunk.count(b"\n")
+            if returns := chunk.count(b"\r"):  # a lone CR ends a line too
+                breaks += returns - chunk.count(b"\r\n")
+            if last == b"\r" and chunk[:1] == b"\n":  # a CRLF across two chunks
+                breaks -= 1
+            size += len(chunk)
+            last = chunk[-1:]
+    return breaks + (1 if size and last not in (b"\n", b"\r") else 0), size
+
+
+#: A line break inside a value, as Arrow and Python's csv module both read them.
+_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def _swallowing(
-    frame: pd.DataFrame, lines: tuple[np.ndarray, np.ndarray], width: int, sep: str
+    frame: pd.DataFrame, lines: tuple[np.ndarray, np.ndarray], width: int, sep: str, last: int
 ) -> dict[int, str]:
     """The rows of ``frame`` holding a quoted value that swallows rows, with the reason to
     reject each (:func:`_swallow_reason`).
 
     Only a row followed by a gap in the line numbers (``lines``: of the rows and of the
-    malformed rows) can hold a line break, and only those rows are looked at.
+    malformed rows; ``last``: the file's last line) can hold a line break, and only those
+    rows are looked at.
     """
     good, bad = lines
     starts = np.sort(np.concatenate([good, bad]))
-    following = np.append(starts, np.iinfo(np.int64).max)[np.searchsorted(starts, good) + 1]
+    following = np.append(starts, last + 1)[np.searchsorted(starts, good) + 1]
     found: dict[int, str] = {}
     for row in np.flatnonzero(following - good > 1):
         fields = [v for v in frame.iloc[row].tolist() if isinstance(v, str)]
-        if (reason := _swallow_reason(fields, int(good[row]), width, sep)) is not None:
+        reason = _swallow_reason(fields, int(good[row]), width, sep, last)
+        if reason is not None:
             found[int(row)] = reason
     return found
 
 
-def _swallow_reason(fields: list[str], start: int, width: int, sep: str) -> str | None:
+def _swallow_reason(fields: list[str], start: int, width: int, sep: str, last: int) -> str | None:
     """Why the row on line ``start`` is rejected when one of its ``fields`` swallows rows.
 
     A double quote opens a value that may hold line breaks. A stray one (``"20`` for ``20``)
-    makes the parser read the lines after it into that value, up to the next quote. A value
-    that continues over a line holding as many separators as a row does is taken for such a
-    swallow: the row is rejected (its text kept) rather than read with rows inside a value.
+    makes the parser read the lines after it into that value, up to the next quote (or the
+    file's ``last`` line). A value that continues over a line holding as many separators as
+    a row does is taken for such a swallow: the row is rejected (its text kept) rather than
+    read with rows inside a value.
     """
     for value in fields:
-        if any(line.count(sep) >= width - 1 for line in value.split("\n")[1:]):
-            end = start + sum(f.count("\n") for f in fields)
+        if any(line.count(sep) >= width - 1 for line in _BREAK.split(value)[1:]):
+            end = min(start + sum(len(_BREAK.findall(f)) for f in fields), last)
             return (
                 f"a quoted value swallows the rows after it (the row on line {start} holds a "
                 f"value running to line {end} over lines that look like rows of their own: a "
@@ -293,12 +354,14 @@ def _with_lines(
     sep: str,
     whitespace: bool = False,
     swallowing: dict[int, str] | None = None,
+    last: int = 0,
 ) -> pd.DataFrame:
     """``frame`` with its ``line`` column, and the malformed rows appended with reasons.
 
     A malformed row keeps its text: its fields fill the columns in order, and fields beyond
     the last column are joined into it with the separator. The rows of ``frame`` in
-    ``swallowing`` (row position: reason) are marked malformed too.
+    ``swallowing`` (row position: reason) are marked malformed too; ``last`` is the file's
+    last line.
     """
     good, bad = lines
     frame.insert(0, LINE_COLUMN, good)
@@ -311,7 +374,7 @@ def _with_lines(
         else ""
     )
     reasons = [
-        _swallow_reason(fields, int(line), width, sep)
+        _swallow_reason(fields, int(line), width, sep, last)
         or f"wrong number of fields ({len(fields)}, the header has {width}{hint})"
         for fields, line in zip(malformed, bad, strict=True)
     ]
@@ -338,23 +401,16 @@ def _with_lines(
 
 
 def _record_lines(
-    path: Path, encoding: str, width: int, rows: int, malformed: int, *, sep: str
+    path: Path, encoding: str, width: int, rows: int, malformed: int, *, sep: str, physical: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The physical line of each data row and of each malformed row, in file order.
 
     In the common file (one line per row, no blank line, no malformed row) row ``i`` is on
-    line ``i + 2``: that is checked by counting the line breaks, without parsing. Otherwise
-    the file is read once more with Python's csv module to follow quoted line breaks and
-    blank lines; if that reading disagrees with the first one, the rows are numbered in
-    order as a last resort.
+    line ``i + 2``: that is checked against the file's ``physical`` lines, without parsing.
+    Otherwise the file is read once more with Python's csv module to follow quoted line
+    breaks and blank lines; if that reading disagrees with the first one, the rows are
+    numbered in order as a last resort.
     """
-    breaks, size, last = 0, 0, b"\n"
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 24):
-            breaks += chunk.count(b"\n")
-            size += len(chunk)
-            last = chunk[-1:]
-    physical = breaks + (1 if size and last != b"\n" else 0)
     if not malformed and physical == rows + 1:
         return np.arange(2, rows + 2, dtype=np.int64), np.zeros(0, dtype=np.int64)
     good: list[int] = []

@@ -665,11 +665,26 @@ def test_tables_the_engine_cannot_read_right_are_refused_naming_the_column(
     assert info.value.table == "orders"
 
 
-def test_blank_customer_ids_in_parquet_files_are_refused_too(tmp_path) -> None:
-    _orders(customer_id=["a", " \r\n"]).to_parquet(tmp_path / "orders.parquet")
+@pytest.mark.parametrize("blank", [" \r\n", "\u00a0", "\u3000", "\x1c"])
+def test_blank_customer_ids_in_parquet_files_are_refused_too(tmp_path, blank: str) -> None:
+    _orders(customer_id=["a", blank]).to_parquet(tmp_path / "orders.parquet")
     with pytest.raises(DataError, match="1 row\\(s\\) have no customer_id") as info:
         build_features({"orders": tmp_path / "orders.parquet"}, "2024-02-01")
     assert (info.value.table, info.value.column) == ("orders", "customer_id")
+
+
+@pytest.mark.parametrize("dtype", ["category", "string[pyarrow]"])
+def test_blank_customer_ids_are_refused_whatever_the_column_type(dtype: str) -> None:
+    orders = _orders(customer_id=pd.Series(["a", "\u00a0"], dtype=dtype))
+    with pytest.raises(DataError, match="1 row\\(s\\) have no customer_id"):
+        build_features(Tables(orders), "2024-02-01")
+    # an id with spaces around it is an id
+    assert build_features(
+        Tables(_orders(customer_id=["a", " b "])), "2024-02-01"
+    ).index.tolist() == [
+        " b ",
+        "a",
+    ]
 
 
 def test_a_customer_with_refunds_only_is_not_yet_a_customer() -> None:

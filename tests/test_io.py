@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import string
@@ -538,6 +539,48 @@ def test_a_stray_quote_that_swallows_rows_rejects_its_row_naming_the_lines(
     report = result.reports["orders"]
     assert report.reconciles()
     assert report.reasons == {"a quoted value swallows the rows after it": 2}
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_a_stray_quote_in_the_last_row_is_found_whatever_the_line_endings(
+    tmp_path: Path, newline: str
+) -> None:
+    text = (
+        "customer_id,timestamp,amount,category\n"
+        "a,2024-01-01,1,books\n"
+        'b,2024-01-02,2,"toys\n'  # 3: the last row, swallowing lines 4-5
+        "c,2024-01-03,3,home\n"
+        'd,2024-01-04,4,garden"\n'
+    )
+    (tmp_path / "orders.csv").write_bytes(text.replace("\n", newline).encode())
+    result = load_tables(project(tmp_path, orders={"path": "orders.csv"}), run_at=RUN_AT)
+    assert result.rejects["orders"]["line"].tolist() == [3]
+    assert (
+        "the row on line 3 holds a value running to line 5" in result.rejects["orders"]["reason"][0]
+    )
+    assert result.tables.orders["customer_id"].tolist() == ["a"]
+
+
+def test_a_stray_quote_never_closed_in_a_large_file_rejects_one_row_and_reads_the_others(
+    tmp_path: Path,
+) -> None:
+    rows = [f"c{i},2024-01-01,{i % 100},books\n" for i in range(60_000)]
+    # one opening quote that runs to the end of the file (a value of about 1.5 MB), and two
+    # quotes around the end of Arrow's first 1 MiB block of lines
+    rows[59_000] = 'x,2024-01-01,1,"books\n'
+    at = next(k for k, end in enumerate(itertools.accumulate(map(len, rows))) if end > 1 << 20)
+    rows[at - 1] = 'y,2024-01-01,1,"books\n'
+    rows[at + 3] = 'z,2024-01-01,1,books"\n'
+    (tmp_path / "orders.csv").write_text("customer_id,timestamp,amount,category\n" + "".join(rows))
+    result = load_tables(project(tmp_path, orders={"path": "orders.csv"}), run_at=RUN_AT)
+    rejects = result.rejects["orders"]
+    assert rejects["line"].tolist() == [at + 1, 59_002]
+    assert f"running to line {at + 5}" in rejects["reason"][0]
+    assert "running to line 60001" in rejects["reason"][1]
+    report = result.reports["orders"]
+    # every line is in a row: the two swallowing rows hold 5 and 1,000 lines
+    assert report.rows_in_source == 60_000 - 4 - 999
+    assert report.rows_accepted == report.rows_in_source - 2 and report.reconciles()
 
 
 def test_a_file_in_another_encoding_names_the_encoding_option(tmp_path: Path) -> None:

@@ -354,6 +354,11 @@ def _arrow_counts(arrow: pa.Table) -> tuple[int, int]:
     off the Arrow columns (null counts are kept by Arrow; a scan of the ids or the amounts
     takes milliseconds)."""
     ids = arrow.column("customer_id")
+    # pandas categories (dictionaries) and view text: checked as the plain text they hold
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.cast(ids.type.value_type)
+    if pa.types.is_string_view(ids.type):
+        ids = ids.cast(pa.large_string())
     missing = ids.null_count
     if len(ids) and (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
         empty = pc.or_(pc.equal(pc.binary_length(ids), 0), pc.utf8_is_space(ids))
@@ -368,8 +373,16 @@ def _arrow_counts(arrow: pa.Table) -> tuple[int, int]:
     return missing, bad
 
 
-#: The characters a blank customer_id is made of, as a DuckDB string.
-_BLANKS = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
+def _blank_sql(text: str) -> str:
+    """SQL: the text ``text`` is empty or blank (white space only, as Python's ``str.isspace``
+    and Arrow's ``utf8_is_space`` tell it). The pattern is tried only on texts that start
+    with a control character, a space or a character beyond ASCII."""
+    first = f"unicode({text})"
+    pattern = "'[\\s\\x{0b}\\x{1c}-\\x{1f}\\x{85}\\p{Z}]*'"
+    return (
+        f"({text} = '' OR ({first} <= 32 OR {first} >= 127) "
+        f"AND regexp_full_match({text}, {pattern}))"
+    )
 
 
 def _check_values(
@@ -384,8 +397,8 @@ def _check_values(
         found: Sequence[int] = _arrow_counts(arrow)
     else:
         checks = [
-            "count(*) FILTER (WHERE customer_id IS NULL "
-            f"OR trim(CAST(customer_id AS VARCHAR), {_BLANKS}) = '')"
+            "count(*) FILTER (WHERE customer_id IS NULL OR "
+            f"{_blank_sql('CAST(customer_id AS VARCHAR)')})"
         ]
         if "amount" in schema:
             # NOT (x < limit) holds for NaN and the infinities too
