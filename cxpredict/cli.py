@@ -255,8 +255,14 @@ def print_backtest(name: str, summary: pd.DataFrame, kind: str) -> None:
     table.add_column("metric")
     for model in summary.columns:
         table.add_column(str(model), justify="right")
+    unmeasured = False
     for metric in rows:
-        table.add_row(metric, *(f"{v:.3f}" for v in summary.loc[metric]))
+        values = summary.loc[metric].to_numpy(dtype=float)
+        unmeasured |= not np.isfinite(values).all()
+        table.add_row(metric, *(f"{v:.3f}" if np.isfinite(v) else "-" for v in values))
+    if unmeasured:
+        table.caption = "-: not defined for that model (a ranking without probabilities)"
+        table.caption_justify = "left"
     out.print(table)
 
 

@@ -109,6 +109,22 @@ def test_train_on_the_sample_writes_each_bundle_and_its_backtest_next_to_the_bas
     assert f"calibration {bundle.calibration_method or 'none'} (chosen on" in result.output
 
 
+def test_the_backtest_table_shows_a_dash_where_a_model_gives_no_probability() -> None:
+    from cxpredict.cli import out, print_backtest
+
+    summary = pd.DataFrame(
+        {"lightgbm": [0.812, 0.151], "recency": [0.701, float("nan")]}, index=["roc_auc", "brier"]
+    )
+    with out.capture() as captured:
+        print_backtest("churn", summary, "churn")
+    lines = captured.get().splitlines()
+    assert any(
+        "brier" in line and "0.151" in line and line.rstrip(" │").endswith("-") for line in lines
+    )
+    assert "nan" not in captured.get()
+    assert any(line.startswith("-: not defined for that model") for line in lines)
+
+
 def test_the_final_model_line_names_the_served_ranker_and_its_validation_hits() -> None:
     from cxpredict.cli import final_model_text
 
