@@ -183,18 +183,22 @@ def test_a_fold_without_enough_history_is_refused_with_what_to_change(tables):
         run_backtest("r", task, tables, as_of=AS_OF, training=training, features=rfm_features)
 
 
-def test_a_value_backtest_scores_spend_and_orders_against_btyd_and_last_period(tables):
-    task = ValueTask(kind="value", horizon_days=56)
-    training = TRAINING.model_copy(update={"n_backtest_cutoffs": 1})
-    result = run_backtest(
+def value_backtest(tables: Tables, **options):
+    """A one-fold backtest of a 56-day value task on the RFM features, BG/NBD as baseline."""
+    return run_backtest(
         "value",
-        task,
+        ValueTask(kind="value", horizon_days=56),
         tables,
         as_of=AS_OF,
-        training=training,
+        training=TRAINING.model_copy(update={"n_backtest_cutoffs": 1}),
         features=rfm_features,
         btyd_baselines=("bgnbd",),
+        **options,
     )
+
+
+def test_a_value_backtest_scores_spend_and_orders_against_btyd_and_last_period(tables):
+    result = value_backtest(tables)
     summary = result.summary()
     assert {"lightgbm", "bgnbd", "last_period"} <= set(summary.columns)
     assert {"spend/rmse", "orders/poisson_deviance", "orders/spearman"} <= set(summary.index)
@@ -210,18 +214,7 @@ def test_a_btyd_baseline_without_a_prediction_for_every_customer_is_left_out_and
             frame.iloc[0] = np.nan
             return frame
 
-    task = ValueTask(kind="value", horizon_days=56)
-    training = TRAINING.model_copy(update={"n_backtest_cutoffs": 1})
-    result = run_backtest(
-        "value",
-        task,
-        tables,
-        as_of=AS_OF,
-        training=training,
-        features=rfm_features,
-        btyd_baselines=("bgnbd",),
-        cache=OneCustomerLost(tables.orders),
-    )
+    result = value_backtest(tables, cache=OneCustomerLost(tables.orders))
     assert "bgnbd" not in set(result.metrics["model"])
     (note,) = result.details[0]["baselines_left_out"]
     test = f"{result.folds[0].test:%Y-%m-%d}"
