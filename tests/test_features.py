@@ -673,6 +673,12 @@ def test_blank_customer_ids_in_parquet_files_are_refused_too(tmp_path, blank: st
     assert (info.value.table, info.value.column) == ("orders", "customer_id")
 
 
+def test_ids_that_start_with_a_space_or_beyond_ascii_are_ids_in_parquet_files(tmp_path) -> None:
+    _orders(customer_id=[" b", "\u00e9a"]).to_parquet(tmp_path / "orders.parquet")
+    frame = build_features({"orders": tmp_path / "orders.parquet"}, "2024-02-01")
+    assert frame.index.tolist() == [" b", "\u00e9a"]
+
+
 @pytest.mark.parametrize("dtype", ["category", "string[pyarrow]"])
 def test_blank_customer_ids_are_refused_whatever_the_column_type(dtype: str) -> None:
     orders = _orders(customer_id=pd.Series(["a", "\u00a0"], dtype=dtype))

@@ -373,16 +373,14 @@ def _arrow_counts(arrow: pa.Table) -> tuple[int, int]:
     return missing, bad
 
 
-def _blank_sql(text: str) -> str:
-    """SQL: the text ``text`` is empty or blank (white space only, as Python's ``str.isspace``
-    and Arrow's ``utf8_is_space`` tell it). The pattern is tried only on texts that start
-    with a control character, a space or a character beyond ASCII."""
-    first = f"unicode({text})"
-    pattern = "'[\\s\\x{0b}\\x{1c}-\\x{1f}\\x{85}\\p{Z}]*'"
-    return (
-        f"({text} = '' OR ({first} <= 32 OR {first} >= 127) "
-        f"AND regexp_full_match({text}, {pattern}))"
-    )
+#: SQL, for an id ``{id}``: it may be blank, as it starts with a control character, a space
+#: or a character beyond ASCII (two comparisons a row; the empty id included).
+_MAYBE_BLANK = "({id} < '!' OR {id} >= chr(127))"
+#: SQL: the id ``{id}`` is empty or blank (white space only, as Python's ``str.isspace`` and
+#: Arrow's ``utf8_is_space`` tell it).
+_BLANK = (
+    "({id} = '' OR regexp_full_match({id}, '[\\s\\x{{0b}}\\x{{1c}}-\\x{{1f}}\\x{{85}}\\p{{Z}}]*'))"
+)
 
 
 def _check_values(
@@ -396,14 +394,16 @@ def _check_values(
     if arrow is not None:
         found: Sequence[int] = _arrow_counts(arrow)
     else:
-        checks = [
-            "count(*) FILTER (WHERE customer_id IS NULL OR "
-            f"{_blank_sql('CAST(customer_id AS VARCHAR)')})"
-        ]
+        text = "CAST(customer_id AS VARCHAR)"
+        missing = "count(*) FILTER (WHERE customer_id IS NULL OR {})"
+        checks = [missing.format(_MAYBE_BLANK.format(id=text))]
         if "amount" in schema:
             # NOT (x < limit) holds for NaN and the infinities too
             checks.append(f"count(*) FILTER (WHERE NOT (abs(amount) < {MAX_AMOUNT:.0f}))")
-        found = con.execute(f"SELECT {', '.join(checks)} FROM {relation}").fetchall()[0]
+        found = list(con.execute(f"SELECT {', '.join(checks)} FROM {relation}").fetchall()[0])
+        if found[0]:  # some ids may be blank: counted exactly (a pattern a row, so only now)
+            exact = missing.format(_BLANK.format(id=text))
+            found[0] = con.execute(f"SELECT {exact} FROM {relation}").fetchall()[0][0]
     if found[0]:
         raise DataError(
             f"{name}: {found[0]:,} row(s) have no customer_id (missing, empty or blank); drop "
