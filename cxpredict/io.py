@@ -189,7 +189,7 @@ def _read_csv_as_text(path: Path, sep: str, encoding: str, *, typed: bool = Fals
     if sep == "whitespace":
         return _read_whitespace(path, encoding)
     opening = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-    physical, size = _physical_lines(path)
+    physical, size, quoted = _physical_lines(path, opening)
     with _long_fields(size):
         with open(path, encoding=opening, newline="") as handle:
             header = next(csv.reader(handle, delimiter=sep), None)
@@ -200,13 +200,12 @@ def _read_csv_as_text(path: Path, sep: str, encoding: str, *, typed: bool = Fals
                 f"the header line of {str(path)!r} holds a double quote that is not closed "
                 "on that line (a stray quote?): fix the header"
             )
-        frame, malformed = _arrow_csv(path, opening, sep, header, line_breaks=False)
-        # Every row on a line of its own (the common file) holds no line break. Otherwise
-        # the file is read again allowing line breaks in values: Arrow parses blocks of
-        # lines in parallel and can otherwise split a quoted value at a block's end.
+        # Only a quoted value can hold a line break. Told that one may, Arrow stops cutting
+        # the file into blocks at any line break (and splitting such a value): slower, so
+        # only for a file with quotes.
+        frame, malformed = _arrow_csv(path, opening, sep, header, line_breaks=quoted)
+        # every row on a line of its own (the common file): no value holds a line break
         single = physical == len(frame) + len(malformed) + 1
-        if not single:
-            frame, malformed = _arrow_csv(path, opening, sep, header, line_breaks=True)
         if not typed:
             frame = frame.astype(object).where(lambda f: f.notna(), None)
         # else Arrow-backed text: the same values, without a Python object per cell
@@ -258,10 +257,17 @@ def _long_fields(size: int) -> Iterator[None]:
         csv.field_size_limit(previous)
 
 
-def _physical_lines(path: Path) -> tuple[int, int]:
-    """The number of lines of a file (a last line without a line break counts), and its
-    size in bytes, counted without parsing. Lines end with LF, CRLF or a lone CR."""
-    breaks, size, last = 0, 0, b"\n"
+def _physical_lines(path: Path, encoding: str) -> tuple[int, int, bool]:
+    """The number of lines of a file (a last line without a line break counts), its size in
+    bytes, and whether it holds a double quote, found without parsing. Lines end with LF,
+    CRLF or a lone CR."""
+    if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):
+        # several bytes a character: the file is decoded to be counted
+        with open(path, encoding=encoding, newline="") as handle:
+            text = handle.read()
+        lines = len(_BREAK.findall(text)) + (1 if text and text[-1] not in "\r\n" else 0)
+        return lines, path.stat().st_size, '"' in text
+    breaks, size, last, quoted = 0, 0, b"\n", False
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 24):
             breaks += chunk.count(b"\n")
@@ -269,9 +275,10 @@ def _physical_lines(path: Path) -> tuple[int, int]:
                 breaks += returns - chunk.count(b"\r\n")
             if last == b"\r" and chunk[:1] == b"\n":  # a CRLF across two chunks
                 breaks -= 1
+            quoted = quoted or b'"' in chunk
             size += len(chunk)
             last = chunk[-1:]
-    return breaks + (1 if size and last not in (b"\n", b"\r") else 0), size
+    return breaks + (1 if size and last not in (b"\n", b"\r") else 0), size, quoted
 
 
 #: A line break inside a value, as Arrow and Python's csv module both read them.

@@ -679,6 +679,19 @@ def test_ids_that_start_with_a_space_or_beyond_ascii_are_ids_in_parquet_files(tm
     assert frame.index.tolist() == [" b", "\u00e9a"]
 
 
+def test_blank_ids_in_an_arrow_dictionary_of_view_text_are_refused() -> None:
+    import pyarrow as pa
+
+    from cxpredict.features.engine import arrow_table
+
+    ids = pa.DictionaryArray.from_arrays(
+        pa.array([0, 1], pa.int32()), pa.array(["a", " "], pa.string_view())
+    )
+    orders = arrow_table(_orders()).set_column(0, "customer_id", ids)
+    with pytest.raises(DataError, match="1 row\\(s\\) have no customer_id"):
+        build_features({"orders": orders}, "2024-02-01")
+
+
 @pytest.mark.parametrize("dtype", ["category", "string[pyarrow]"])
 def test_blank_customer_ids_are_refused_whatever_the_column_type(dtype: str) -> None:
     orders = _orders(customer_id=pd.Series(["a", "\u00a0"], dtype=dtype))

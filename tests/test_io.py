@@ -583,6 +583,41 @@ def test_a_stray_quote_never_closed_in_a_large_file_rejects_one_row_and_reads_th
     assert report.rows_accepted == report.rows_in_source - 2 and report.reconciles()
 
 
+@pytest.mark.parametrize("closing", ['t,2024-01-02,2,garden"\n', 'second line"\n'])
+def test_a_quoted_value_on_the_line_that_crosses_arrows_first_block_is_read_whole(
+    tmp_path: Path, closing: str
+) -> None:
+    header = "customer_id,timestamp,amount,category\n"
+    rows = [f"c{i:06d},2024-01-01,1,books\n" for i in range(38_834)]  # 27 bytes each
+    assert len(header) + 27 * len(rows) < 1 << 20 < len(header) + 27 * (len(rows) + 1)
+    text = header + "".join(rows) + 's,2024-01-01,1,"toys\n' + closing + "u,2024-01-03,3,home\n"
+    (tmp_path / "orders.csv").write_text(text)
+    result = load_tables(project(tmp_path, orders={"path": "orders.csv"}), run_at=RUN_AT)
+    orders = result.tables.orders.set_index("customer_id")
+    assert orders.loc["u", "category"] == "home"
+    if closing.startswith("t,"):  # a stray quote swallowing the row of t
+        assert result.rejects["orders"]["line"].tolist() == [38_836]
+        assert "s" not in orders.index and "t" not in orders.index
+    else:  # a value over two lines
+        assert orders.loc["s", "category"] == "toys\nsecond line"
+        assert result.rejects["orders"].empty
+    assert result.reports["orders"].reconciles()
+
+
+def test_the_lines_of_a_utf16_file_are_counted_in_characters(tmp_path: Path) -> None:
+    text = (
+        "customer_id,timestamp,amount,category\r\n"
+        "a,2024-01-01,1,books\r\n"
+        'b,2024-01-02,2,"toys\r\n'  # 3: a quote never closed
+        "c,2024-01-03,3,home\r\n"
+    )
+    (tmp_path / "orders.csv").write_text(text, encoding="utf-16", newline="")
+    config = project(tmp_path, orders={"path": "orders.csv", "encoding": "utf-16"})
+    rejects = load_tables(config, run_at=RUN_AT).rejects["orders"]
+    assert rejects["line"].tolist() == [3]
+    assert "running to line 4" in rejects["reason"][0]
+
+
 def test_a_file_in_another_encoding_names_the_encoding_option(tmp_path: Path) -> None:
     (tmp_path / "orders.csv").write_bytes(
         b"customer_id,timestamp,amount,category\na,2024-01-01,1,caf\xe9\n"

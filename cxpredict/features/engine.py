@@ -349,15 +349,22 @@ def _check_types(name: str, schema: Mapping[str, str]) -> None:
             )
 
 
+def _is_text(kind: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+    )
+
+
 def _arrow_counts(arrow: pa.Table) -> tuple[int, int]:
     """Rows without a customer_id (missing, empty or blank) and amounts out of bounds, read
     off the Arrow columns (null counts are kept by Arrow; a scan of the ids or the amounts
     takes milliseconds)."""
     ids = arrow.column("customer_id")
     # pandas categories (dictionaries) and view text: checked as the plain text they hold
-    if pa.types.is_dictionary(ids.type):
-        ids = ids.cast(ids.type.value_type)
-    if pa.types.is_string_view(ids.type):
+    kind = ids.type.value_type if pa.types.is_dictionary(ids.type) else ids.type
+    if _is_text(kind) and (pa.types.is_dictionary(ids.type) or pa.types.is_string_view(kind)):
+        if pa.types.is_dictionary(ids.type):  # view text has no cast out of a dictionary
+            ids = ids.cast(pa.dictionary(ids.type.index_type, pa.large_string()))
         ids = ids.cast(pa.large_string())
     missing = ids.null_count
     if len(ids) and (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
