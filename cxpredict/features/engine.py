@@ -350,6 +350,7 @@ def _check_types(name: str, schema: Mapping[str, str]) -> None:
 
 
 def _is_text(kind: pa.DataType) -> bool:
+    """Whether ``kind`` is an Arrow text type (plain, large or view)."""
     return (
         pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
     )
@@ -367,7 +368,7 @@ def _arrow_counts(arrow: pa.Table) -> tuple[int, int]:
             ids = ids.cast(pa.dictionary(ids.type.index_type, pa.large_string()))
         ids = ids.cast(pa.large_string())
     missing = ids.null_count
-    if len(ids) and (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+    if len(ids) and _is_text(ids.type):
         empty = pc.or_(pc.equal(pc.binary_length(ids), 0), pc.utf8_is_space(ids))
         missing += int(pc.sum(empty).as_py() or 0)
     if "amount" not in arrow.column_names:
