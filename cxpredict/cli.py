@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,7 +56,7 @@ AsOfOption = Annotated[
     str,
     typer.Option(
         "--as-of",
-        help="Behave as if today were this date (UTC): nothing at or after it is read.",
+        help="Behave as if today were this date, YYYY-MM-DD (UTC): nothing at or after it is read.",
         show_default=False,
     ),
 ]
@@ -82,13 +83,26 @@ def run_moment() -> pd.Timestamp:
     return pd.Timestamp.now(tz="UTC")
 
 
+#: ISO 8601: a date, or a date and time with an optional offset (``Z``, ``+02:00``).
+_ISO_INSTANT = re.compile(
+    r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?"
+)
+
+
 def parse_as_of(text: str, *, now: pd.Timestamp) -> pd.Timestamp:
-    """An ``--as-of`` value as a UTC instant; a date means its midnight, UTC."""
+    """An ``--as-of`` value as a UTC instant; a date means its midnight, UTC.
+
+    Only ISO 8601 is read: ``01/02/2026`` is the 2nd of January to some and the 1st of
+    February to others, and a wrong guess would silently move every window.
+    """
     try:
-        as_of = to_utc(text)
+        if not _ISO_INSTANT.fullmatch(text.strip()):
+            raise ValueError(text)
+        as_of = to_utc(text.strip())
     except (ValueError, TypeError):
         raise typer.BadParameter(
-            f"{text!r} is not a date; use YYYY-MM-DD", param_hint="--as-of"
+            f"{text!r} is not a date in ISO 8601; use YYYY-MM-DD (or YYYY-MM-DDTHH:MM)",
+            param_hint="--as-of",
         ) from None
     if as_of > now:
         raise typer.BadParameter(
@@ -189,7 +203,9 @@ def validate(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the report and rejects.")],
     as_of: Annotated[
         str | None,
-        typer.Option("--as-of", help="Only read what was known before this date (UTC)."),
+        typer.Option(
+            "--as-of", help="Only read what was known before this date, YYYY-MM-DD (UTC)."
+        ),
     ] = None,
 ) -> None:
     """Validate every table: write validation_report.json and rejects_<table>.csv."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from cxpredict.cli import app, baseline_warning
@@ -72,6 +73,30 @@ def test_an_as_of_in_the_future_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "is in the future" in result.output
+
+
+@pytest.mark.parametrize("text", ["01/02/2026", "2/1/2026", "Jan 2 2026", "20260102", "yesterday"])
+def test_an_as_of_outside_iso_8601_is_a_usage_error_not_a_guess(text: str) -> None:
+    from cxpredict.cli import parse_as_of
+
+    with pytest.raises(typer.BadParameter, match="not a date in ISO 8601; use YYYY-MM-DD"):
+        parse_as_of(text, now=pd.Timestamp("2026-06-01", tz="UTC"))
+
+
+@pytest.mark.parametrize(
+    ("text", "instant"),
+    [
+        ("2026-01-02", "2026-01-02T00:00Z"),
+        ("2026-01-02T06:30", "2026-01-02T06:30Z"),
+        ("2026-01-02 06:30:15", "2026-01-02T06:30:15Z"),
+        ("2026-01-02T06:30+02:00", "2026-01-02T04:30Z"),
+    ],
+)
+def test_an_iso_8601_as_of_is_read_as_a_utc_instant(text: str, instant: str) -> None:
+    from cxpredict.cli import parse_as_of
+
+    now = pd.Timestamp("2026-06-01", tz="UTC")
+    assert parse_as_of(text, now=now) == pd.Timestamp(instant)
 
 
 def test_train_on_the_sample_writes_each_bundle_and_its_backtest_next_to_the_baselines(
