@@ -31,6 +31,7 @@ from cxpredict.io import (
     check_rejects,
     load_tables,
     write_table,
+    write_text,
     write_validation,
 )
 from cxpredict.schemas import to_utc
@@ -180,8 +181,9 @@ def sample(
     days: Annotated[int, typer.Option("--days", min=30, help="Length of the history.")] = 730,
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
 ) -> None:
-    """Generate a synthetic omnichannel retailer's orders, interactions and customers."""
-    from cxpredict.sample import generate_sample, write_sample
+    """Generate a synthetic omnichannel retailer's orders, interactions and customers, and a
+    project config for them (``cxpredict.yaml``, unless the folder already has one)."""
+    from cxpredict.sample import generate_sample, sample_config, write_sample
 
     if fmt not in ("csv", "parquet"):
         raise typer.BadParameter("use csv or parquet", param_hint="--format")
@@ -194,6 +196,12 @@ def sample(
         frame = tables.get(name)
         rows = 0 if frame is None else len(frame)
         out.print(f"{name:<13} {rows:>10,} rows  {path}", highlight=False)
+    config = out_dir / "cxpredict.yaml"
+    if config.exists():
+        out.print(f"{'config':<13} {'kept':>15}  {config}", highlight=False)
+    else:
+        write_text(sample_config(paths), config)
+        out.print(f"{'config':<13} {'written':>15}  {config}", highlight=False)
 
 
 @app.command()

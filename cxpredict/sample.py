@@ -551,6 +551,48 @@ class _CareEvents:
         )
 
 
+#: The project config written beside generated tables; ``{orders}`` and the others are the
+#: file names. The same tasks as the bundled sample's config.
+SAMPLE_CONFIG = """\
+# A synthetic omnichannel retailer made by `cxpredict sample`. Paths are relative to this file.
+project: sample
+
+data:
+  orders: {{path: {orders}}}
+  interactions: {{path: {interactions}}}
+  customers: {{path: {customers}}}
+
+tasks:
+  churn:         {{kind: churn, horizon_days: 90, active_days: 180}}
+  repurchase:    {{kind: repurchase, horizon_days: 90}}
+  next_category: {{kind: preference, attribute: category, horizon_days: 90}}
+  best_channel:  {{kind: preference, attribute: channel, table: interactions, horizon_days: 90}}
+  value:         {{kind: value, horizon_days: 180}}
+
+training:
+  n_cutoffs: 12
+  step_days: 28
+  n_backtest_cutoffs: 3
+"""
+
+
+def sample_config(paths: dict[str, Path]) -> str:
+    """The text of a project config reading the tables written by :func:`write_sample`.
+
+    Parameters
+    ----------
+    paths
+        The path of each table, as :func:`write_sample` returns them; the config names them
+        relative to its own folder, which is theirs.
+
+    Returns
+    -------
+    str
+        YAML with the tables and one task of every kind.
+    """
+    return SAMPLE_CONFIG.format(**{name: Path(path).name for name, path in paths.items()})
+
+
 def _simulate_lapses(
     rng: np.random.Generator, people: _Population, care: _CareEvents, cal: _Calendar, m: Mechanisms
 ) -> None:

@@ -99,6 +99,28 @@ def test_an_iso_8601_as_of_is_read_as_a_utc_instant(text: str, instant: str) -> 
     assert parse_as_of(text, now=now) == pd.Timestamp(instant)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_generated_sample_comes_with_a_config_that_reads_it(tmp_path: Path, fmt: str) -> None:
+    from cxpredict.config import load_config
+
+    args = ["sample", "--customers", "200", "--out", str(tmp_path), "--format", fmt]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = load_config(tmp_path / "cxpredict.yaml")
+    assert config.data.orders.path == tmp_path / f"orders.{fmt}"
+    kinds = {task.kind for task in config.tasks.values()}
+    assert kinds == {"churn", "repurchase", "preference", "value"}
+    checked = runner.invoke(
+        app,
+        ["validate", "--config", str(tmp_path / "cxpredict.yaml"), "--out", str(tmp_path / "v")],
+    )
+    assert checked.exit_code == 0, checked.output
+    # a config already there is the user's: generating again keeps it
+    (tmp_path / "cxpredict.yaml").write_text("project: mine\n", encoding="utf-8")
+    assert runner.invoke(app, args).exit_code == 0
+    assert (tmp_path / "cxpredict.yaml").read_text(encoding="utf-8") == "project: mine\n"
+
+
 def test_train_on_the_sample_writes_each_bundle_and_its_backtest_next_to_the_baselines(
     tmp_path: Path,
 ) -> None:
