@@ -96,10 +96,11 @@ def parse_as_of(text: str, *, now: pd.Timestamp) -> pd.Timestamp:
     Only ISO 8601 is read: ``01/02/2026`` is the 2nd of January to some and the 1st of
     February to others, and a wrong guess would silently move every window.
     """
+    given = text.strip()
     try:
-        if not _ISO_INSTANT.fullmatch(text.strip()):
+        if not _ISO_INSTANT.fullmatch(given):
             raise ValueError(text)
-        as_of = to_utc(text.strip())
+        as_of = to_utc(given)
     except (ValueError, TypeError):
         raise typer.BadParameter(
             f"{text!r} is not a date in ISO 8601; use YYYY-MM-DD (or YYYY-MM-DDTHH:MM)",

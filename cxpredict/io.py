@@ -178,6 +178,10 @@ def _encoding_message(table: str, path: Path, config: TableConfig, detail: str) 
     )
 
 
+#: A line break inside a value, as Arrow and Python's csv module both read them.
+_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 def _read_csv_as_text(path: Path, sep: str, encoding: str, *, typed: bool = False) -> pd.DataFrame:
     """A CSV file as text, with the physical ``line`` of each row.
 
@@ -279,10 +283,6 @@ def _physical_lines(path: Path, encoding: str) -> tuple[int, int, bool]:
             size += len(chunk)
             last = chunk[-1:]
     return breaks + (1 if size and last not in (b"\n", b"\r") else 0), size, quoted
-
-
-#: A line break inside a value, as Arrow and Python's csv module both read them.
-_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def _swallowing(

@@ -1186,7 +1186,8 @@ def resolve_tasks(config: ProjectConfig, tasks: Sequence[str] | None) -> list[st
         return names
     for name in tasks:
         config.task(name)  # a ConfigError naming the configured tasks
-    return [name for name in config.tasks if name in set(tasks)]
+    wanted = set(tasks)
+    return [name for name in names if name in wanted]
 
 
 #: The settings of a task that define its labels: a model trained with other values answers

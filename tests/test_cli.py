@@ -110,6 +110,10 @@ def test_a_generated_sample_comes_with_a_config_that_reads_it(tmp_path: Path, fm
     assert config.data.orders.path == tmp_path / f"orders.{fmt}"
     kinds = {task.kind for task in config.tasks.values()}
     assert kinds == {"churn", "repurchase", "preference", "value"}
+    bundled = load_config(
+        Path(__file__).resolve().parents[1] / "data" / "sample" / "cxpredict.yaml"
+    )
+    assert config.tasks == bundled.tasks and config.training == bundled.training
     checked = runner.invoke(
         app,
         ["validate", "--config", str(tmp_path / "cxpredict.yaml"), "--out", str(tmp_path / "v")],

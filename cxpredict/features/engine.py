@@ -874,8 +874,9 @@ class Results:
         column to ``(aggregate, kind)``: ``max``, ``min``, ``last`` or ``cutoff``.
         """
         if self.shape[0] == 1 and 2 * len(got["cid"]) >= self.shape[1]:
-            # a fetch covering few customers stays sparse: an array over every customer would
-            # hold mostly fill values
+            # at one cutoff, a fetch covering at least half the customers is kept over every
+            # customer; one covering fewer stays sparse (below), as an array over every
+            # customer would then hold mostly fill values
             self._keep_every(got, sums or {}, values or {})
             return
         cells, order = self._cells(_filled(got["cid"], 0), _filled(got["j"], 0))
