@@ -844,10 +844,10 @@ def _btyd_at(
     cutoff: pd.Timestamp,
     horizon_days: float,
     names: Sequence[str],
-    notes: list[str] | None = None,
+    notes: list[dict[str, Any]] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The BTYD baselines' predictions for ``customers``; a baseline that cannot predict every
-    customer is left out of the comparison, and ``notes`` says so."""
+    customer is left out of the comparison, and ``notes`` says so (see :func:`left_out_text`)."""
     out = {}
     for name in names:
         frame = cache.predictions(name, cutoff, horizon_days).reindex(customers)
@@ -856,11 +856,33 @@ def _btyd_at(
             out[name] = frame
         elif notes is not None:
             notes.append(
-                f"{name} is left out of the comparison at the test cutoff {cutoff:%Y-%m-%d}: "
-                f"its fit on the purchases before it gives no prediction for "
-                f"{int((~finite).sum()):,} of {len(finite):,} customers"
+                {
+                    "baseline": name,
+                    "test_cutoff": f"{cutoff:%Y-%m-%d}",
+                    "customers_without": int((~finite).sum()),
+                    "customers": len(finite),
+                }
             )
     return out
+
+
+def left_out_text(folds: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One sentence per BTYD baseline left out of some fold of a backtest (its details)."""
+    by_name: dict[str, list[Mapping[str, Any]]] = {}
+    for fold in folds:
+        for note in fold.get("baselines_left_out", []):
+            by_name.setdefault(note["baseline"], []).append(note)
+    sentences = []
+    for name, notes in by_name.items():
+        cutoffs = ", ".join(n["test_cutoff"] for n in notes)
+        counts = ", ".join(f"{n['customers_without']:,} of {n['customers']:,}" for n in notes)
+        plural = "s" if len(notes) > 1 else ""
+        sentences.append(
+            f"{name} is left out of the comparison at the test cutoff{plural} {cutoffs}: its "
+            f"fit on the purchases before {'each' if plural else 'it'} gives no prediction for "
+            f"{counts} customers"
+        )
+    return sentences
 
 
 def _over(estimator: Any, X: pd.DataFrame, horizon_days: int) -> np.ndarray:
@@ -912,7 +934,7 @@ def evaluate_binary(
     *,
     cache: BtydCache,
     btyd_baselines: Sequence[str] = ("bgnbd", "pareto"),
-    notes: list[str] | None = None,
+    notes: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """Model and baseline metrics on a fold's test cutoff, and the model's calibration table.
 
@@ -988,7 +1010,7 @@ def evaluate_value(
     *,
     cache: BtydCache,
     btyd_baselines: Sequence[str] = ("bgnbd", "pareto"),
-    notes: list[str] | None = None,
+    notes: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Spend and order-count metrics of the model and the baselines on the test cutoff.
 
@@ -1168,7 +1190,7 @@ def run_backtest(
             preference_strategy=preference_strategy,
             start_horizon_days=start_horizon_days,
         )
-        notes: list[str] = []
+        notes: list[dict[str, Any]] = []
         if isinstance(task, ChurnTask | RepurchaseTask):
             fold_rows, calibration = evaluate_binary(
                 task, fitted, data, cache=cache, btyd_baselines=btyd_baselines, notes=notes

@@ -365,6 +365,7 @@ def train(
     names = list(task) if task else list(config.tasks)
     for name in names:
         config.task(name)  # a ConfigError naming the configured tasks
+    from cxpredict.backtest import left_out_text
     from cxpredict.training import train_task
 
     out_dir = out_dir or config.root / "training" / f"{cutoff:%Y-%m-%d}"
@@ -383,9 +384,7 @@ def train(
             name, result.summary, *promotion_metric(config, result.bundle.kind)
         )
         left_out = [
-            f"{name}: {note}"
-            for fold in result.details.get("backtest_folds", [])
-            for note in fold.get("baselines_left_out", [])
+            f"{name}: {text}" for text in left_out_text(result.details.get("backtest_folds", []))
         ]
         for text in [warning, *left_out]:
             if text:

@@ -14,6 +14,7 @@ from cxpredict.backtest import (
     add_btyd,
     btyd_from_params,
     btyd_start,
+    left_out_text,
     plan_backtest,
     plan_fold,
     run_backtest,
@@ -218,8 +219,38 @@ def test_a_btyd_baseline_without_a_prediction_for_every_customer_is_left_out_and
     assert "bgnbd" not in set(result.metrics["model"])
     (note,) = result.details[0]["baselines_left_out"]
     test = f"{result.folds[0].test:%Y-%m-%d}"
-    assert note.startswith(f"bgnbd is left out of the comparison at the test cutoff {test}")
-    assert "gives no prediction for 1 of " in note
+    assert note["baseline"] == "bgnbd"
+    assert note["test_cutoff"] == test
+    assert note["customers_without"] == 1
+    (sentence,) = left_out_text(result.details)
+    assert sentence.startswith(f"bgnbd is left out of the comparison at the test cutoff {test}")
+    assert "gives no prediction for 1 of " in sentence
+
+
+def test_a_baseline_left_out_of_several_folds_is_said_once_with_every_cutoff():
+    folds = [
+        {"baselines_left_out": [note]}
+        for note in (
+            {
+                "baseline": "pareto",
+                "test_cutoff": "2025-08-08",
+                "customers_without": 2,
+                "customers": 1500,
+            },
+            {
+                "baseline": "pareto",
+                "test_cutoff": "2025-09-05",
+                "customers_without": 1,
+                "customers": 1600,
+            },
+        )
+    ]
+    folds.append({"baselines_left_out": []})
+    assert left_out_text(folds) == [
+        "pareto is left out of the comparison at the test cutoffs 2025-08-08, 2025-09-05: its "
+        "fit on the purchases before each gives no prediction for 2 of 1,500, 1 of 1,600 "
+        "customers"
+    ]
 
 
 def two_buyers_and_one_without_a_summary(ids: list[str]) -> pd.DataFrame:
