@@ -99,32 +99,32 @@ def test_a_cutoff_is_always_given() -> None:
 # -- many cutoffs ----------------------------------------------------------------------------
 
 
-def test_an_order_counts_at_its_first_line_and_its_value_once_its_last_line_is_in(
+def test_an_order_counts_at_its_first_line_and_is_worth_its_lines_before_the_cutoff(
     tiny: Tables, tiny_vocabulary: Vocabulary
 ) -> None:
-    # c2's order o4 gets a second, larger line after the cutoff: before it, the order counts
-    # but its value is not known yet, so it is not the largest order.
+    # c2's order o4 (10 just before the cutoff) gets two more lines after it: before them it
+    # is worth 10 and is the largest order, whether built alone or among later cutoffs.
     late = pd.DataFrame(
         {
-            "customer_id": ["c2", "c2"],
-            "order_id": ["o4", "o9"],
-            "timestamp": pd.to_datetime(["2024-03-05T00:00", "2024-02-01T00:00"], utc=True).astype(
-                "datetime64[us, UTC]"
-            ),
-            "amount": [500.0, 20.0],
-            "category": ["hats", "hats"],
-            "channel": ["app", "app"],
+            "customer_id": ["c2", "c2", "c2"],
+            "order_id": ["o4", "o4", "o9"],
+            "timestamp": pd.to_datetime(
+                ["2024-03-03T00:00", "2024-03-05T00:00", "2024-02-01T00:00"], utc=True
+            ).astype("datetime64[us, UTC]"),
+            "amount": [1.0, 500.0, 5.0],
+            "category": ["hats", "hats", "hats"],
+            "channel": ["app", "app", "app"],
         }
     )
     orders = pd.concat([tiny.orders, late], ignore_index=True)
     shop = Tables(orders, tiny.interactions, tiny.customers)
-    later = CUTOFF + pd.Timedelta(days=10)
-    alone = build_features(shop, CUTOFF, vocabulary=tiny_vocabulary)
-    many = build_training_features(shop, [CUTOFF, later], vocabulary=tiny_vocabulary)
-    for frame in (alone, many.xs(CUTOFF, level="cutoff")):
-        assert frame.loc["c2", "orders_lifetime"] == 2
-        assert frame.loc["c2", "order_value_max"] == 20
-    assert many.loc[("c2", later), "order_value_max"] == 510
+    between, later = CUTOFF + pd.Timedelta(days=3), CUTOFF + pd.Timedelta(days=10)
+    many = build_training_features(shop, [CUTOFF, between, later], vocabulary=tiny_vocabulary)
+    for cutoff, largest in ((CUTOFF, 10), (between, 11), (later, 511)):
+        alone = build_features(shop, cutoff, vocabulary=tiny_vocabulary)
+        for frame in (alone, many.xs(cutoff, level="cutoff")):
+            assert frame.loc["c2", "orders_lifetime"] == 2
+            assert frame.loc["c2", "order_value_max"] == largest
 
 
 def test_features_at_one_cutoff_equal_those_built_among_many(shop: Tables) -> None:
@@ -594,11 +594,6 @@ def test_counts_over_windows_share_the_first_packs() -> None:
     assert all(packing.place(a)[0] == 0 for a in windowed)  # type: ignore[index]
 
 
-def test_only_extrema_take_another_instant_column() -> None:
-    with pytest.raises(ValueError, match="only max and min"):
-        engine.Aggregate("orders", "n", "count", "true", at="complete_us")
-
-
 def test_a_one_cutoff_build_computes_a_source_read_once_in_its_query(tiny: Tables) -> None:
     sql: list[str] = []
     requests = [
@@ -728,6 +723,25 @@ def test_a_signup_date_corrected_later_is_not_known_before_the_correction() -> N
     assert "a" not in population(tables, "2024-03-01")
     june = build_features(tables, "2024-06-01")
     assert june.loc["a", "tenure_days"] == june.loc["a", "days_since_signup"] == 61
+
+
+def test_a_customer_row_without_a_signup_or_an_order_is_not_a_customer_yet() -> None:
+    orders = _orders(customer_id=["x", "y"])
+    recorded = pd.to_datetime(["2024-01-05"], utc=True)
+    with_column = pd.DataFrame(
+        {
+            "customer_id": ["a"],
+            "signup_at": pd.Series([pd.NaT], dtype=recorded.dtype),
+            "updated_at": recorded,
+        }
+    )
+    without_column = pd.DataFrame({"customer_id": ["a"], "updated_at": recorded})
+    for customers in (with_column, without_column):
+        tables = Tables(orders, None, customers)
+        for cutoffs in (["2024-02-01"], ["2024-02-01", "2024-03-01"]):
+            frame = build_training_features(tables, cutoffs)
+            assert "a" not in frame.index.get_level_values("customer_id")
+        assert "a" not in population(tables, "2024-02-01")
 
 
 def test_cutoffs_given_as_numbers_or_a_bare_text_are_refused(tiny: Tables) -> None:

@@ -112,6 +112,15 @@ def test_a_sql_feature_that_is_not_an_aggregate_is_refused(
         build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[broken])
 
 
+def test_a_sql_feature_sees_answers_only_as_known_at_the_cutoff(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    # the engine's raw answer instant would tell an answer after the cutoff from none
+    raw = SqlFeature("raw_answers", "interactions", "count(responded_us)", "Raw answers.")
+    with pytest.raises(ValueError, match="'raw_answers'.*not an aggregate over interactions"):
+        build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[raw])
+
+
 def test_a_python_feature_sees_only_the_tables_before_the_cutoff(
     tiny: Tables, tiny_vocabulary: Vocabulary
 ) -> None:

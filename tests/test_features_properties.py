@@ -1,4 +1,5 @@
-"""Properties: nothing at or after the cutoff changes a feature (same vocabulary)."""
+"""Properties: nothing at or after the cutoff changes a feature (same vocabulary), whether
+the cutoff is built alone or among later cutoffs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cxpredict.config import FeaturesConfig
-from cxpredict.features import Vocabulary, build_features
+from cxpredict.features import Vocabulary, build_features, build_training_features
 from cxpredict.schemas import Tables
 
 CUTOFF = pd.Timestamp("2024-03-01 06:30", tz="UTC")
@@ -118,6 +119,22 @@ def features(tables: Tables) -> pd.DataFrame:
     return build_features(tables, CUTOFF, settings=WINDOWS, vocabulary=VOCABULARY)
 
 
+def features_among_later_cutoffs(tables: Tables) -> pd.DataFrame:
+    """The cutoff's rows of a build over it and two later cutoffs, which see the future rows."""
+    cutoffs = [CUTOFF, CUTOFF + pd.Timedelta(days=20), CUTOFF + pd.Timedelta(days=61)]
+    many = build_training_features(tables, cutoffs, settings=WINDOWS, vocabulary=VOCABULARY)
+    return many[many.index.get_level_values("cutoff") == CUTOFF].droplevel("cutoff")
+
+
+def assert_same_features(one: Tables, other: Tables) -> None:
+    """Equal features at the cutoff in both worlds, alone and among later cutoffs."""
+    alone = features(one)
+    pd.testing.assert_frame_equal(alone, features(other), check_exact=True)
+    among = features_among_later_cutoffs(one)
+    pd.testing.assert_frame_equal(among, features_among_later_cutoffs(other), check_exact=True)
+    pd.testing.assert_frame_equal(among, alone, check_exact=True, check_names=False)
+
+
 @SETTINGS
 @given(
     past=order_rows(before),
@@ -137,7 +154,7 @@ def test_orders_and_attribute_changes_at_or_after_the_cutoff_change_no_feature(
 ) -> None:
     one = Tables(orders(past + future), None, customers(history + future_history))
     other = Tables(orders(past + other_future), None, customers(history + other_future_history))
-    pd.testing.assert_frame_equal(features(one), features(other), check_exact=True)
+    assert_same_features(one, other)
 
 
 @SETTINGS
@@ -173,4 +190,4 @@ def test_interactions_and_answers_at_or_after_the_cutoff_change_no_feature(
     base_orders = orders([(c, "o1", -DAY_US, 10.0, "shoes", "web") for c in CUSTOMERS])
     one = Tables(base_orders, interactions(one_rows + future))
     other = Tables(base_orders, interactions(other_rows + other_future))
-    pd.testing.assert_frame_equal(features(one), features(other), check_exact=True)
+    assert_same_features(one, other)

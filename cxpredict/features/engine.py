@@ -101,9 +101,10 @@ class Aggregate:
     customer so that the result is deterministic: ``us`` when a customer has one row per
     instant, else :func:`last_order` to break ties), over the rows where it is not missing.
 
-    ``at`` (``max`` and ``min`` only) names another instant column of the source, never
-    before ``us``, that places a row before or after a cutoff instead of ``us``: an order
-    whose value is known once its last line is.
+    ``one_cutoff`` names another source that a build at one cutoff reads instead: one whose
+    rows, when they all lie before the cutoff, give this aggregate the same value, and which
+    other aggregates read anyway (an order's value so far is the largest of the running totals
+    of its lines, one row per line instant; at one cutoff, the order's total, one row per order).
     """
 
     source: str
@@ -115,14 +116,7 @@ class Aggregate:
     #: For a ``last`` whose ``order`` holds the value plus one in its low bits (as
     #: :func:`last_code` makes them): how many bits; read off ``max(order)``.
     code_bits: int = 0
-    at: str = "us"
-
-    def __post_init__(self) -> None:
-        if self.at != "us" and self.kind not in ("max", "min"):
-            raise ValueError(
-                f"the aggregate {self.name!r} is a {self.kind}: only max and min take another "
-                "instant column (at)"
-            )
+    one_cutoff: str | None = None
 
 
 #: Customers become known at their first order: every build asks for this aggregate.
@@ -173,7 +167,9 @@ class PerCutoff:
     """An aggregate over a source's rows joined to every cutoff after them.
 
     ``expr`` is any SQL aggregate; it may use ``c`` (the cutoff in microseconds) to filter
-    rows, e.g. ``count(*) FILTER (WHERE us >= c - 30 * 86400000000)``.
+    rows, e.g. ``count(*) FILTER (WHERE us >= c - 30 * 86400000000)``. ``columns`` adds
+    columns computed per row and cutoff; ``hidden`` names source columns that ``expr`` and
+    ``where`` must not see (``columns`` may read them, to show what is known at the cutoff).
     """
 
     source: str
@@ -181,6 +177,7 @@ class PerCutoff:
     expr: str
     columns: str = ""
     where: str = ""
+    hidden: str = ""
 
 
 Request = Source | Aggregate | PerCutoff
@@ -1133,8 +1130,12 @@ def _dimension(s: Session, cmax: int, first_orders: str) -> tuple[pd.Index, np.n
     parts = [f"SELECT customer_id, {ENTRY} AS us FROM {first_orders}"]
     if "customers" in s.relations:
         # a signup counts from when its row was recorded: a later correction of the signup
-        # date is not known before its updated_at
-        known = "greatest(signup_us, COALESCE(updated_us, signup_us))"
+        # date is not known before its updated_at; a row without a signup is no signup (and
+        # DuckDB's greatest skips a missing value, hence the CASE)
+        known = (
+            "CASE WHEN signup_us IS NOT NULL "
+            "THEN greatest(signup_us, COALESCE(updated_us, signup_us)) END"
+        )
         parts.append(f"SELECT customer_id, {known} AS us FROM customers WHERE {known} < {cmax}")
     s.con.execute(
         "CREATE TEMP TABLE dim AS SELECT customer_id, min(us) AS entry, "
@@ -1172,11 +1173,7 @@ def _level_one(agg: Aggregate) -> str:
     return f"arg_max({agg.expr}, {order}) AS {name}, max({order}) AS {ident(agg.name + '__at')}"
 
 
-def _level_single(agg: Aggregate, cut: int) -> str:
-    if agg.at != "us":
-        return (
-            f"{agg.kind}({agg.expr}) FILTER (WHERE e.{ident(agg.at)} < {cut}) AS {ident(agg.name)}"
-        )
+def _level_single(agg: Aggregate) -> str:
     if agg.kind != "last" or agg.code_bits:
         return _level_one(agg)
     order = f"CASE WHEN ({agg.expr}) IS NOT NULL THEN {agg.order} END"
@@ -1213,11 +1210,12 @@ def _store(
     results.keep(got, sums, values)
 
 
-def per_cutoff_rows(source: str, columns: str = "", *, empty: bool = False) -> str:
-    """SQL pairing each row of ``source`` with every cutoff after it (``j``, ``c``, ``columns``)."""
+def per_cutoff_rows(source: str, columns: str = "", hidden: str = "") -> str:
+    """SQL pairing each row of ``source`` with every cutoff after it (``j``, ``c``, ``columns``),
+    without the source's ``hidden`` columns."""
     extra = f", {columns}" if columns else ""
-    on = "false" if empty else "e.us < g.c"
-    return f"SELECT e.*, g.j, g.c{extra} FROM {ident(source)} e JOIN cutoff_grid g ON {on}"
+    star = f"e.* EXCLUDE ({hidden})" if hidden else "e.*"
+    return f"SELECT {star}, g.j, g.c{extra} FROM {ident(source)} e JOIN cutoff_grid g ON e.us < g.c"
 
 
 def _materialized(
@@ -1236,28 +1234,6 @@ def _materialized(
     readers += len({(p.columns, p.where) for p in per_cutoff if p.source == source.name})
     readers += sum(1 for o in sources if o.name != source.name and mention.search(o.sql))
     return readers > 1
-
-
-def _instants_as_sources(
-    aggregates: Sequence[Aggregate], execute: Callable[[str], None]
-) -> list[Aggregate]:
-    """Over several cutoffs, an aggregate placed by another instant (``at``) reads a view of
-    its source with that instant as ``us``, so that its rows fall in the slots of that
-    instant."""
-    out, views = [], set()
-    for agg in aggregates:
-        if agg.at == "us":
-            out.append(agg)
-            continue
-        view = f"{agg.source}@{agg.at}"
-        if view not in views:
-            execute(
-                f"CREATE TEMP VIEW {ident(view)} AS SELECT * REPLACE ({ident(agg.at)} AS us) "
-                f"FROM {ident(agg.source)}"
-            )
-            views.add(view)
-        out.append(replace(agg, source=view, at="us"))
-    return out
 
 
 def merge_aggregates(aggregates: Sequence[Aggregate]) -> list[Aggregate]:
@@ -1303,7 +1279,16 @@ def run(
 
     s.prepare(cmax)
     sources = [r for r in requests if isinstance(r, Source)]
-    aggregates = merge_aggregates([r for r in requests if isinstance(r, Aggregate)])
+    several = len(cutoffs) > 1
+    aggregates = merge_aggregates(
+        [
+            r
+            if several or r.one_cutoff is None
+            else replace(r, source=r.one_cutoff, one_cutoff=None)
+            for r in requests
+            if isinstance(r, Aggregate)
+        ]
+    )
     per_cutoff = list(
         {(r.source, r.name): r for r in requests if isinstance(r, PerCutoff)}.values()
     )
@@ -1311,7 +1296,6 @@ def run(
     if not entry_source:
         raise ValueError(f"no aggregate named {ENTRY!r}: the first order of each customer")
 
-    several = len(cutoffs) > 1
     seen: dict[str, str] = {}
     for source in sources:
         if source.name in seen:
@@ -1323,8 +1307,6 @@ def run(
             "TABLE" if _materialized(source, sources, aggregates, per_cutoff, several) else "VIEW"
         )
         execute(f"CREATE TEMP {kind} {ident(source.name)} AS {source.sql}")
-    if several:
-        aggregates = _instants_as_sources(aggregates, execute)
 
     windows = tuple(sorted({w for a in aggregates for w in a.windows}))
     grid = Grid(cutoffs, windows)
@@ -1568,7 +1550,7 @@ class _Packing:
 
 def _grouped_one(source: str, aggs: Sequence[Aggregate], cut: int, packing: _Packing) -> str:
     """SQL for ``aggs`` over the rows of ``source`` before ``cut``, one row per customer."""
-    parts = [_level_single(a, cut) for a in aggs if packing.place(a) is None]
+    parts = [_level_single(a) for a in aggs if packing.place(a) is None]
     parts += [
         f"{sum_sql(a, f'e.us < {cut - w * DAY_US}')} AS {ident(f'{a.name}@{w}')}"
         for a in aggs
@@ -1635,14 +1617,15 @@ def _run_one(
 
 
 def _run_per_cutoff(s: Session, results: Results, per_cutoff: Sequence[PerCutoff]) -> None:
-    by_cutoff_source: dict[tuple[str, str, str], list[PerCutoff]] = {}
+    by_cutoff_source: dict[tuple[str, str, str, str], list[PerCutoff]] = {}
     for item in per_cutoff:
-        by_cutoff_source.setdefault((item.source, item.columns, item.where), []).append(item)
-    for (source, columns, where), items in by_cutoff_source.items():
+        key = (item.source, item.columns, item.where, item.hidden)
+        by_cutoff_source.setdefault(key, []).append(item)
+    for (source, columns, where, hidden), items in by_cutoff_source.items():
         cols = ", ".join(f"{p.expr} AS {ident(p.name)}" for p in items)
         got = s.fetch(
             f"SELECT d.cid, r.* EXCLUDE (customer_id) FROM (SELECT customer_id, j, {cols} "
-            f"FROM ({per_cutoff_rows(source, columns)}) WHERE {where or 'true'} "
+            f"FROM ({per_cutoff_rows(source, columns, hidden)}) WHERE {where or 'true'} "
             "GROUP BY customer_id, j) r JOIN dim d USING (customer_id)"
         )
         results.keep(got, values={p.name: (p.name, "cutoff") for p in items})

@@ -197,6 +197,12 @@ def _columns(table: str) -> str:
     return columns
 
 
+def _hidden(table: str) -> str:
+    """Engine columns an expression must not see: the raw answer instant, which may lie after
+    the cutoff (``responded_at`` is the answer as known at the cutoff)."""
+    return "responded_us" if table == "interactions" else ""
+
+
 def _source(table: str) -> Source:
     drop = "us, responded_us" if table == "interactions" else "us"
     return Source(
@@ -232,6 +238,7 @@ def sql_requests(ctx: Context, extensions: Sequence[Extension]) -> list[Request]
                 f"({extension.expression})",
                 columns=_columns(extension.table),
                 where=_where(extension),
+                hidden=_hidden(extension.table),
             )
         )
     return out
@@ -251,7 +258,9 @@ def sql_fills(s: Session, ctx: Context, extensions: Sequence[Extension]) -> dict
         if extension.table == "interactions":
             columns += ", NULL::TIMESTAMP AS responded_at"
         source = _source(extension.table).sql
-        rows = f"SELECT e.*, {columns} FROM ({source}) e WHERE false"
+        hidden = _hidden(extension.table)
+        star = f"e.* EXCLUDE ({hidden})" if hidden else "e.*"
+        rows = f"SELECT {star}, {columns} FROM ({source}) e WHERE false"
         try:
             # Grouped, a non-aggregate expression fails to bind; ungrouped, an aggregate over
             # no rows gives the value of customers without rows.

@@ -81,18 +81,34 @@ def order_lines(ctx: Context) -> Source:
 
 def order_level(ctx: Context) -> Source:
     """``order_level``: one row per order at its first purchase line (also used by rhythm),
-    with ``complete_us``, the instant of its last purchase line, and its ``value``."""
+    with its ``value``, the total of its purchase lines."""
     if ctx.available.has("orders", "order_id"):
         sql = (
-            "SELECT customer_id, min(us) AS us, max(us) AS complete_us, sum(amount) AS value "
+            "SELECT customer_id, min(us) AS us, sum(amount) AS value "
             "FROM orders WHERE amount >= 0 GROUP BY customer_id, order_id"
         )
     else:
-        sql = (
-            "SELECT customer_id, us, us AS complete_us, amount AS value "
-            "FROM orders WHERE amount >= 0"
-        )
+        sql = "SELECT customer_id, us, amount AS value FROM orders WHERE amount >= 0"
     return Source("order_level", sql, materialize=True)
+
+
+def order_steps(ctx: Context) -> Source | None:
+    """``order_steps``: an order's value so far at each instant one of its purchase lines
+    adds to it (``None`` without order ids, when every line is an order of its own).
+
+    Before a cutoff, an order is worth the lines placed before it: a line placed later
+    cannot be known yet. As purchase lines are not negative, the order's value so far is
+    the largest of these running totals before the cutoff.
+    """
+    if not ctx.available.has("orders", "order_id"):
+        return None
+    return Source(
+        "order_steps",
+        "SELECT customer_id, us, sum(value) OVER (PARTITION BY customer_id, order_id "
+        "ORDER BY us ROWS UNBOUNDED PRECEDING) AS value FROM (SELECT customer_id, order_id, "
+        "us, sum(amount) AS value FROM orders WHERE amount >= 0 "
+        "GROUP BY customer_id, order_id, us)",
+    )
 
 
 def _definitions(ctx: Context) -> list[FeatureDef]:
@@ -182,19 +198,21 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
 
 def _requests(ctx: Context) -> list[Request]:
     windows = ctx.windows
+    steps = order_steps(ctx)
     return [
         order_level(ctx),
+        *([steps] if steps is not None else []),
         order_lines(ctx),
         # customers become known with their first purchase: refunds are not orders
         Aggregate("order_lines", ENTRY, "min", "CASE WHEN amount >= 0 THEN us END"),
         Aggregate("order_level", "orders", "count", "true", windows),
-        # an order's value is known once its last line is before the cutoff
+        # an order is worth its lines before the cutoff; at one cutoff, all of them
         Aggregate(
-            "order_level",
+            "order_steps" if steps is not None else "order_level",
             "order_value_max_units",
             "max",
             f"round(value * {MONEY_SCALE})::BIGINT",
-            at="complete_us",
+            one_cutoff="order_level" if steps is not None else None,
         ),
         Aggregate("order_lines", "spend_units", "sum", MONEY_UNITS, windows),
         Aggregate(
