@@ -744,6 +744,16 @@ def test_a_customer_row_without_a_signup_or_an_order_is_not_a_customer_yet() -> 
         assert "a" not in population(tables, "2024-02-01")
 
 
+def test_instants_are_read_to_the_microsecond_with_finer_digits_dropped() -> None:
+    for stamp in ("2024-03-09 23:59:59.9999995", "1969-12-31 23:59:59.9999995"):
+        nanoseconds = pd.to_datetime([stamp], utc=True)  # pandas' default unit
+        orders = _orders(customer_id=["a"], timestamp=nanoseconds, amount=[10.0])
+        midnight = pd.Timestamp(stamp).ceil("D").tz_localize("UTC")
+        frame = build_features(Tables(orders), midnight)
+        assert frame.index.tolist() == ["a"]
+        assert 0 < frame.loc["a", "days_since_first_order"] < 1e-9
+
+
 def test_cutoffs_given_as_numbers_or_a_bare_text_are_refused(tiny: Tables) -> None:
     with pytest.raises(TypeError, match="got the number 20241001"):
         build_features(tiny, 20241001)

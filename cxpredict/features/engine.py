@@ -672,8 +672,14 @@ def floor_day_sql(us: str) -> str:
 
 
 def _epoch_us_sql(column: str, kind: str) -> str:
+    """SQL for the instants of ``column`` (of the DuckDB or Arrow type ``kind``) as whole
+    microseconds, finer digits dropped as :func:`cutoff_micros` drops them (DuckDB's own
+    cast of nanoseconds would round an instant just before a cutoff up to it)."""
     if kind.upper().startswith(("BIGINT", "INTEGER")):
         return ident(column)
+    if kind.upper().endswith("_NS") or "[ns" in kind.lower():
+        ns = f"epoch_ns({ident(column)})"
+        return f"(({ns}) - ((({ns}) % 1000) + 1000) % 1000) // 1000"
     return f"epoch_us({ident(column)})"
 
 
