@@ -279,6 +279,8 @@ class RunFacts:
     importance: pd.Series | None = None
     calibration: pd.DataFrame | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    #: The label window the run trained on (shorter than the horizon while history is short).
+    label_days: int | None = None
 
 
 def _attr(names: str, *sources: Any) -> Any:
@@ -307,6 +309,7 @@ def run_facts(config: ProjectConfig, task_name: str, result: Any) -> RunFacts:
     if callable(importance):
         importance = importance()
     params = _attr("params lightgbm_params", result, bundle)
+    details = dict(_attr("details", result) or {})
     return RunFacts(
         task_name=task_name,
         task=config.task(task_name),
@@ -321,7 +324,8 @@ def run_facts(config: ProjectConfig, task_name: str, result: Any) -> RunFacts:
         params=dict(config.training.lightgbm if params is None else params),
         importance=importance,
         calibration=_calibration_frame(_attr("calibration", result, bundle)),
-        details=dict(_attr("details", result) or {}),
+        details=details,
+        label_days=details.get("label_horizon_days") or _attr("label_horizon_days", result),
     )
 
 
@@ -637,9 +641,8 @@ def log_training_run(
     metric, _ = promotion_metric(config, facts.task.kind)
     known = tables.before(facts.as_of)
     fingerprint = data_fingerprint(known)
-    label_days = facts.details.get("label_horizon_days") or _attr("label_horizon_days", result)
     keys = {
-        c.isoformat(): evaluation_key(known, c, facts.task, label_days=label_days)
+        c.isoformat(): evaluation_key(known, c, facts.task, label_days=facts.label_days)
         for c in facts.backtest_cutoffs
     }
     loader = loader or serving.DEFAULT_LOADER
@@ -765,7 +768,11 @@ def _log_run_contents(
         "training/cutoffs.json",
     )
     mlflow.log_dict(
-        {"horizon_days": facts.task.horizon_days, "evaluation_keys": dict(keys)},
+        {
+            "horizon_days": facts.task.horizon_days,
+            "label_days": facts.label_days,
+            "evaluation_keys": dict(keys),
+        },
         CUTOFFS_ARTIFACT,
     )
     tidy = facts.metrics[["cutoff", "model", "metric", "value"]].copy()
@@ -913,14 +920,16 @@ class PromotionResult:
     message: str
 
 
-def _backtest(client: Any, version: Any) -> tuple[pd.DataFrame, dict[str, str]]:
+def _backtest(client: Any, version: Any) -> tuple[pd.DataFrame, dict[str, str], int | None]:
+    """A version's backtest figures, its evaluation keys by cutoff and its label window."""
     with tempfile.TemporaryDirectory() as tmp:
         metrics_path = client.download_artifacts(version.run_id, METRICS_ARTIFACT, tmp)
         keys_path = client.download_artifacts(version.run_id, CUTOFFS_ARTIFACT, tmp)
         metrics = pd.read_csv(metrics_path)
-        keys = json.loads(Path(keys_path).read_text(encoding="utf-8"))["evaluation_keys"]
+        logged = json.loads(Path(keys_path).read_text(encoding="utf-8"))
     metrics["cutoff"] = pd.to_datetime(metrics["cutoff"], utc=True)
-    return metrics, {to_utc(k).isoformat(): str(v) for k, v in keys.items()}
+    keys = {to_utc(k).isoformat(): str(v) for k, v in logged["evaluation_keys"].items()}
+    return metrics, keys, logged.get("label_days")
 
 
 def _outdated(client: Any, name: str, champion: str, challenger: str) -> str | None:
@@ -983,7 +992,7 @@ def compare_versions(
     keys_a, keys_b = runs["champion"][1], runs["challenger"][1]
     shared = sorted(c for c in set(keys_a) & set(keys_b) if keys_a[c] == keys_b[c])
     values = {}
-    for label, (metrics, _) in runs.items():
+    for label, (metrics, _, _) in runs.items():
         rows = metrics[(metrics["model"] == MODEL) & (metrics["metric"] == metric)]
         values[label] = rows.set_index(rows["cutoff"].map(lambda c: c.isoformat()))["value"]
     usable = [
@@ -999,12 +1008,24 @@ def compare_versions(
             label: ", ".join(sorted(k[:10] for k in keys)) or "none"
             for label, keys in (("champion", keys_a), ("challenger", keys_b))
         }
+        windows = (runs["champion"][2], runs["challenger"][2])
+        if None not in windows and windows[0] != windows[1]:
+            advice = (
+                f"their label windows differ ({windows[0]} and {windows[1]} days: while the "
+                "history is too short for the horizon, each training labels the longest window "
+                "it has, so no cutoff compares until both label the same window); promote "
+                "with --force --reason if the challenger's own backtest convinces you"
+            )
+        else:
+            advice = (
+                "retrain the challenger with the champion's --as-of (or one a multiple of "
+                "training.step_days later) on the same data, or promote with --force --reason"
+            )
         raise PromotionRefused(
             f"{name}: champion v{champion} and challenger v{challenger} share no backtest "
             f"cutoff evaluated on the same data with a defined {metric} (champion: "
             f"{days['champion']}; challenger: {days['challenger']}), so their figures are not "
-            "comparable; retrain the challenger with the champion's --as-of (or one a multiple "
-            "of training.step_days later) on the same data, or promote with --force --reason"
+            f"comparable; {advice}"
         )
     stamps = tuple(to_utc(c) for c in usable)
     return Comparison(

@@ -8,7 +8,8 @@
 # compares it with the champion on the same backtest cutoffs and data and moves "champion"
 # only if it is better, or if the champion can no longer score (a feature it uses is no
 # longer built or was redefined, e.g. after a cxpredict upgrade). A refused promotion (exit code 11) is the normal outcome when the
-# new model is no better: the champion stays and the job goes on. Any other failure stops
+# new model is no better, or cannot be compared (promote says why): the champion stays and the
+# job goes on. Any other failure stops
 # the job with that command's exit code; tasks already promoted stay promoted.
 set -euo pipefail
 
@@ -27,7 +28,7 @@ for task in $TASKS; do
     status=0
     cxpredict promote --config "$CONFIG" --task "$task" || status=$?
     if [[ $status -eq $PROMOTION_REFUSED ]]; then
-        echo "$task: challenger not better; champion kept"
+        echo "$task: promotion refused (reason above); champion kept"
     elif [[ $status -ne 0 ]]; then
         exit "$status"
     fi

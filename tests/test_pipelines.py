@@ -171,7 +171,9 @@ def test_a_refused_promotion_keeps_the_champion_and_other_failures_stop_the_job(
     )
     assert code == expected, output
     if expected == 0:
-        assert len(calls) == 4 and "churn: challenger not better; champion kept" in output
+        assert (
+            len(calls) == 4 and "churn: promotion refused (reason above); champion kept" in output
+        )
     else:
         assert calls == [
             "train --config p.yaml --as-of 2026-01-01 --task churn",

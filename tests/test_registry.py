@@ -403,6 +403,24 @@ def test_versions_evaluated_on_other_data_are_not_compared(config: ProjectConfig
     assert aliases(config, "other")[CHAMPION] == "1"
 
 
+def test_versions_trained_on_other_label_windows_are_refused_with_the_reason(
+    empty: ProjectConfig, tables
+) -> None:
+    # while the history is short, a later training labels a longer window: no cutoff compares
+    for number, days in enumerate((49, 56)):
+        result = Trained(
+            as_of=AS_OF,
+            metrics=backtest_metrics(0.5 + 0.1 * number),
+            training_cutoffs=[AS_OF - pd.Timedelta(days=112 + 28 * j) for j in range(3)][::-1],
+            catalogue_version=CATALOGUE,
+            bundle=tiny_bundle(number),
+        )
+        result.label_horizon_days = days  # type: ignore[attr-defined]
+        registry.log_training_run(empty, "churn", result, tables=tables, loader=LOADER)
+    with pytest.raises(PromotionRefused, match="their label windows differ \\(49 and 56 days"):
+        registry.promote(empty, "churn")
+
+
 def test_only_shared_cutoffs_are_compared(config: ProjectConfig) -> None:
     result = registry.promote(config, "shifted")
     assert result.comparison is not None
