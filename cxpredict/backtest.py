@@ -380,6 +380,10 @@ def btyd_start(
     return np.clip(expected, _START_CLIP, None)
 
 
+#: The contribution of a started model's buy-till-you-die start, among the features'.
+START_CONTRIBUTION = "btyd_start"
+
+
 class BtydStart(BaseEstimator):
     """A LightGBM model that learns a correction to a buy-till-you-die prediction.
 
@@ -469,6 +473,9 @@ class BtydStart(BaseEstimator):
         self.estimator_ = estimator
         self.btyd_params_ = dict(final.params_)
         self.model_name_ = "bgnbd" if isinstance(final, BetaGeometricNBD) else "pareto"
+        # the start of a typical recent customer, which a customer's own start is told
+        # against when explaining a score
+        self.start_reference_ = float(np.mean(self.start_raw(X_valid))) if len(X_valid) else None
         return self
 
     def start(self, X: pd.DataFrame, *, horizon_days: float | None = None) -> np.ndarray:
@@ -476,10 +483,14 @@ class BtydStart(BaseEstimator):
         model = btyd_from_params(self.model_name_, self.btyd_params_)
         return self._start(X, model, self.horizon_days if horizon_days is None else horizon_days)
 
+    def start_raw(self, X: pd.DataFrame, *, horizon_days: float | None = None) -> np.ndarray:
+        """:meth:`start` on the scale of the raw score (log-odds or log-amount)."""
+        start = self.start(X, horizon_days=horizon_days)
+        return self._raw(start) if self._classifier else np.log(start)
+
     def raw_score(self, X: pd.DataFrame, *, horizon_days: float | None = None) -> np.ndarray:
         """The start plus the correction, before calibration (log-odds or log-amount)."""
-        start = self._raw(self.start(X, horizon_days=horizon_days))
-        return self.estimator_.raw_score(X) + (start if self._classifier else np.log(start))
+        return self.estimator_.raw_score(X) + self.start_raw(X, horizon_days=horizon_days)
 
     def predict_proba(self, X: pd.DataFrame, *, horizon_days: float | None = None) -> np.ndarray:
         """Probabilities over the horizon (``horizon_days``, the task's by default)."""
@@ -495,8 +506,19 @@ class BtydStart(BaseEstimator):
         return self.estimator_.predict(X, exposure=self.start(X, horizon_days=horizon_days))
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Per-feature contributions to the correction (the start is not a feature)."""
-        return self.estimator_.contributions(X)
+        """Per-feature contributions to the correction, and :data:`START_CONTRIBUTION`: how far
+        the customer's own start (over the horizon) is above that of a typical recent
+        customer (the validation rows' mean), on the same scale.
+
+        With the correction's ``bias``, the columns add up to the raw score less the typical
+        start.
+        """
+        frame = self.estimator_.contributions(X)
+        reference = getattr(self, "start_reference_", None)
+        if reference is None:  # saved before the reference was kept
+            return frame
+        frame.insert(0, START_CONTRIBUTION, self.start_raw(X) - reference)
+        return frame
 
     def feature_importance(self) -> pd.Series:
         """Total gain per feature of the correction, largest first."""
@@ -515,6 +537,7 @@ class BtydStart(BaseEstimator):
             "btyd_model": self.model_name_,
             "btyd_params": self.btyd_params_,
             "basket": self.basket_,
+            "start_reference": getattr(self, "start_reference_", None),
             "model": booster_to_dict(self.estimator_),
         }
 
@@ -527,6 +550,8 @@ class BtydStart(BaseEstimator):
         model.btyd_params_ = {k: float(v) for k, v in state["btyd_params"].items()}
         model.model_name_ = str(state["btyd_model"])
         model.basket_ = float(state["basket"])
+        reference = state.get("start_reference")
+        model.start_reference_ = None if reference is None else float(reference)
         return model
 
 

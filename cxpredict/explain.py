@@ -318,6 +318,12 @@ def explain(
     top: int = 3,
     groups: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Reason sentences per customer: ``reason_1`` .. ``reason_<top>``, strongest first."""
-    long = top_reasons(contributions, features, catalogue, top=top, groups=groups)
+    """Reason sentences per customer: ``reason_1`` .. ``reason_<top>``, strongest first.
+
+    Only a customer whose score is above the model's typical one (the contributions, bias
+    left out, add up to more than zero) is given reasons: for one below it, a feature that
+    raises the score a little does not explain a score that is low.
+    """
+    above = contributions.drop(columns="bias", errors="ignore").sum(axis=1) > 0
+    long = top_reasons(contributions[above], features, catalogue, top=top, groups=groups)
     return reason_columns(long, contributions.index, top=top)

@@ -32,6 +32,7 @@ import pandas as pd
 from cxpredict.backtest import (
     BTYD_FEATURES,
     BTYD_INPUTS,
+    START_CONTRIBUTION,
     BacktestResult,
     BtydCache,
     BtydStart,
@@ -115,19 +116,27 @@ def _reference(values: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
     }
 
 
+#: A column formatted into the start's sentence: weeks since the latest purchase day.
+_WEEKS_SILENT = "btyd_weeks_since_last"
+
+
 def _btyd_sentences(horizon_days: int) -> pd.DataFrame:
-    """Catalogue rows for the BTYD outputs the models add to the engine's features."""
+    """Catalogue rows for the BTYD outputs the models add to the engine's features, and for
+    a started model's start (its purchase history as the buy-till-you-die model reads it)."""
     return pd.DataFrame(
         {
-            "name": list(BTYD_FEATURES),
+            "name": [*BTYD_FEATURES, START_CONTRIBUTION],
             "reason": [
-                f"about {{btyd_expected_purchases:.1f}} orders expected in the next "
-                f"{horizon_days} days",
-                "estimated {btyd_p_alive:.0%} likely to still be an active customer",
-                f"{{btyd_p_purchase:.0%}} estimated chance of an order in the next "
-                f"{horizon_days} days",
+                f"the purchase-rhythm model (BG/NBD) expects about "
+                f"{{btyd_expected_purchases:.1f}} orders in the next {horizon_days} days",
+                "the purchase-rhythm model (BG/NBD) gives {btyd_p_alive:.0%} odds that the "
+                "customer is still active",
+                f"the purchase-rhythm model (BG/NBD) gives {{btyd_p_purchase:.0%}} odds of an "
+                f"order in the next {horizon_days} days",
+                f"{{btyd_frequency:.0f}} days with a repeat purchase in {{btyd_t_weeks:.0f}} "
+                f"weeks as a customer; last purchase {{{_WEEKS_SILENT}:.0f}} weeks ago",
             ],
-            "unit": ["orders", "share", "share"],
+            "unit": ["orders", "share", "share", ""],
         }
     )
 
@@ -256,6 +265,14 @@ class ModelBundle:
         """
         inputs = self.model_input(X)
         contributions = self.contributions(X)
+        if START_CONTRIBUTION in contributions.columns:
+            # the start speaks of the purchase history it reads
+            inputs = inputs.assign(
+                **{
+                    START_CONTRIBUTION: contributions[START_CONTRIBUTION],
+                    _WEEKS_SILENT: inputs["btyd_t_weeks"] - inputs["btyd_recency_weeks"],
+                }
+            )
         sentences = pd.concat(
             [catalogue, _btyd_sentences(self.horizon_days)], ignore_index=True
         ).drop_duplicates("name")

@@ -50,7 +50,7 @@ def test_only_features_that_raise_the_score_are_reasons_strongest_first():
         {
             "days_since_last_order": [0.8],
             "complaints_90d": [0.3],
-            "orders_lifetime": [-1.2],
+            "orders_lifetime": [-0.6],
             "bias": [-0.5],
         },
         ["a"],
@@ -65,6 +65,18 @@ def test_only_features_that_raise_the_score_are_reasons_strongest_first():
         "2 complaints in the last 90 days",
         "",
     ]
+
+
+def test_a_customer_scored_below_the_typical_score_is_given_no_reason():
+    # b's complaints raise its score a little, but its orders bring it below the typical one
+    contributions = frame(
+        {"complaints_90d": [0.3, 0.3], "orders_lifetime": [0.1, -1.2], "bias": [-0.5, -0.5]},
+        ["a", "b"],
+    )
+    features = frame({"complaints_90d": [2.0, 2.0], "orders_lifetime": [1.0, 9.0]}, ["a", "b"])
+    reasons = explain(contributions, features, CATALOGUE)
+    assert reasons.loc["a", "reason_1"] == "2 complaints in the last 90 days"
+    assert reasons.loc["b"].tolist() == ["", "", ""]
 
 
 def test_a_feature_whose_value_is_missing_is_never_a_reason():

@@ -278,6 +278,41 @@ def test_a_started_probability_grows_with_the_horizon_for_every_customer(tables)
     assert (long >= short).all() and long.mean() > short.mean()
 
 
+def test_a_started_model_tells_its_start_among_the_reasons_and_explains_only_high_scores(
+    tables, tmp_path
+):
+    from cxpredict.backtest import START_CONTRIBUTION
+
+    bundle = train_task(CONFIG, "year", as_of=AS_OF, tables=tables, backtest=False).bundle
+    bundle = ModelBundle.load(bundle.save(tmp_path / "year"))  # the reference is kept
+    model = bundle.estimators["score"]
+    X = build_features(
+        tables.before(AS_OF),
+        AS_OF,
+        settings=CONFIG.features,
+        vocabulary=Vocabulary.from_dict(bundle.vocabulary),
+    )
+    X = X[X["days_since_last_order"].notna()]
+    inputs = bundle.model_input(X)
+    contributions = bundle.contributions(X)
+    start = contributions[START_CONTRIBUTION].to_numpy()
+    # the start's column is the customer's start against the typical one, on the raw scale
+    np.testing.assert_allclose(start, model.start_raw(inputs) - model.start_reference_)
+    raw = model.raw_score(inputs)
+    np.testing.assert_allclose(
+        contributions.sum(axis=1), raw - model.start_reference_, rtol=1e-6, atol=1e-6
+    )
+    catalogue = feature_catalogue(tables, settings=CONFIG.features)
+    reasons = bundle.explain(X, catalogue=catalogue)
+    above = raw > np.median(raw)
+    told = reasons["reason_1"].str.contains("days with a repeat purchase in")
+    assert told[above].any()
+    # customers scored below the typical score are given no reason
+    low = contributions.drop(columns="bias").sum(axis=1).to_numpy() <= 0
+    assert low.any() and (reasons.loc[low, "reason_1"] == "").all()
+    assert (reasons.loc[~low, "reason_1"] != "").mean() > 0.9
+
+
 def test_the_calibration_is_fitted_on_the_validation_cutoff_and_chosen_on_later_test_cutoffs(
     churn,
 ):
