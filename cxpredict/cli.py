@@ -57,7 +57,8 @@ AsOfOption = Annotated[
     str,
     typer.Option(
         "--as-of",
-        help="Behave as if today were this date, YYYY-MM-DD (UTC): nothing at or after it is read.",
+        help="Behave as if today were this date: nothing at or after it is read. ISO 8601, "
+        "YYYY-MM-DD (midnight UTC) or YYYY-MM-DDTHH:MM with an optional offset.",
         show_default=False,
     ),
 ]
@@ -146,16 +147,18 @@ def read_validated(
 
         result = load_tables(config, run_at=now, as_of=as_of, progress=advance)
     write_validation(result, validation_dir)
-    print_reconciliation(result)
+    print_reconciliation(result, max_reject_fraction=config.validation.max_reject_fraction)
     console.print(f"validation report and rejects: {validation_dir}", highlight=False)
     check_rejects(result, max_reject_fraction=config.validation.max_reject_fraction)
     return result
 
 
-def print_reconciliation(result: LoadResult) -> None:
-    """Print rows in source = after as-of + read, and read = accepted + rejected, per table."""
+def print_reconciliation(result: LoadResult, *, max_reject_fraction: float) -> None:
+    """Print rows in source = after as-of + read, and read = accepted + rejected, per table,
+    and whether the rejected share is within ``validation.max_reject_fraction``."""
     table = Table(title="rows per table", title_justify="left")
-    for column in ("table", "in source", "after as-of", "read", "accepted", "rejected", "ok"):
+    columns = ("table", "in source", "after as-of", "read", "accepted", "rejected")
+    for column in (*columns, "counts add up", "rejects within limit"):
         table.add_column(column, justify="left" if column == "table" else "right")
     for name, r in result.reports.items():
         table.add_row(
@@ -166,6 +169,9 @@ def print_reconciliation(result: LoadResult) -> None:
             f"{r.rows_accepted:,}",
             f"{r.rows_rejected:,} ({r.reject_fraction:.2%})",
             "yes" if r.reconciles() else "NO",
+            "yes"
+            if r.reject_fraction <= max_reject_fraction
+            else f"NO (> {max_reject_fraction * 100:g}%)",
         )
     console.print(table)
 
@@ -188,10 +194,18 @@ def sample(
 
     if fmt not in ("csv", "parquet"):
         raise typer.BadParameter("use csv or parquet", param_hint="--format")
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", start.strip()):
+            raise ValueError(start)
+        pd.Timestamp(start.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{start!r} is not a date; use YYYY-MM-DD", param_hint="--start"
+        ) from None
     check_output(out_dir, folder=True)
     with progress_bar() as progress:
         progress.add_task(f"generating {customers:,} customers", total=None)
-        tables = generate_sample(customers, seed=seed, start=start, days=days)
+        tables = generate_sample(customers, seed=seed, start=start.strip(), days=days)
         paths = write_sample(tables, out_dir, fmt=fmt)
     for name, path in paths.items():
         frame = tables.get(name)
@@ -213,7 +227,9 @@ def validate(
     as_of: Annotated[
         str | None,
         typer.Option(
-            "--as-of", help="Only read what was known before this date, YYYY-MM-DD (UTC)."
+            "--as-of",
+            help="Only read what was known before this date: YYYY-MM-DD (midnight UTC) or "
+            "YYYY-MM-DDTHH:MM with an optional offset.",
         ),
     ] = None,
 ) -> None:
@@ -258,6 +274,12 @@ def features(
         progress.add_task("building features", total=None)
         frame = build_features(result.tables, cutoff, settings=config.features)
     write_table(frame, out_file, index=True)
+    if frame.empty:
+        console.print(
+            f"[yellow]warning[/]: no customer ordered or signed up before {cutoff:%Y-%m-%d}; "
+            "is --as-of before the data start?",
+            highlight=False,
+        )
     out.print(
         f"features: {len(frame):,} customers x {frame.shape[1]} features -> {out_file}",
         highlight=False,
@@ -286,9 +308,27 @@ def print_backtest(name: str, summary: pd.DataFrame, kind: str) -> None:
         unmeasured |= not np.isfinite(values).all()
         table.add_row(metric, *(f"{v:.3f}" if np.isfinite(v) else "-" for v in values))
     if unmeasured:
-        table.caption = "-: not defined for that model (a ranking without probabilities)"
+        table.caption = (
+            "-: not defined for that model (a ranking without probabilities, or predictions "
+            "all equal on a test cutoff)"
+        )
         table.caption_justify = "left"
     out.print(table)
+
+
+def constant_warning(name: str, metrics: pd.DataFrame) -> str | None:
+    """A warning when the model gave every customer the same prediction on a test cutoff (its
+    rank correlation with the outcome is then undefined): it learned nothing to rank by."""
+    ranks = metrics[(metrics["model"] == "lightgbm") & metrics["metric"].str.endswith("spearman")]
+    flat = ranks[ranks["value"].isna()]
+    if flat.empty:
+        return None
+    cutoffs = sorted({f"{pd.Timestamp(c):%Y-%m-%d}" for c in flat["cutoff"]})
+    return (
+        f"{name}: the model gives every customer the same prediction at the test cutoff(s) "
+        f"{', '.join(cutoffs)}: too little data to learn from? Check the metrics before "
+        "promoting this version"
+    )
 
 
 def baseline_warning(name: str, summary: pd.DataFrame, metric: str, higher: bool) -> str | None:
@@ -386,7 +426,7 @@ def train(
         left_out = [
             f"{name}: {text}" for text in left_out_text(result.details.get("backtest_folds", []))
         ]
-        for text in [warning, *left_out]:
+        for text in [warning, constant_warning(name, result.metrics), *left_out]:
             if text:
                 console.print(f"[yellow]warning[/]: {text}", highlight=False, soft_wrap=True)
         out.print(

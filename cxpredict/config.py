@@ -288,6 +288,16 @@ class ScoringConfig(_Frozen):
     reasons_for: Literal["all", "top"] = "top"
     reasons_top_fraction: float = Field(0.2, gt=0, le=1)
 
+    @field_validator("tier_cuts")
+    @classmethod
+    def _cuts_high_first(cls, cuts: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < cuts[1] < cuts[0] < 1:
+            raise ValueError(
+                "two percentile cut points, high first, both strictly between 0 and 1 "
+                "(e.g. [0.8, 0.5])"
+            )
+        return cuts
+
 
 class ProjectConfig(_Frozen):
     """A whole project: its data, features, tasks, tracking and scoring settings."""

@@ -1289,6 +1289,7 @@ def write_validation(result: LoadResult, out_dir: str | Path) -> dict[str, Path]
     report: dict[str, Any] = {
         name: {**asdict(r), "reconciles": r.reconciles()} for name, r in result.reports.items()
     }
-    report["run"] = {"run_at": str(result.run_at), "as_of": str(result.as_of)}
+    as_of = None if result.as_of is None else str(result.as_of)
+    report["run"] = {"run_at": str(result.run_at), "as_of": as_of}
     paths["report"] = write_json(report, out / "validation_report.json")
     return paths

@@ -270,19 +270,24 @@ def drift_report(
     return pd.DataFrame(rows, columns=list(DRIFT_COLUMNS))
 
 
-def check_drift(report: pd.DataFrame, *, fail: float) -> None:
-    """Raise :class:`DriftFailed` naming the variables whose PSI is above ``fail``."""
+def check_drift(report: pd.DataFrame, *, fail: float, stale: Sequence[str] = ()) -> None:
+    """Raise :class:`DriftFailed` naming the variables whose PSI is above ``fail``.
+
+    ``stale``: the warning of a feed that stopped before the as-of date, which comes first in
+    the message (a silent feed makes every customer look silent: the likeliest cause).
+    """
     failed = report[report["status"] == "fail"].sort_values(["psi", "variable"], ascending=False)
     if failed.empty:
         return
     listed = ", ".join(
         f"{r.task}/{r.variable} ({r.psi:.2f})" for r in failed.head(8).itertuples(index=False)
     )
+    first = "".join(f"{note[0].upper()}{note[1:]}. " for note in stale)
     raise DriftFailed(
-        f"{len(failed)} variable(s) drifted beyond scoring.drift_fail_psi = {fail:g} from the "
-        f"training reference: {listed}. Check the input data for a broken feed or a changed "
-        "definition; if the shift is real, retrain and promote a new champion, or raise "
-        "scoring.drift_fail_psi in the config. See drift.csv in the output folder."
+        f"{first}{len(failed)} variable(s) drifted beyond scoring.drift_fail_psi = {fail:g} "
+        f"from the training reference: {listed}. Check the input data for a broken feed or a "
+        "changed definition; if the shift is real, retrain and promote a new champion, or "
+        "raise scoring.drift_fail_psi in the config. See drift.csv in the output folder."
     )
 
 
@@ -1482,7 +1487,7 @@ def run_scoring(
         with watch.stage("writing lists"):
             files.append(write_list(drift, out / "drift.csv"))
             try:
-                check_drift(drift, fail=settings.drift_fail_psi)
+                check_drift(drift, fail=settings.drift_fail_psi, stale=stale)
             except DriftFailed:
                 if log_run:
                     log("FAILED")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -39,7 +40,9 @@ def test_validate_writes_the_report_and_rejects_and_exits_zero_on_clean_data(
     config = write_project(tmp_path, "customer_id,timestamp,amount\n1,2024-01-01,3")
     result = runner.invoke(app, ["validate", "--config", str(config), "--out", str(tmp_path / "v")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "v" / "validation_report.json").is_file()
+    report = json.loads((tmp_path / "v" / "validation_report.json").read_text())
+    assert report["run"]["as_of"] is None  # no --as-of: everything read
+    assert report["orders"]["reconciles"] is True
     assert (tmp_path / "v" / "rejects_orders.csv").read_text().startswith("line,customer_id")
 
 
@@ -63,6 +66,21 @@ def test_a_missing_column_exits_with_the_data_code(tmp_path: Path) -> None:
     result = runner.invoke(app, ["validate", "--config", str(config), "--out", str(tmp_path)])
     assert result.exit_code == 4
     assert "column 'timestamp' not found" in result.output
+
+
+def test_the_validation_table_says_when_a_table_has_too_many_rejects(tmp_path: Path) -> None:
+    rows = "\n".join(["customer_id,timestamp,amount", "1,2024-01-01,3", *["2,never,4"] * 3])
+    config = write_project(tmp_path, rows)
+    args = ["validate", "--config", str(config), "--out", str(tmp_path)]
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 5
+    lines = result.output.splitlines()
+    header = [c.strip() for c in next(x for x in lines if "counts add up" in x).split("┃")]
+    row = [c.strip() for c in next(x for x in lines if "75.00%" in x).split("│")]
+    cells = dict(zip(header, row, strict=True))
+    assert cells["table"] == "orders" and cells["rejected"] == "3 (75.00%)"
+    assert cells["counts add up"] == "yes"
+    assert cells["rejects within limit"] == "NO (> 1%)"
 
 
 def test_an_as_of_in_the_future_is_a_usage_error(tmp_path: Path) -> None:
@@ -97,6 +115,14 @@ def test_an_iso_8601_as_of_is_read_as_a_utc_instant(text: str, instant: str) -> 
 
     now = pd.Timestamp("2026-06-01", tz="UTC")
     assert parse_as_of(text, now=now) == pd.Timestamp(instant)
+
+
+@pytest.mark.parametrize("start", ["2024-02-30", "next week", "01/02/2024"])
+def test_a_sample_start_that_is_not_a_date_is_a_usage_error(tmp_path: Path, start: str) -> None:
+    result = runner.invoke(app, ["sample", "--out", str(tmp_path), "--start", start])
+    assert result.exit_code == 2
+    assert "is not a date; use YYYY-MM-DD" in result.output
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -212,6 +238,16 @@ def test_an_output_path_that_cannot_be_written_stops_before_any_work(tmp_path: P
     assert result.exit_code == 13, result.output
 
 
+def test_features_before_any_customer_are_written_empty_with_a_warning(tmp_path: Path) -> None:
+    config = write_project(tmp_path, "customer_id,timestamp,amount\n1,2024-01-01,3")
+    out = tmp_path / "f.csv"
+    args = ["features", "--config", str(config), "--as-of", "2023-06-01", "--out", str(out)]
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "no customer ordered or signed up before 2023-06-01" in result.output
+    assert pd.read_csv(out).empty
+
+
 def test_forcing_a_promotion_without_a_reason_is_a_usage_error(tmp_path: Path) -> None:
     config = write_project(tmp_path, "customer_id,timestamp,amount\n1,2024-01-01,3")
     result = runner.invoke(app, ["promote", "--config", str(config), "-t", "x", "--force"])
@@ -251,6 +287,24 @@ def test_training_warns_when_a_baseline_beats_the_model() -> None:
     assert baseline_warning("churn", summary, "roc_auc", True) is None
     # lower is better: a deviance above a baseline's is a loss too
     assert baseline_warning("churn", summary.loc[["roc_auc"]], "roc_auc", False) is not None
+
+
+def test_training_warns_when_the_model_gives_everyone_the_same_prediction() -> None:
+    from cxpredict.cli import constant_warning
+
+    cutoffs = pd.to_datetime(["2025-08-01", "2025-09-01"], utc=True)
+    metrics = pd.DataFrame(
+        {
+            "cutoff": [*cutoffs, *cutoffs],
+            "model": ["lightgbm", "lightgbm", "bgnbd", "bgnbd"],
+            "metric": ["spend/spearman"] * 4,
+            "value": [float("nan"), 0.4, 0.3, 0.3],
+        }
+    )
+    warning = constant_warning("value", metrics)
+    assert warning is not None
+    assert "same prediction at the test cutoff(s) 2025-08-01:" in warning
+    assert constant_warning("value", metrics.fillna(0.1)) is None
 
 
 def test_tasks_lists_the_configured_tasks_one_per_line(tmp_path: Path) -> None:

@@ -104,6 +104,14 @@ def test_an_unknown_timezone_is_refused(tmp_path: Path) -> None:
         load_config(write(tmp_path, text))
 
 
+def test_tier_cuts_in_the_wrong_order_are_refused_when_the_config_is_loaded(
+    tmp_path: Path,
+) -> None:
+    text = "project: d\ndata:\n  orders: {path: a.csv}\nscoring: {tier_cuts: [0.5, 0.8]}\n"
+    with pytest.raises(ConfigError, match=r"scoring.tier_cuts: two percentile cut points, high"):
+        load_config(write(tmp_path, text))
+
+
 def test_table_reading_options_are_checked_when_the_config_is_loaded(tmp_path: Path) -> None:
     def orders(options: str) -> Path:
         return write(tmp_path, f"project: d\ndata:\n  orders: {{path: a.csv, {options}}}\n")

@@ -155,6 +155,20 @@ def test_the_season_is_never_checked_for_drift() -> None:
     check_drift(report, fail=0.25)
 
 
+def test_drift_from_a_stopped_feed_says_first_that_the_feed_stopped() -> None:
+    trained = np.linspace(0, 60, 200)
+    report = drift_report(
+        "churn",
+        {"days_since_last_order": reference_from_values(trained)},
+        {"days_since_last_order": trained + 40},
+        warn=0.1,
+        fail=0.25,
+    )
+    stale = ("the latest order or interaction is on 2025-12-30, 21 days before the as-of date",)
+    with pytest.raises(DriftFailed, match=r"^The latest order .* 21 days before .*\. 1 variable"):
+        check_drift(report, fail=0.25, stale=stale)
+
+
 # ------------------------------------------------------------------------------ ranking
 
 
