@@ -960,6 +960,7 @@ def evaluate_binary(
     cache: BtydCache,
     btyd_baselines: Sequence[str] = ("bgnbd", "pareto"),
     notes: list[dict[str, Any]] | None = None,
+    flat: list[bool] | None = None,
 ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """Model and baseline metrics on a fold's test cutoff, and the model's calibration table.
 
@@ -968,12 +969,15 @@ def evaluate_binary(
     training rows); BG/NBD and Pareto/NBD fitted on the purchases before the test cutoff,
     scoring ``P(at least one purchase in the horizon)`` (churn: one minus it). A BTYD
     baseline without a prediction for every customer is left out, with a line in ``notes``.
+    ``flat`` is told whether the model gave every customer the same prediction.
     """
     assert data.X_test is not None and data.y_test is not None and fitted.fold.test is not None
     cutoff = fitted.fold.test
     y = data.y_test[LABEL].to_numpy()
     target = "churn" if isinstance(task, ChurnTask) else "repurchase"
     probability = _over(fitted.estimators["score"], data.X_test, fitted.label_horizon_days)
+    if flat is not None:
+        flat.append(bool(np.ptp(probability) == 0) if len(probability) else False)
     rows = _rows(cutoff, "lightgbm", metrics.binary_metrics(y, probability))
     calibration = metrics.calibration_table(y, probability).assign(cutoff=cutoff)
     if RECENCY_COLUMN in data.X_test.columns:
@@ -1036,12 +1040,14 @@ def evaluate_value(
     cache: BtydCache,
     btyd_baselines: Sequence[str] = ("bgnbd", "pareto"),
     notes: list[dict[str, Any]] | None = None,
+    flat: list[bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Spend and order-count metrics of the model and the baselines on the test cutoff.
 
     Baselines: BTYD expected purchases (times the customer's mean order value for spend),
     and the spend and orders of the last period of the same length. A BTYD baseline without
-    a prediction for every customer is left out, with a line in ``notes``.
+    a prediction for every customer is left out, with a line in ``notes``. ``flat`` is told
+    whether the model gave every customer the same spend.
     """
     assert data.X_test is not None and data.y_test is not None and fitted.fold.test is not None
     cutoff = fitted.fold.test
@@ -1051,6 +1057,9 @@ def evaluate_value(
     predictions: dict[str, dict[str, np.ndarray]] = {
         "lightgbm": {t: _over(fitted.estimators[t], data.X_test, h) for t in ("spend", "orders")}
     }
+    if flat is not None:
+        spend = predictions["lightgbm"]["spend"]
+        flat.append(bool(np.ptp(spend) == 0) if len(spend) else False)
     basket = _mean_order_value(cache.orders, cutoff).reindex(customers).fillna(0.0).to_numpy()
     for name, frame in _btyd_at(cache, customers, cutoff, h, btyd_baselines, notes).items():
         expected = frame["btyd_expected_purchases"].to_numpy(dtype=float)
@@ -1216,16 +1225,23 @@ def run_backtest(
             start_horizon_days=start_horizon_days,
         )
         notes: list[dict[str, Any]] = []
+        flat: list[bool] = []
         if isinstance(task, ChurnTask | RepurchaseTask):
             fold_rows, calibration = evaluate_binary(
-                task, fitted, data, cache=cache, btyd_baselines=btyd_baselines, notes=notes
+                task,
+                fitted,
+                data,
+                cache=cache,
+                btyd_baselines=btyd_baselines,
+                notes=notes,
+                flat=flat,
             )
             rows += fold_rows
             calibrations.append(calibration)
             fitted.details["calibration_brier_on_test"] = calibration_on_test(fitted, data)
         elif isinstance(task, ValueTask):
             rows += evaluate_value(
-                fitted, data, cache=cache, btyd_baselines=btyd_baselines, notes=notes
+                fitted, data, cache=cache, btyd_baselines=btyd_baselines, notes=notes, flat=flat
             )
         else:
             rows += evaluate_preference(fitted, data)
@@ -1241,6 +1257,7 @@ def run_backtest(
                 },
                 **fitted.details,
                 "baselines_left_out": notes,
+                "constant_predictions": any(flat),
             }
         )
     frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))

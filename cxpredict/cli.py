@@ -316,14 +316,13 @@ def print_backtest(name: str, summary: pd.DataFrame, kind: str) -> None:
     out.print(table)
 
 
-def constant_warning(name: str, metrics: pd.DataFrame) -> str | None:
-    """A warning when the model gave every customer the same prediction on a test cutoff (its
-    rank correlation with the outcome is then undefined): it learned nothing to rank by."""
-    ranks = metrics[(metrics["model"] == "lightgbm") & metrics["metric"].str.endswith("spearman")]
-    flat = ranks[ranks["value"].isna()]
-    if flat.empty:
+def constant_warning(name: str, folds: list[dict[str, Any]]) -> str | None:
+    """A warning when the model gave every customer the same prediction at some test cutoff
+    of the backtest (``constant_predictions`` of its folds): it learned nothing to rank by."""
+    flat = [f for f in folds if f.get("constant_predictions")]
+    if not flat:
         return None
-    cutoffs = sorted({f"{pd.Timestamp(c):%Y-%m-%d}" for c in flat["cutoff"]})
+    cutoffs = sorted(f"{pd.Timestamp(f['test_cutoff']):%Y-%m-%d}" for f in flat)
     return (
         f"{name}: the model gives every customer the same prediction at the test cutoff(s) "
         f"{', '.join(cutoffs)}: too little data to learn from? Check the metrics before "
@@ -426,7 +425,8 @@ def train(
         left_out = [
             f"{name}: {text}" for text in left_out_text(result.details.get("backtest_folds", []))
         ]
-        for text in [warning, constant_warning(name, result.metrics), *left_out]:
+        folds = result.details.get("backtest_folds", [])
+        for text in [warning, constant_warning(name, folds), *left_out]:
             if text:
                 console.print(f"[yellow]warning[/]: {text}", highlight=False, soft_wrap=True)
         out.print(

@@ -317,13 +317,18 @@ def explain(
     *,
     top: int = 3,
     groups: Mapping[str, str] | None = None,
+    whole: bool = True,
 ) -> pd.DataFrame:
     """Reason sentences per customer: ``reason_1`` .. ``reason_<top>``, strongest first.
 
-    Only a customer whose score is above the model's typical one (the contributions, bias
-    left out, add up to more than zero) is given reasons: for one below it, a feature that
-    raises the score a little does not explain a score that is low.
+    When the contributions are the ``whole`` score's (they add up to it with ``bias``), only
+    a customer whose score is above the model's typical one (the contributions, bias left
+    out, add up to more than zero) is given reasons: for one below it, a feature that raises
+    the score a little does not explain a score that is low. Contributions to a part of the
+    score only (``whole=False``) cannot tell, and every customer is explained.
     """
     above = contributions.drop(columns="bias", errors="ignore").sum(axis=1) > 0
+    if not whole:
+        above[:] = True
     long = top_reasons(contributions[above], features, catalogue, top=top, groups=groups)
     return reason_columns(long, contributions.index, top=top)

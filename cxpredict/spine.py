@@ -110,10 +110,10 @@ def entry_instants(tables: Tables) -> pd.Series:
 def population(tables: Tables, cutoff: object) -> pd.Index:
     """Customers known strictly before ``cutoff`` (first order or signup before it).
 
-    Window: orders and signups with an instant ``< cutoff``.
+    Window: orders and signups with an instant ``< cutoff``, both read to the microsecond as
+    the feature engine reads them (the customers of :func:`spine` at that cutoff).
     """
-    entry = entry_instants(tables)
-    known = entry.index[(entry < to_utc(cutoff)).to_numpy()]
+    known = spine(tables, [cutoff]).get_level_values("customer_id")
     return pd.Index(known, dtype="str", name="customer_id")
 
 

@@ -283,7 +283,10 @@ class ModelBundle:
             {key: vocabulary.slugs(key) for key, _ in vocabulary.values},
             flags=flags,
         )
-        return explain(contributions, inputs, sentences, top=top, groups=groups)
+        # a started model saved without its typical start explains its correction only
+        estimator = self.estimators["score" if self.kind != "value" else "spend"]
+        whole = not isinstance(estimator, BtydStart) or START_CONTRIBUTION in contributions
+        return explain(contributions, inputs, sentences, top=top, groups=groups, whole=whole)
 
     def feature_importance(self) -> pd.Series:
         """Total gain per model feature of the main estimator, largest first."""

@@ -204,6 +204,22 @@ def test_a_value_backtest_scores_spend_and_orders_against_btyd_and_last_period(t
     assert {"lightgbm", "bgnbd", "last_period"} <= set(summary.columns)
     assert {"spend/rmse", "orders/poisson_deviance", "orders/spearman"} <= set(summary.index)
     assert summary.loc["orders/normalised_gini", "lightgbm"] > 0.3
+    assert result.details[0]["constant_predictions"] is False
+
+
+def test_a_model_that_learned_nothing_is_marked_as_predicting_one_value(tables):
+    # with leaves needing more rows than there are, every tree is a single leaf
+    stump = TRAINING.lightgbm | {"min_data_in_leaf": 1_000_000}
+    result = run_backtest(
+        "value",
+        ValueTask(kind="value", horizon_days=56),
+        tables,
+        as_of=AS_OF,
+        training=TRAINING.model_copy(update={"n_backtest_cutoffs": 1, "lightgbm": stump}),
+        features=rfm_features,
+        btyd_baselines=("bgnbd",),
+    )
+    assert result.details[0]["constant_predictions"] is True
 
 
 def test_a_btyd_baseline_without_a_prediction_for_every_customer_is_left_out_and_said(tables):

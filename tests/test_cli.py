@@ -292,19 +292,14 @@ def test_training_warns_when_a_baseline_beats_the_model() -> None:
 def test_training_warns_when_the_model_gives_everyone_the_same_prediction() -> None:
     from cxpredict.cli import constant_warning
 
-    cutoffs = pd.to_datetime(["2025-08-01", "2025-09-01"], utc=True)
-    metrics = pd.DataFrame(
-        {
-            "cutoff": [*cutoffs, *cutoffs],
-            "model": ["lightgbm", "lightgbm", "bgnbd", "bgnbd"],
-            "metric": ["spend/spearman"] * 4,
-            "value": [float("nan"), 0.4, 0.3, 0.3],
-        }
-    )
-    warning = constant_warning("value", metrics)
+    folds = [
+        {"test_cutoff": pd.Timestamp("2025-09-01", tz="UTC"), "constant_predictions": False},
+        {"test_cutoff": pd.Timestamp("2025-08-01", tz="UTC"), "constant_predictions": True},
+    ]
+    warning = constant_warning("value", folds)
     assert warning is not None
     assert "same prediction at the test cutoff(s) 2025-08-01:" in warning
-    assert constant_warning("value", metrics.fillna(0.1)) is None
+    assert constant_warning("value", folds[:1]) is None
 
 
 def test_tasks_lists_the_configured_tasks_one_per_line(tmp_path: Path) -> None:

@@ -172,12 +172,21 @@ def test_a_sql_feature_name_must_be_snake_case() -> None:
     [
         (("orders", "count(*) / (SELECT count(*) FROM orders)"), "holds a subquery"),
         (("orders", "sum(amount) / (FROM orders SELECT count(*))"), "holds a subquery"),
+        (("orders", "(PIVOT src_orders USING max(amount)) + 0 * count(*)"), "holds a subquery"),
+        (("interactions", "max(len(ARRAY(TABLE interactions)))"), "holds a subquery"),
+        (("orders", "count(*) FILTER (WHERE EXISTS (FROM orders))"), "holds a subquery"),
         (("customers", "count(*)"), "table must be 'orders' or 'interactions'"),
     ],
 )
 def test_a_sql_feature_cannot_read_beyond_its_rows(arguments: tuple, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SqlFeature("x", *arguments, "X.")
+
+
+def test_a_row_filter_cannot_read_beyond_its_rows_but_a_word_in_a_text_is_only_a_word() -> None:
+    with pytest.raises(ValueError, match="the where .* holds a subquery"):
+        SqlFeature("x", "orders", "count(*)", "X.", where="amount > (TABLE src_orders LIMIT 1)")
+    assert SqlFeature("x", "orders", "count(*)", "X.", where="channel = 'select from table'")
     with pytest.raises(ValueError, match="window_days must be a positive"):
         SqlFeature("x", "orders", "count(*)", "X.", window_days=0)
     # a keyword inside a text literal is text

@@ -311,6 +311,11 @@ def test_a_started_model_tells_its_start_among_the_reasons_and_explains_only_hig
     low = contributions.drop(columns="bias").sum(axis=1).to_numpy() <= 0
     assert low.any() and (reasons.loc[low, "reason_1"] == "").all()
     assert (reasons.loc[~low, "reason_1"] != "").mean() > 0.9
+    # a bundle saved before the typical start was kept explains its correction, for everyone
+    model.start_reference_ = None
+    assert START_CONTRIBUTION not in bundle.contributions(X).columns
+    older = bundle.explain(X, catalogue=catalogue)
+    assert (older.loc[above, "reason_1"] != "").mean() > 0.9
 
 
 def test_the_calibration_is_fitted_on_the_validation_cutoff_and_chosen_on_later_test_cutoffs(

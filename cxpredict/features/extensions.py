@@ -98,13 +98,21 @@ class SqlFeature:
                 f"got {self.window_days}"
             )
         for part, text in (("expression", self.expression), ("where", self.where or "")):
-            code = re.sub(r"'(?:[^']|'')*'", "''", text)  # string literals say nothing
-            if re.search(r"\b(select|from)\b", code, flags=re.IGNORECASE):
+            if text and _holds_subquery(text):
                 raise ValueError(
                     f"SqlFeature {self.name!r}: the {part} {text!r} holds a subquery; a "
                     "feature reads only its table's rows before the cutoff, which a subquery "
                     "would not: write one aggregate over the rows, e.g. 'count(*)'"
                 )
+
+
+def _holds_subquery(text: str) -> bool:
+    """Whether the SQL expression ``text`` holds a subquery in any form (``SELECT``, ``FROM``
+    first, ``PIVOT``, ``TABLE``, ``EXISTS`` ...), read off DuckDB's own parse tree. Text that
+    does not parse is left to the binder, which refuses it with its own message."""
+    with duckdb.connect() as con:
+        tree = con.execute("SELECT json_serialize_sql(?)", [f"SELECT ({text}) FROM t"]).fetchone()
+    return tree is not None and '"SUBQUERY"' in str(tree[0])
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ Definitions (every count and sum is over the orders strictly before the cutoff):
 - ``refunds_lifetime``: number of refund lines; ``refund_amount_lifetime``: their total, as a
   positive number.
 - ``order_value_mean``: purchase amount (non-negative lines) divided by ``orders_lifetime``.
-- ``order_value_max``: the largest order, counted once all its lines are before the cutoff.
+- ``order_value_max``: the largest order, each order worth its lines before the cutoff (a
+  line placed later cannot be known yet).
 - ``days_since_first_order``, ``days_since_last_order``: days from the first and the latest
   purchase line to the cutoff (fractional; NaN without a purchase).
 """
@@ -81,14 +82,15 @@ def order_lines(ctx: Context) -> Source:
 
 def order_level(ctx: Context) -> Source:
     """``order_level``: one row per order at its first purchase line (also used by rhythm),
-    with its ``value``, the total of its purchase lines."""
+    with ``value_units``, the total of its purchase lines in money units (each line rounded
+    to units first, as every money sum is, so that a total does not depend on row order)."""
     if ctx.available.has("orders", "order_id"):
         sql = (
-            "SELECT customer_id, min(us) AS us, sum(amount) AS value "
+            f"SELECT customer_id, min(us) AS us, sum({MONEY_UNITS})::BIGINT AS value_units "
             "FROM orders WHERE amount >= 0 GROUP BY customer_id, order_id"
         )
     else:
-        sql = "SELECT customer_id, us, amount AS value FROM orders WHERE amount >= 0"
+        sql = f"SELECT customer_id, us, {MONEY_UNITS} AS value_units FROM orders WHERE amount >= 0"
     return Source("order_level", sql, materialize=True)
 
 
@@ -104,10 +106,10 @@ def order_steps(ctx: Context) -> Source | None:
         return None
     return Source(
         "order_steps",
-        "SELECT customer_id, us, sum(value) OVER (PARTITION BY customer_id, order_id "
-        "ORDER BY us ROWS UNBOUNDED PRECEDING) AS value FROM (SELECT customer_id, order_id, "
-        "us, sum(amount) AS value FROM orders WHERE amount >= 0 "
-        "GROUP BY customer_id, order_id, us)",
+        "SELECT customer_id, us, sum(value_units) OVER (PARTITION BY customer_id, order_id "
+        "ORDER BY us ROWS UNBOUNDED PRECEDING)::BIGINT AS value_units FROM (SELECT "
+        f"customer_id, order_id, us, sum({MONEY_UNITS})::BIGINT AS value_units FROM orders "
+        "WHERE amount >= 0 GROUP BY customer_id, order_id, us)",
     )
 
 
@@ -211,7 +213,7 @@ def _requests(ctx: Context) -> list[Request]:
             "order_steps" if steps is not None else "order_level",
             "order_value_max_units",
             "max",
-            f"round(value * {MONEY_SCALE})::BIGINT",
+            "value_units",
             one_cutoff="order_level" if steps is not None else None,
         ),
         Aggregate("order_lines", "spend_units", "sum", MONEY_UNITS, windows),
