@@ -263,16 +263,23 @@ def test_a_probability_beyond_the_history_starts_from_pareto_nbd_and_is_scored_o
     pd.testing.assert_frame_equal(again, scored)
 
 
-def test_a_started_probability_grows_with_the_horizon_for_every_customer(tables):
+def year_model_and_buyers(tables: Tables, folder: Path) -> tuple[ModelBundle, pd.DataFrame]:
+    """The started 365-day repurchase bundle, saved and loaded, and its buyers' features."""
     bundle = train_task(CONFIG, "year", as_of=AS_OF, tables=tables, backtest=False).bundle
-    model = bundle.estimators["score"]
+    bundle = ModelBundle.load(bundle.save(folder / "year"))
     X = build_features(
         tables.before(AS_OF),
         AS_OF,
         settings=CONFIG.features,
         vocabulary=Vocabulary.from_dict(bundle.vocabulary),
     )
-    inputs = bundle.model_input(X[X["days_since_last_order"].notna()])
+    return bundle, X[X["days_since_last_order"].notna()]
+
+
+def test_a_started_probability_grows_with_the_horizon_for_every_customer(tables, tmp_path):
+    bundle, X = year_model_and_buyers(tables, tmp_path)
+    model = bundle.estimators["score"]
+    inputs = bundle.model_input(X)
     short = model.predict_proba(inputs, horizon_days=bundle.label_horizon_days)[:, 1]
     long = model.predict_proba(inputs)[:, 1]
     assert (long >= short).all() and long.mean() > short.mean()
@@ -283,16 +290,8 @@ def test_a_started_model_tells_its_start_among_the_reasons_and_explains_only_hig
 ):
     from cxpredict.backtest import START_CONTRIBUTION
 
-    bundle = train_task(CONFIG, "year", as_of=AS_OF, tables=tables, backtest=False).bundle
-    bundle = ModelBundle.load(bundle.save(tmp_path / "year"))  # the reference is kept
+    bundle, X = year_model_and_buyers(tables, tmp_path)  # saved: the reference is kept
     model = bundle.estimators["score"]
-    X = build_features(
-        tables.before(AS_OF),
-        AS_OF,
-        settings=CONFIG.features,
-        vocabulary=Vocabulary.from_dict(bundle.vocabulary),
-    )
-    X = X[X["days_since_last_order"].notna()]
     inputs = bundle.model_input(X)
     contributions = bundle.contributions(X)
     start = contributions[START_CONTRIBUTION].to_numpy()
