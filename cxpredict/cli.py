@@ -214,9 +214,28 @@ def sample(
     config = out_dir / "cxpredict.yaml"
     if config.exists():
         out.print(f"{'config':<13} {'kept':>15}  {config}", highlight=False)
+        stale = _unread_tables(config, paths)
+        if stale:
+            console.print(
+                f"[yellow]warning[/]: the kept config does not read {', '.join(stale)} written "
+                "now; point its data paths at them or remove it to have one written",
+                highlight=False,
+                soft_wrap=True,
+            )
     else:
         write_text(sample_config(paths), config)
         out.print(f"{'config':<13} {'written':>15}  {config}", highlight=False)
+
+
+def _unread_tables(config: Path, paths: dict[str, Path]) -> list[str]:
+    """The files in ``paths`` that the project config ``config`` does not read (all of them
+    when it cannot be loaded)."""
+    try:
+        data = load_config(config).data
+    except CxpredictError:
+        return [Path(p).name for p in paths.values()]
+    read = {Path(t.path).resolve() for t in data.tables().values()}
+    return [Path(p).name for p in paths.values() if Path(p).resolve() not in read]
 
 
 @app.command()

@@ -145,9 +145,14 @@ def test_a_generated_sample_comes_with_a_config_that_reads_it(tmp_path: Path, fm
         ["validate", "--config", str(tmp_path / "cxpredict.yaml"), "--out", str(tmp_path / "v")],
     )
     assert checked.exit_code == 0, checked.output
-    # a config already there is the user's: generating again keeps it
+    # generating again keeps the config, which reads the files written again
+    again = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert again.exit_code == 0 and "kept" in again.output and "warning" not in again.output
+    # a config already there is the user's: generating again keeps it, and says what it misses
     (tmp_path / "cxpredict.yaml").write_text("project: mine\n", encoding="utf-8")
-    assert runner.invoke(app, args).exit_code == 0
+    kept = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert kept.exit_code == 0
+    assert f"the kept config does not read orders.{fmt}" in kept.output
     assert (tmp_path / "cxpredict.yaml").read_text(encoding="utf-8") == "project: mine\n"
 
 
