@@ -427,8 +427,15 @@ def load_config(path: str | Path) -> ProjectConfig:
         raise ConfigError(f"config file {str(path)!r} not found; pass --config with its path")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc}); save the file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc}); fix the syntax at that line") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: a config is a mapping of settings (project:, data:, tasks: ...), got a "
+            f"{type(raw).__name__}; see data/sample/cxpredict.yaml"
+        )
     if "root" in (raw or {}):
         raise ConfigError(f"{path}: 'root' is set from the config file's folder; remove the key")
     return parse_config(raw or {}, root=path.resolve().parent, source=str(path))

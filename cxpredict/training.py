@@ -129,10 +129,10 @@ def _btyd_sentences(horizon_days: int) -> pd.DataFrame:
             "reason": [
                 f"the purchase-rhythm model (BG/NBD) expects about "
                 f"{{btyd_expected_purchases:.1f}} orders in the next {horizon_days} days",
-                "the purchase-rhythm model (BG/NBD) gives a {btyd_p_alive:.0%} chance that the "
-                "customer is still active",
-                f"the purchase-rhythm model (BG/NBD) gives a {{btyd_p_purchase:.0%}} chance of an "
-                f"order in the next {horizon_days} days",
+                "the purchase-rhythm model (BG/NBD) puts the chance that the customer is still "
+                "active at {btyd_p_alive:.0%}",
+                f"the purchase-rhythm model (BG/NBD) puts the chance of an order in the next "
+                f"{horizon_days} days at {{btyd_p_purchase:.0%}}",
                 f"{{btyd_frequency:.0f}} days with a repeat purchase in {{btyd_t_weeks:.0f}} "
                 f"weeks as a customer; last purchase {{{_WEEKS_SILENT}:.0f}} weeks ago",
             ],

@@ -96,6 +96,11 @@ def test_a_missing_file_and_broken_yaml_are_config_errors(tmp_path: Path) -> Non
         load_config(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "project: [unclosed\n"))
+    with pytest.raises(ConfigError, match="a config is a mapping of settings .* got a int"):
+        load_config(write(tmp_path, "42\n"))
+    (tmp_path / "latin.yaml").write_bytes(b"project: caf\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(tmp_path / "latin.yaml")
 
 
 def test_an_unknown_timezone_is_refused(tmp_path: Path) -> None:

@@ -182,10 +182,29 @@ def test_a_sql_feature_cannot_read_beyond_its_rows(arguments: tuple, message: st
         SqlFeature("x", *arguments, "X.")
 
 
-def test_a_row_filter_cannot_read_beyond_its_rows_but_a_word_in_a_text_is_only_a_word() -> None:
-    with pytest.raises(ValueError, match="the where .* holds a subquery"):
-        SqlFeature("x", "orders", "count(*)", "X.", where="amount > (TABLE src_orders LIMIT 1)")
-    assert SqlFeature("x", "orders", "count(*)", "X.", where="channel = 'select from table'")
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("amount > (TABLE src_orders LIMIT 1)", "holds a subquery"),
+        # text closing the filter's parenthesis to add rows from outside the cutoff's
+        (
+            "false) GROUP BY customer_id, j UNION ALL BY NAME SELECT first(customer_id) AS "
+            "customer_id, 0 AS j, max(amount) AS extension_x FROM orders WHERE (true",
+            "is not one SQL expression",
+        ),
+        ("amount > 0) UNION (SELECT 1", "is not one SQL expression"),
+        ("amount > 0) --", "holds a comment or a statement break"),
+    ],
+)
+def test_a_row_filter_cannot_read_beyond_its_rows(where: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"the where .* {message}"):
+        SqlFeature("x", "orders", "count(*)", "X.", where=where)
+
+
+def test_a_word_in_a_text_or_a_name_is_only_a_word() -> None:
+    for where in ("channel = 'select from table'", "channel = 'SUBQUERY -- /*'"):
+        assert SqlFeature("x", "orders", "count(*)", "X.", where=where)
+    assert SqlFeature("x", "orders", 'sum("SUBQUERY")', "X.")
     with pytest.raises(ValueError, match="window_days must be a positive"):
         SqlFeature("x", "orders", "count(*)", "X.", window_days=0)
     # a keyword inside a text literal is text

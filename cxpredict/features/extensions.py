@@ -24,6 +24,7 @@ Both are registered by passing them to the build functions, or by listing them u
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -98,21 +99,57 @@ class SqlFeature:
                 f"got {self.window_days}"
             )
         for part, text in (("expression", self.expression), ("where", self.where or "")):
-            if text and _holds_subquery(text):
+            why = _not_one_expression(text) if text else None
+            if why:
                 raise ValueError(
-                    f"SqlFeature {self.name!r}: the {part} {text!r} holds a subquery; a "
-                    "feature reads only its table's rows before the cutoff, which a subquery "
-                    "would not: write one aggregate over the rows, e.g. 'count(*)'"
+                    f"SqlFeature {self.name!r}: the {part} {text!r} {why}; a feature reads "
+                    "only its table's rows before the cutoff, which anything beyond one "
+                    "expression over them would not: write one aggregate over the rows, e.g. "
+                    "'count(*)'"
                 )
 
 
-def _holds_subquery(text: str) -> bool:
-    """Whether the SQL expression ``text`` holds a subquery in any form (``SELECT``, ``FROM``
-    first, ``PIVOT``, ``TABLE``, ``EXISTS`` ...), read off DuckDB's own parse tree. Text that
-    does not parse is left to the binder, which refuses it with its own message."""
+def _not_one_expression(text: str) -> str | None:
+    """Why the SQL ``text`` is not one expression over the feature's own rows, or ``None``.
+
+    Read off DuckDB's own parse tree of ``SELECT (text) FROM t``: the text must parse there as
+    exactly one select item, with nothing else around it (no ``UNION``, ``GROUP BY`` or
+    comment reaching out of the parentheses), and hold no subquery in any form (``SELECT``,
+    ``FROM`` first, ``PIVOT``, ``TABLE``, ``EXISTS`` ...).
+    """
+    code = re.sub(r"'(?:[^']|'')*'", "''", text)  # string literals say nothing
+    if re.search(r"--|/\*|;", code):
+        return "holds a comment or a statement break"
     with duckdb.connect() as con:
-        tree = con.execute("SELECT json_serialize_sql(?)", [f"SELECT ({text}) FROM t"]).fetchone()
-    return tree is not None and '"SUBQUERY"' in str(tree[0])
+        got = con.execute("SELECT json_serialize_sql(?)", [f"SELECT ({text}) FROM t"]).fetchone()
+    tree = json.loads(str(got[0])) if got else {}
+    statements = tree.get("statements") or []
+    node = statements[0].get("node", {}) if len(statements) == 1 else {}
+    source = node.get("from_table") or {}
+    alone = (
+        node.get("type") == "SELECT_NODE"
+        and len(node.get("select_list") or []) == 1
+        and source.get("type") == "BASE_TABLE"
+        and source.get("table_name") == "t"
+        and not node.get("where_clause")
+        and not node.get("group_expressions")
+        and not node.get("having")
+        and not node.get("modifiers")
+    )
+    if tree.get("error") or not alone:
+        return "is not one SQL expression"
+    if _has_class(node.get("select_list"), "SUBQUERY"):
+        return "holds a subquery"
+    return None
+
+
+def _has_class(tree: object, name: str) -> bool:
+    """Whether a node of the serialized parse ``tree`` is of the expression class ``name``."""
+    if isinstance(tree, dict):
+        return tree.get("class") == name or any(_has_class(v, name) for v in tree.values())
+    if isinstance(tree, list):
+        return any(_has_class(v, name) for v in tree)
+    return False
 
 
 @dataclass(frozen=True)
