@@ -856,8 +856,8 @@ def _require_store(uri: str, task: str, name: str) -> None:
         raise ModelNotFound(
             f"no champion of task {task!r} (registered model {name!r}): there is no MLflow "
             f"store at {uri}; run `cxpredict train --config <config> --task {task}` first, or "
-            "point MLFLOW_TRACKING_URI / mlflow.tracking_uri at the store the models were "
-            "logged to"
+            "point mlflow.tracking_uri in the config (MLFLOW_TRACKING_URI on the command line, "
+            "tracking_uri= in Python) at the store the models were logged to"
         )
 
 
@@ -872,7 +872,8 @@ def _require_model(client: Any, config: ProjectConfig, task: str, uri: str) -> s
             raise _unavailable(uri, exc) from None
         raise ModelNotFound(
             f"no registered model {name!r} in {uri}; run `cxpredict train --task {task}` first "
-            "(or point MLFLOW_TRACKING_URI / mlflow.tracking_uri at the store it was logged to)"
+            "(or point mlflow.tracking_uri in the config, MLFLOW_TRACKING_URI on the command "
+            "line or tracking_uri= in Python at the store it was logged to)"
         ) from None
     return name
 
