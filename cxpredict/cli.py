@@ -197,11 +197,15 @@ def sample(
     try:
         if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", start.strip()):
             raise ValueError(start)
-        pd.Timestamp(start.strip())
+        first = pd.Timestamp(start.strip())
     except ValueError:
         raise typer.BadParameter(
             f"{start!r} is not a date; use YYYY-MM-DD", param_hint="--start"
         ) from None
+    if not 1900 <= first.year <= 2200:
+        raise typer.BadParameter(
+            f"{start!r} is outside the years 1900-2200 the generator covers", param_hint="--start"
+        )
     check_output(out_dir, folder=True)
     with progress_bar() as progress:
         progress.add_task(f"generating {customers:,} customers", total=None)
@@ -225,6 +229,15 @@ def sample(
     else:
         write_text(sample_config(paths), config)
         out.print(f"{'config':<13} {'written':>15}  {config}", highlight=False)
+    end = pd.Timestamp(start.strip(), tz="UTC") + pd.Timedelta(days=days)
+    if end > run_moment():
+        console.print(
+            f"[yellow]warning[/]: the history runs to {end:%Y-%m-%d}, after today: an --as-of "
+            "must be today or earlier, so its later part cannot be used yet; pass an earlier "
+            "--start or fewer --days",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _unread_tables(config: Path, paths: dict[str, Path]) -> list[str]:

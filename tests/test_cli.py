@@ -117,11 +117,34 @@ def test_an_iso_8601_as_of_is_read_as_a_utc_instant(text: str, instant: str) -> 
     assert parse_as_of(text, now=now) == pd.Timestamp(instant)
 
 
-@pytest.mark.parametrize("start", ["2024-02-30", "next week", "01/02/2024"])
-def test_a_sample_start_that_is_not_a_date_is_a_usage_error(tmp_path: Path, start: str) -> None:
-    result = runner.invoke(app, ["sample", "--out", str(tmp_path), "--start", start])
+def test_a_sample_running_past_today_is_warned_about(tmp_path: Path) -> None:
+    args = ["sample", "--customers", "50", "--days", "60", "--out", str(tmp_path)]
+    soon = pd.Timestamp.now(tz="UTC").floor("D") + pd.Timedelta(days=30)
+    ahead = runner.invoke(app, [*args, "--start", f"{soon:%Y-%m-%d}"], env={"COLUMNS": "200"})
+    assert ahead.exit_code == 0, ahead.output
+    end = soon + pd.Timedelta(days=60)
+    assert f"the history runs to {end:%Y-%m-%d}, after today" in ahead.output
+    past = runner.invoke(app, [*args, "--start", "2024-01-01"], env={"COLUMNS": "200"})
+    assert past.exit_code == 0 and "after today" not in past.output
+
+
+@pytest.mark.parametrize(
+    ("start", "message"),
+    [
+        ("2024-02-30", "is not a date; use YYYY-MM-DD"),
+        ("next week", "is not a date; use YYYY-MM-DD"),
+        ("01/02/2024", "is not a date; use YYYY-MM-DD"),
+        ("2999-01-01", "outside the years 1900-2200"),
+    ],
+)
+def test_a_sample_start_that_is_not_a_usable_date_is_a_usage_error(
+    tmp_path: Path, start: str, message: str
+) -> None:
+    result = runner.invoke(
+        app, ["sample", "--out", str(tmp_path), "--start", start], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 2
-    assert "is not a date; use YYYY-MM-DD" in result.output
+    assert message in result.output
     assert not any(tmp_path.iterdir())
 
 
