@@ -910,6 +910,11 @@ def left_out_text(folds: Sequence[Mapping[str, Any]]) -> list[str]:
     return sentences
 
 
+def _all_equal(predictions: np.ndarray) -> bool:
+    """Whether a model gave every customer the same prediction (none: no)."""
+    return bool(len(predictions)) and bool(np.ptp(predictions) == 0)
+
+
 def _over(estimator: Any, X: pd.DataFrame, horizon_days: int) -> np.ndarray:
     """Predictions over the labelled window (a started model predicts any horizon)."""
     if isinstance(estimator, BtydStart):
@@ -977,7 +982,7 @@ def evaluate_binary(
     target = "churn" if isinstance(task, ChurnTask) else "repurchase"
     probability = _over(fitted.estimators["score"], data.X_test, fitted.label_horizon_days)
     if flat is not None:
-        flat.append(bool(np.ptp(probability) == 0) if len(probability) else False)
+        flat.append(_all_equal(probability))
     rows = _rows(cutoff, "lightgbm", metrics.binary_metrics(y, probability))
     calibration = metrics.calibration_table(y, probability).assign(cutoff=cutoff)
     if RECENCY_COLUMN in data.X_test.columns:
@@ -1058,8 +1063,7 @@ def evaluate_value(
         "lightgbm": {t: _over(fitted.estimators[t], data.X_test, h) for t in ("spend", "orders")}
     }
     if flat is not None:
-        spend = predictions["lightgbm"]["spend"]
-        flat.append(bool(np.ptp(spend) == 0) if len(spend) else False)
+        flat.append(_all_equal(predictions["lightgbm"]["spend"]))
     basket = _mean_order_value(cache.orders, cutoff).reindex(customers).fillna(0.0).to_numpy()
     for name, frame in _btyd_at(cache, customers, cutoff, h, btyd_baselines, notes).items():
         expected = frame["btyd_expected_purchases"].to_numpy(dtype=float)

@@ -194,10 +194,11 @@ def sample(
 
     if fmt not in ("csv", "parquet"):
         raise typer.BadParameter("use csv or parquet", param_hint="--format")
+    start = start.strip()
     try:
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", start.strip()):
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", start):
             raise ValueError(start)
-        first = pd.Timestamp(start.strip())
+        first = pd.Timestamp(start, tz="UTC")
     except ValueError:
         raise typer.BadParameter(
             f"{start!r} is not a date; use YYYY-MM-DD", param_hint="--start"
@@ -209,7 +210,7 @@ def sample(
     check_output(out_dir, folder=True)
     with progress_bar() as progress:
         progress.add_task(f"generating {customers:,} customers", total=None)
-        tables = generate_sample(customers, seed=seed, start=start.strip(), days=days)
+        tables = generate_sample(customers, seed=seed, start=start, days=days)
         paths = write_sample(tables, out_dir, fmt=fmt)
     for name, path in paths.items():
         frame = tables.get(name)
@@ -229,7 +230,7 @@ def sample(
     else:
         write_text(sample_config(paths), config)
         out.print(f"{'config':<13} {'written':>15}  {config}", highlight=False)
-    end = pd.Timestamp(start.strip(), tz="UTC") + pd.Timedelta(days=days)
+    end = first + pd.Timedelta(days=days)
     if end > run_moment():
         console.print(
             f"[yellow]warning[/]: the history runs to {end:%Y-%m-%d}, after today: an --as-of "
@@ -454,10 +455,8 @@ def train(
         warning = baseline_warning(
             name, result.summary, *promotion_metric(config, result.bundle.kind)
         )
-        left_out = [
-            f"{name}: {text}" for text in left_out_text(result.details.get("backtest_folds", []))
-        ]
         folds = result.details.get("backtest_folds", [])
+        left_out = [f"{name}: {text}" for text in left_out_text(folds)]
         for text in [warning, constant_warning(name, folds), *left_out]:
             if text:
                 console.print(f"[yellow]warning[/]: {text}", highlight=False, soft_wrap=True)

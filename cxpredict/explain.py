@@ -327,8 +327,10 @@ def explain(
     the score a little does not explain a score that is low. Contributions to a part of the
     score only (``whole=False``) cannot tell, and every customer is explained.
     """
-    above = contributions.drop(columns="bias", errors="ignore").sum(axis=1) > 0
-    if not whole:
-        above[:] = True
-    long = top_reasons(contributions[above], features, catalogue, top=top, groups=groups)
+    explained = contributions
+    if whole:
+        explained = contributions[
+            contributions.drop(columns="bias", errors="ignore").sum(axis=1) > 0
+        ]
+    long = top_reasons(explained, features, catalogue, top=top, groups=groups)
     return reason_columns(long, contributions.index, top=top)

@@ -246,12 +246,16 @@ class ModelBundle:
             )
         return self.estimators["score"].predict_scores(inputs)
 
+    @property
+    def main_estimator(self) -> Any:
+        """The estimator whose score is explained and ranked: spend for value, else score."""
+        return self.estimators["score" if self.kind != "value" else "spend"]
+
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Per-feature contributions to the raw score of the main estimator (spend for value)."""
         if self.kind == "preference":
             raise ValueError("contributions are given for churn, repurchase and value models")
-        estimator = self.estimators["score" if self.kind != "value" else "spend"]
-        return estimator.contributions(self.model_input(X))
+        return self.main_estimator.contributions(self.model_input(X))
 
     def explain(self, X: pd.DataFrame, *, catalogue: pd.DataFrame, top: int = 3) -> pd.DataFrame:
         """``reason_1`` .. ``reason_<top>``: the features raising each customer's score.
@@ -284,13 +288,13 @@ class ModelBundle:
             flags=flags,
         )
         # a started model saved without its typical start explains its correction only
-        estimator = self.estimators["score" if self.kind != "value" else "spend"]
-        whole = not isinstance(estimator, BtydStart) or START_CONTRIBUTION in contributions
+        started = isinstance(self.main_estimator, BtydStart)
+        whole = not started or START_CONTRIBUTION in contributions
         return explain(contributions, inputs, sentences, top=top, groups=groups, whole=whole)
 
     def feature_importance(self) -> pd.Series:
         """Total gain per model feature of the main estimator, largest first."""
-        estimator = self.estimators["score" if self.kind != "value" else "spend"]
+        estimator = self.main_estimator
         if isinstance(estimator, FrequentValueBaseline):
             estimator = self.estimators["lightgbm"]
         if isinstance(estimator, PreferenceModel):

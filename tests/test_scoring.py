@@ -140,15 +140,15 @@ def test_customer_age_features_warn_but_never_fail_the_run() -> None:
     }
 
 
+def drift_of(variable: str, trained: np.ndarray, scored: np.ndarray) -> pd.DataFrame:
+    """The churn task's drift report for one variable (warn at 0.1, fail at 0.25)."""
+    reference = {variable: reference_from_values(trained)}
+    return drift_report("churn", reference, {variable: scored}, warn=0.1, fail=0.25)
+
+
 def test_the_season_is_never_checked_for_drift() -> None:
     trained = np.full(100, 1.0)  # trained as of 1 January, scored on 1 June
-    report = drift_report(
-        "churn",
-        {"cutoff_day_of_year": reference_from_values(trained)},
-        {"cutoff_day_of_year": trained + 151},
-        warn=0.1,
-        fail=0.25,
-    )
+    report = drift_of("cutoff_day_of_year", trained, trained + 151)
     assert report[["variable", "kind", "status"]].values.tolist() == [
         ["cutoff_day_of_year", "season", "not checked"]
     ]
@@ -157,13 +157,7 @@ def test_the_season_is_never_checked_for_drift() -> None:
 
 def test_drift_from_a_stopped_feed_says_first_that_the_feed_stopped() -> None:
     trained = np.linspace(0, 60, 200)
-    report = drift_report(
-        "churn",
-        {"days_since_last_order": reference_from_values(trained)},
-        {"days_since_last_order": trained + 40},
-        warn=0.1,
-        fail=0.25,
-    )
+    report = drift_of("days_since_last_order", trained, trained + 40)
     stale = ("the latest order or interaction is on 2025-12-30, 21 days before the as-of date",)
     with pytest.raises(DriftFailed, match=r"^The latest order .* 21 days before .*\. 1 variable"):
         check_drift(report, fail=0.25, stale=stale)

@@ -666,9 +666,15 @@ def code_sql(column: str, values: Sequence[str]) -> str:
     return f"CASE WHEN {column} IS NULL THEN NULL ELSE ({inner}) END"
 
 
+def floor_div_sql(value: str, divisor: int) -> str:
+    """SQL for ``value`` divided by ``divisor``, rounded down also below zero (SQL's integer
+    division rounds toward zero)."""
+    return f"(({value}) - ((({value}) % {divisor}) + {divisor}) % {divisor}) // {divisor}"
+
+
 def floor_day_sql(us: str) -> str:
     """SQL for the UTC day number (days since 1970-01-01) of the instant ``us``."""
-    return f"(({us}) - ((({us}) % {DAY_US}) + {DAY_US}) % {DAY_US}) // {DAY_US}"
+    return floor_div_sql(us, DAY_US)
 
 
 def _epoch_us_sql(column: str, kind: str) -> str:
@@ -678,8 +684,7 @@ def _epoch_us_sql(column: str, kind: str) -> str:
     if kind.upper().startswith(("BIGINT", "INTEGER")):
         return ident(column)
     if kind.upper().endswith("_NS") or "[ns" in kind.lower():
-        ns = f"epoch_ns({ident(column)})"
-        return f"(({ns}) - ((({ns}) % 1000) + 1000) % 1000) // 1000"
+        return floor_div_sql(f"epoch_ns({ident(column)})", 1000)
     return f"epoch_us({ident(column)})"
 
 
@@ -1216,12 +1221,23 @@ def _store(
     results.keep(got, sums, values)
 
 
+def columns_but(alias: str, hidden: str) -> str:
+    """SQL for every column of the relation ``alias`` but the ``hidden`` ones (comma-separated;
+    none when empty)."""
+    return f"{alias}.* EXCLUDE ({hidden})" if hidden else f"{alias}.*"
+
+
 def per_cutoff_rows(source: str, columns: str = "", hidden: str = "") -> str:
     """SQL pairing each row of ``source`` with every cutoff after it (``j``, ``c``, ``columns``),
     without the source's ``hidden`` columns."""
     extra = f", {columns}" if columns else ""
-    star = f"e.* EXCLUDE ({hidden})" if hidden else "e.*"
+    star = columns_but("e", hidden)
     return f"SELECT {star}, g.j, g.c{extra} FROM {ident(source)} e JOIN cutoff_grid g ON e.us < g.c"
+
+
+def _query_of(item: PerCutoff) -> tuple[str, str, str, str]:
+    """What a :class:`PerCutoff` shares with the others computed in the same query."""
+    return (item.source, item.columns, item.where, item.hidden)
 
 
 def _materialized(
@@ -1237,7 +1253,7 @@ def _materialized(
         return source.materialize
     mention = re.compile(rf"\b{re.escape(source.name)}\b")
     readers = int(any(a.source == source.name for a in aggregates))
-    readers += len({(p.columns, p.where) for p in per_cutoff if p.source == source.name})
+    readers += len({_query_of(p) for p in per_cutoff if p.source == source.name})
     readers += sum(1 for o in sources if o.name != source.name and mention.search(o.sql))
     return readers > 1
 
@@ -1625,8 +1641,7 @@ def _run_one(
 def _run_per_cutoff(s: Session, results: Results, per_cutoff: Sequence[PerCutoff]) -> None:
     by_cutoff_source: dict[tuple[str, str, str, str], list[PerCutoff]] = {}
     for item in per_cutoff:
-        key = (item.source, item.columns, item.where, item.hidden)
-        by_cutoff_source.setdefault(key, []).append(item)
+        by_cutoff_source.setdefault(_query_of(item), []).append(item)
     for (source, columns, where, hidden), items in by_cutoff_source.items():
         cols = ", ".join(f"{p.expr} AS {ident(p.name)}" for p in items)
         got = s.fetch(

@@ -43,6 +43,7 @@ from cxpredict.features.engine import (
     Request,
     Session,
     Source,
+    columns_but,
     duck_kind,
 )
 from cxpredict.features.family import Context, FeatureDef, feature
@@ -303,8 +304,7 @@ def sql_fills(s: Session, ctx: Context, extensions: Sequence[Extension]) -> dict
         if extension.table == "interactions":
             columns += ", NULL::TIMESTAMP AS responded_at"
         source = _source(extension.table).sql
-        hidden = _hidden(extension.table)
-        star = f"e.* EXCLUDE ({hidden})" if hidden else "e.*"
+        star = columns_but("e", _hidden(extension.table))
         rows = f"SELECT {star}, {columns} FROM ({source}) e WHERE false"
         try:
             # Grouped, a non-aggregate expression fails to bind; ungrouped, an aggregate over
