@@ -1041,13 +1041,13 @@ def validate_table(
     # A row whose event time is at or after the as-of instant is not read, whatever else is
     # wrong with it: later rows cannot fail an earlier run. A row whose event time cannot be
     # read is read, and rejected.
+    # A customer row is an event at its signup and, in a history, at its update.
     after = np.zeros(len(raw), dtype=bool)
-    event_time = EVENT_TIME[table]
-    if as_of is not None and event_time in coerced.columns:
+    if as_of is not None:
         as_of = to_utc(as_of)
-        after = (coerced[event_time] >= as_of).to_numpy(na_value=False)
-        if table == "customers" and "updated_at" in coerced.columns:
-            after |= (coerced["updated_at"] >= as_of).to_numpy(na_value=False)
+        for column in (EVENT_TIME[table], *(["updated_at"] if table == "customers" else [])):
+            if column in coerced.columns:
+                after |= (coerced[column] >= as_of).to_numpy(dtype=bool, na_value=False)
     read = ~after
     bad = reasons.mask() & read
     accepted_mask = read & ~bad

@@ -224,6 +224,24 @@ def test_rows_at_or_after_as_of_are_not_read_and_not_rejected(tmp_path: Path) ->
     assert result.tables.orders["customer_id"].tolist() == ["a"]
 
 
+@pytest.mark.parametrize("signup", [True, False])
+def test_attribute_changes_at_or_after_as_of_are_not_read(tmp_path: Path, signup: bool) -> None:
+    write(tmp_path / "orders.csv", "customer_id,timestamp,amount\na,2025-01-01,10\nb,2025-02-01,20")
+    rows = [
+        ("a", "2024-12-01", "2024-12-01", "basic"),
+        ("a", "2024-12-01", "2025-07-01", "vip"),
+        ("b", "2025-06-15", "2025-06-15", "basic"),
+    ]
+    header = "customer_id,signup_at,updated_at,segment" if signup else "customer_id,updated_at,segment"
+    lines = [",".join(r if signup else (r[0], *r[2:])) for r in rows]
+    write(tmp_path / "customers.csv", "\n".join([header, *lines]))
+    config = project(tmp_path, orders={"path": "orders.csv"}, customers={"path": "customers.csv"})
+    result = load_tables(config, run_at=RUN_AT, as_of=pd.Timestamp("2025-06-01", tz="UTC"))
+    report = result.reports["customers"]
+    assert (report.rows_in_source, report.rows_after_as_of, report.rows_read) == (3, 2, 1)
+    assert result.tables.customers["segment"].tolist() == ["basic"]
+
+
 def test_answers_given_at_or_after_as_of_are_not_yet_known(tmp_path: Path) -> None:
     write(tmp_path / "orders.csv", "customer_id,timestamp,amount\na,2024-01-01,1")
     write(
