@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from cxpredict.config import ProjectConfig, load_config
 from cxpredict.errors import CxpredictError
@@ -34,7 +35,7 @@ from cxpredict.io import (
     write_text,
     write_validation,
 )
-from cxpredict.schemas import to_utc
+from cxpredict.schemas import YEARS, to_utc
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -45,8 +46,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
+# Messages hold paths, column names and values from the data: no text is read as markup.
+console = Console(stderr=True, markup=False)
+out = Console(markup=False)
+
+
+def say(label: str, style: str, text: str) -> None:
+    """Print ``label`` in ``style``, then ``text`` as it is, on stderr."""
+    console.print(Text.assemble((label, style), text), highlight=False, soft_wrap=True)
+
+
+def warn(text: str) -> None:
+    """Print a warning on stderr."""
+    say("warning", "yellow", f": {text}")
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,9 +85,7 @@ def reported(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except CxpredictError as exc:
-            console.print(
-                f"[bold red]error[/] ({type(exc).__name__}): {exc}", highlight=False, soft_wrap=True
-            )
+            say("error", "bold red", f" ({type(exc).__name__}): {exc}")
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -110,6 +121,11 @@ def parse_as_of(text: str, *, now: pd.Timestamp) -> pd.Timestamp:
     if as_of > now:
         raise typer.BadParameter(
             f"{as_of.date()} is in the future; --as-of must be today or earlier",
+            param_hint="--as-of",
+        )
+    if not YEARS[0] <= as_of.year <= YEARS[1]:
+        raise typer.BadParameter(
+            f"{text!r} is outside the years {YEARS[0]}-{YEARS[1]} cxpredict works in",
             param_hint="--as-of",
         )
     return as_of
@@ -203,9 +219,10 @@ def sample(
         raise typer.BadParameter(
             f"{start!r} is not a date; use YYYY-MM-DD", param_hint="--start"
         ) from None
-    if not 1900 <= first.year <= 2200:
+    if not YEARS[0] <= first.year <= YEARS[1]:
         raise typer.BadParameter(
-            f"{start!r} is outside the years 1900-2200 the generator covers", param_hint="--start"
+            f"{start!r} is outside the years {YEARS[0]}-{YEARS[1]} the generator covers",
+            param_hint="--start",
         )
     check_output(out_dir, folder=True)
     with progress_bar() as progress:
@@ -221,23 +238,19 @@ def sample(
         out.print(f"{'config':<13} {'kept':>15}  {config}", highlight=False)
         stale = _unread_tables(config, paths)
         if stale:
-            console.print(
-                f"[yellow]warning[/]: the kept config does not read {', '.join(stale)} written "
+            warn(
+                f"the kept config does not read {', '.join(stale)} written "
                 "now; point its data paths at them or remove it to have one written",
-                highlight=False,
-                soft_wrap=True,
             )
     else:
         write_text(sample_config(paths), config)
         out.print(f"{'config':<13} {'written':>15}  {config}", highlight=False)
     end = first + pd.Timedelta(days=days)
     if end > run_moment():
-        console.print(
-            f"[yellow]warning[/]: the history runs to {end:%Y-%m-%d}, after today: an --as-of "
+        warn(
+            f"the history runs to {end:%Y-%m-%d}, after today: an --as-of "
             "must be today or earlier, so its later part cannot be used yet; pass an earlier "
             "--start or fewer --days",
-            highlight=False,
-            soft_wrap=True,
         )
 
 
@@ -308,10 +321,9 @@ def features(
         frame = build_features(result.tables, cutoff, settings=config.features)
     write_table(frame, out_file, index=True)
     if frame.empty:
-        console.print(
-            f"[yellow]warning[/]: no customer ordered or signed up before {cutoff:%Y-%m-%d}; "
+        warn(
+            f"no customer ordered or signed up before {cutoff:%Y-%m-%d}; "
             "is --as-of before the data start?",
-            highlight=False,
         )
     out.print(
         f"features: {len(frame):,} customers x {frame.shape[1]} features -> {out_file}",
@@ -459,7 +471,7 @@ def train(
         left_out = [f"{name}: {text}" for text in left_out_text(folds)]
         for text in [warning, constant_warning(name, folds), *left_out]:
             if text:
-                console.print(f"[yellow]warning[/]: {text}", highlight=False, soft_wrap=True)
+                warn(text)
         out.print(
             f"{name}: {result.details['horizon_method_text']} ({result.label_horizon_days}-day "
             f"windows); bundle {bundle_dir}",
@@ -532,7 +544,7 @@ def score(
     for name, rows in run.rows_out.items():
         out.print(f"{name:<16} v{run.versions[name]:<4} {rows:>10,} customers", highlight=False)
     for warning in run.warnings:
-        console.print(f"[yellow]warning[/]: {warning}", highlight=False, soft_wrap=True)
+        warn(warning)
     out.print(f"lists, customers.csv and report.html: {out_dir}", highlight=False)
 
 
@@ -621,10 +633,9 @@ def serve(
     tracking_uri = registry.resolve_tracking_uri(config, os.environ)
     model_uri = registry.champion_uri(config, task, tracking_uri=tracking_uri)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        console.print(
-            f"[yellow]warning[/]: binding {host}: the scoring server has no authentication; "
+        warn(
+            f"binding {host}: the scoring server has no authentication; "
             "anyone who can reach this port can score and read the model's answers",
-            highlight=False,
         )
     console.print(f"serving {model_uri} on http://{host}:{port}/invocations", highlight=False)
     code = serving.run_server(

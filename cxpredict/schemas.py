@@ -200,6 +200,10 @@ class Tables:
         return Tables(orders, interactions, customers, dict(self.extra))
 
 
+#: The years a cutoff or an as-of date may fall in.
+YEARS: tuple[int, int] = (1900, 2200)
+
+
 def to_utc(value: object) -> pd.Timestamp:
     """Return ``value`` as a UTC ``Timestamp``; a naive value is taken to be UTC already."""
     stamp = pd.Timestamp(value)

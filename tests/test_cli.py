@@ -93,6 +93,22 @@ def test_an_as_of_in_the_future_is_a_usage_error(tmp_path: Path) -> None:
     assert "is in the future" in result.output
 
 
+def test_an_as_of_before_1900_is_a_usage_error() -> None:
+    from cxpredict.cli import parse_as_of
+
+    with pytest.raises(typer.BadParameter, match="outside the years 1900-2200"):
+        parse_as_of("1600-01-01", now=pd.Timestamp("2026-06-01", tz="UTC"))
+
+
+def test_error_messages_show_square_brackets_as_written(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    (tmp_path / "o.csv").write_text("customer_id,when,amount\n1,2024-01-01,3\n")
+    config.write_text("project: t\ndata: {orders: {path: o.csv, columns: {timestamp: '[when]'}}}\n")
+    result = runner.invoke(app, ["validate", "--config", str(config), "--out", str(tmp_path)])
+    assert result.exit_code == 4
+    assert "(mapped from '[when]')" in result.output
+
+
 @pytest.mark.parametrize("text", ["01/02/2026", "2/1/2026", "Jan 2 2026", "20260102", "yesterday"])
 def test_an_as_of_outside_iso_8601_is_a_usage_error_not_a_guess(text: str) -> None:
     from cxpredict.cli import parse_as_of

@@ -96,6 +96,12 @@ def test_a_cutoff_is_always_given() -> None:
         build_training_features(Tables(pd.DataFrame()), [])
 
 
+@pytest.mark.parametrize("cutoff", ["1600-01-01", "2262-04-12", "2300-01-01"])
+def test_a_cutoff_outside_the_supported_years_is_refused_by_name(tiny: Tables, cutoff: str) -> None:
+    with pytest.raises(ValueError, match=f"cutoff {cutoff} .*outside the years 1900-2200"):
+        build_features(tiny, cutoff)
+
+
 # -- many cutoffs ----------------------------------------------------------------------------
 
 

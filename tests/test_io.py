@@ -232,7 +232,9 @@ def test_attribute_changes_at_or_after_as_of_are_not_read(tmp_path: Path, signup
         ("a", "2024-12-01", "2025-07-01", "vip"),
         ("b", "2025-06-15", "2025-06-15", "basic"),
     ]
-    header = "customer_id,signup_at,updated_at,segment" if signup else "customer_id,updated_at,segment"
+    header = (
+        "customer_id,signup_at,updated_at,segment" if signup else "customer_id,updated_at,segment"
+    )
     lines = [",".join(r if signup else (r[0], *r[2:])) for r in rows]
     write(tmp_path / "customers.csv", "\n".join([header, *lines]))
     config = project(tmp_path, orders={"path": "orders.csv"}, customers={"path": "customers.csv"})

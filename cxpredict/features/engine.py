@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cxpredict.errors import DataError
-from cxpredict.schemas import COLUMNS, MAX_AMOUNT, TABLE_NAMES, Tables, to_utc
+from cxpredict.schemas import COLUMNS, MAX_AMOUNT, TABLE_NAMES, YEARS, Tables, to_utc
 
 DAY_US = 86_400_000_000
 HOUR_US = 3_600_000_000
@@ -699,7 +699,7 @@ def cutoff_micros(cutoffs: Sequence[Any]) -> np.ndarray:
     Raises
     ------
     ValueError
-        When no cutoff is given.
+        When no cutoff is given, or one is outside the years of :data:`YEARS`.
     """
     if isinstance(cutoffs, str | bytes):
         raise TypeError(
@@ -716,6 +716,12 @@ def cutoff_micros(cutoffs: Sequence[Any]) -> np.ndarray:
             f"{numbers[0]!r}"
         )
     stamps = sorted({to_utc(c) for c in cutoffs})
+    outside = [s for s in (stamps[0], stamps[-1]) if not YEARS[0] <= s.year <= YEARS[1]]
+    if outside:
+        raise ValueError(
+            f"cutoff {outside[0]} is outside the years {YEARS[0]}-{YEARS[1]} that features are "
+            "computed for"
+        )
     return np.array([s.value // 1000 for s in stamps], dtype=np.int64)
 
 
