@@ -23,6 +23,13 @@ class ConfigError(CxpredictError):
     exit_code = 3
 
 
+class ExtensionError(ConfigError, ValueError):
+    """A feature extension (SQL or Python) that cannot be computed as written: the message
+    names the feature and what to change."""
+
+    exit_code = 3
+
+
 class DataError(CxpredictError):
     """A table cannot be read as the contract requires (missing file or column, bad format).
 

@@ -649,8 +649,9 @@ def _orders(**columns: list) -> pd.DataFrame:
         (_orders(customer_id=["a", None]), "1 row\\(s\\) have no customer_id"),
         (_orders(customer_id=["a", ""]), "1 row\\(s\\) have no customer_id"),
         (_orders(customer_id=["a", " \t"]), "1 row\\(s\\) have no customer_id .*blank"),
-        (_orders(amount=[10.0, 2e15]), "have an amount that is not a number below 1e\\+10"),
-        (_orders(amount=[10.0, np.inf]), "have an amount that is not a number below"),
+        (_orders(amount=[10.0, 2e15]), "have an amount that is missing or not a number below 1e"),
+        (_orders(amount=[10.0, np.inf]), "have an amount that is missing or not a number below"),
+        (_orders(amount=[10.0, np.nan]), "1 row\\(s\\) have an amount that is missing"),
         (
             _orders(timestamp=["2024-01-01", "2024-01-02"]),
             "'timestamp' holds .*string, not instants",
@@ -664,6 +665,34 @@ def test_tables_the_engine_cannot_read_right_are_refused_naming_the_column(
     with pytest.raises(DataError, match=message) as info:
         build_features(Tables(orders), "2024-02-01")
     assert info.value.table == "orders"
+
+
+@pytest.mark.parametrize("parquet", [False, True])
+@pytest.mark.parametrize("rating", [np.inf, 7.0, -3.0, np.nan])  # NaN: no rating given
+def test_ratings_out_of_range_are_refused_naming_the_column(
+    tmp_path, parquet: bool, rating: float
+) -> None:
+    contacts = pd.DataFrame(
+        {
+            "customer_id": ["a", "a"],
+            "timestamp": pd.to_datetime(["2024-01-05", "2024-01-06"], utc=True),
+            "channel": ["app", "app"],
+            "kind": ["review", "review"],
+            "rating": [4.0, rating],
+        }
+    )
+    if parquet:
+        contacts.to_parquet(tmp_path / "interactions.parquet")
+    tables = {
+        "orders": _orders(),
+        "interactions": tmp_path / "interactions.parquet" if parquet else contacts,
+    }
+    if np.isnan(rating):  # pandas and Parquet files made from it hold a NaN as missing
+        assert build_features(tables, "2024-02-01").loc["a", "rating_mean"] == 4.0
+        return
+    with pytest.raises(DataError, match="1 row\\(s\\) have a rating outside -1 to 5") as info:
+        build_features(tables, "2024-02-01")
+    assert (info.value.table, info.value.column) == ("interactions", "rating")
 
 
 @pytest.mark.parametrize("blank", [" \r\n", "\u00a0", "\u3000", "\x1c"])
@@ -781,7 +810,7 @@ def test_a_numeric_attribute_of_the_vocabulary_must_be_numbers_in_the_tables(
 
 def test_attribute_columns_of_one_name_once_slugged_are_named_as_such(tiny: Tables) -> None:
     customers = tiny.customers.assign(Segment=tiny.customers["segment"])
-    with pytest.raises(ValueError, match="two customer attribute columns have the same name"):
+    with pytest.raises(DataError, match="customers: .*two attribute columns have the same name"):
         build_features(
             Tables(tiny.orders, tiny.interactions, customers),
             CUTOFF,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import CUTOFF
 
 from cxpredict.config import FeaturesConfig, PythonFeatureConfig, SqlFeatureConfig
+from cxpredict.errors import ExtensionError
 from cxpredict.features import (
     PythonFeature,
     SqlFeature,
@@ -106,11 +108,7 @@ def test_sql_features_are_the_same_alone_and_among_many_cutoffs(
 
 @pytest.mark.parametrize(
     ("table", "expression"),
-    [
-        ("orders", "amount"),
-        # the engine's raw answer instant would tell an answer after the cutoff from none
-        ("interactions", "count(responded_us)"),
-    ],
+    [("orders", "amount"), ("interactions", "count(*) + rating")],
 )
 def test_a_sql_feature_that_is_not_an_aggregate_of_its_columns_is_refused(
     tiny: Tables, tiny_vocabulary: Vocabulary, table: str, expression: str
@@ -175,6 +173,16 @@ def test_a_sql_feature_name_must_be_snake_case() -> None:
         (("interactions", "max(len(ARRAY(TABLE interactions)))"), "holds a subquery"),
         (("orders", "count(*) FILTER (WHERE EXISTS (FROM orders))"), "holds a subquery"),
         (("customers", "count(*)"), "table must be 'orders' or 'interactions'"),
+        # a window reads the other customers' and cutoffs' rows of the grouped query
+        (("orders", "lead(count(*)) OVER (ORDER BY max(timestamp))"), "holds a window function"),
+        (("orders", "sum(count(*)) OVER ()"), "holds a window function"),
+        (("orders", "max(COLUMNS(*))"), r"holds \* or COLUMNS"),
+        # the engine's own columns: the raw answer instant would tell an answer after the
+        # cutoff from none, the cutoff's number differs alone and among many
+        (("interactions", "count(responded_us)"), r"engine's own column\(s\) \['responded_us'\]"),
+        (("orders", "max(j)"), r"engine's own column\(s\) \['j'\]"),
+        (("orders", 'max(e.us) - max("C")'), r"engine's own column\(s\) \['C', 'us'\]"),
+        (("orders", "   "), "the expression is empty"),
     ],
 )
 def test_a_sql_feature_cannot_read_beyond_its_rows(arguments: tuple, message: str) -> None:
@@ -194,6 +202,8 @@ def test_a_sql_feature_cannot_read_beyond_its_rows(arguments: tuple, message: st
         ),
         ("amount > 0) UNION (SELECT 1", "is not one SQL expression"),
         ("amount > 0) --", "holds a comment or a statement break"),
+        # text closing the filter's parenthesis so that the window no longer applies
+        ("true) OR (true", "is not one SQL expression"),
     ],
 )
 def test_a_row_filter_cannot_read_beyond_its_rows(where: str, message: str) -> None:
@@ -211,6 +221,20 @@ def test_a_word_in_a_text_or_a_name_is_only_a_word() -> None:
     assert SqlFeature("x", "orders", "count(*)", "X.", where="channel = 'from select'")
 
 
+@pytest.mark.parametrize("name", ["customer_id", "cutoff"])
+def test_a_sql_feature_cannot_take_the_name_of_an_output_index(name: str) -> None:
+    with pytest.raises(ExtensionError, match=f"'{name}': the name is the output's"):
+        SqlFeature(name, "orders", "count(*)", "X.")
+
+
+def test_an_extension_named_like_a_built_in_feature_is_refused(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    twin = SqlFeature("orders_lifetime", "orders", "count(*)", "Lines.")
+    with pytest.raises(ExtensionError, match=r"defined twice: \['orders_lifetime'\]"):
+        build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[twin])
+
+
 def test_a_broken_row_filter_names_its_feature(tiny: Tables, tiny_vocabulary: Vocabulary) -> None:
     broken = SqlFeature("store_lines", "orders", "count(*)", "Lines.", where="chanel = 'store'")
     with pytest.raises(ValueError, match="'store_lines': the row filter \"chanel = 'store'\""):
@@ -218,6 +242,48 @@ def test_a_broken_row_filter_names_its_feature(tiny: Tables, tiny_vocabulary: Vo
     text = SqlFeature("channels", "orders", "string_agg(channel, ',')", "Channels.")
     with pytest.raises(ValueError, match="'channels'.*gives VARCHAR values, not numbers"):
         build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[text])
+
+
+@pytest.mark.parametrize(
+    ("expression", "where", "message"),
+    [
+        ("list(amount)", None, "gives DOUBLE\\[\\] values, not numbers"),
+        ("max(cutoff - timestamp)", None, "gives INTERVAL values, not numbers"),
+        ("count(*)", "amount", "the row filter 'amount' is not a condition .*gives DOUBLE"),
+        ("count(*)", "'abc'", "the row filter \"'abc'\" is not a condition .*gives VARCHAR"),
+    ],
+)
+def test_a_sql_feature_must_give_numbers_and_filter_on_conditions(
+    tiny: Tables, tiny_vocabulary: Vocabulary, expression: str, where: str | None, message: str
+) -> None:
+    odd = SqlFeature("odd", "orders", expression, "Odd.", where=where)
+    with pytest.raises(ExtensionError, match=f"'odd'.*{message}"):
+        build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[odd])
+
+
+def test_a_sql_feature_failing_on_the_data_names_itself(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    failing = SqlFeature("category_number", "orders", "sum(CAST(category AS INTEGER))", "X.")
+    with pytest.raises(ExtensionError, match="'category_number'.*failed on the orders rows"):
+        build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[failing])
+
+
+def test_only_customers_without_rows_get_the_value_over_no_rows(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    # c1 has store lines, c2 has lines but none in a store, c3 has no lines at all
+    stores = SqlFeature(
+        "store_lines_or_none",
+        "orders",
+        "CASE WHEN count(*) = 0 THEN -1 ELSE max(CASE WHEN channel = 'store' THEN 1 END) END",
+        "1 with a store line, missing without one, -1 without any line.",
+    )
+    got = build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[stores])
+    values = got["store_lines_or_none"]
+    assert values["c1"] == 1.0
+    assert np.isnan(values["c2"])
+    assert values["c3"] == -1.0
 
 
 def _by_position(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
@@ -231,7 +297,7 @@ def _twice(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
 
 @pytest.mark.parametrize(
     ("function", "message"),
-    [(_by_position, "matches no customer"), (_twice, "not one row per customer")],
+    [(_by_position, "an index of integer values"), (_twice, "not one row per customer")],
 )
 def test_a_python_feature_must_give_one_row_per_customer_id(
     tiny: Tables, tiny_vocabulary: Vocabulary, function: object, message: str
@@ -267,3 +333,60 @@ def test_a_python_feature_works_on_naive_timestamps(
     feature = PythonFeature(orders_per_weekday, "Weekend lines.", ("weekend_order_lines",))
     got = build_features(naive, CUTOFF, vocabulary=tiny_vocabulary, extensions=[feature])
     assert got.loc["c1", "weekend_order_lines"] == 2.0
+
+
+def _weekend_again(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
+    return orders_per_weekday(tables, cutoff) * 2
+
+
+def _named_customer_id(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
+    return orders_per_weekday(tables, cutoff).rename(columns=lambda _: "customer_id")
+
+
+def _complex(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
+    return orders_per_weekday(tables, cutoff).astype("complex128")
+
+
+def _failing(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
+    return tables.orders["colummn"].to_frame()
+
+
+@pytest.mark.parametrize(
+    ("functions", "message"),
+    [
+        (
+            (orders_per_weekday, _weekend_again),
+            r"_weekend_again returns column\(s\) \['weekend_order_lines'\] that the output has",
+        ),
+        ((_named_customer_id,), r"column\(s\) \['customer_id'\] that the output has"),
+        ((_complex,), "'weekend_order_lines' has dtype complex128; features must be real numbers"),
+        ((_failing,), "_failing failed at cutoff 2024-03-01 00:00:00\\+00:00 with KeyError"),
+    ],
+)
+def test_a_python_feature_that_cannot_be_a_column_names_itself(
+    tiny: Tables, tiny_vocabulary: Vocabulary, functions: tuple, message: str
+) -> None:
+    features = [PythonFeature(f, "Weekend lines.") for f in functions]
+    with pytest.raises(ExtensionError, match=message):
+        build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=features)
+
+
+def _c2_only(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
+    index = pd.Index(["c2"], dtype="str", name="customer_id")
+    return pd.DataFrame({"c2_flag": [1.0]}, index=index)
+
+
+def test_a_python_feature_may_return_rows_of_customers_not_yet_known(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    # c2 orders first on 2024-02-29: at the early cutoff the function's one row is not a
+    # customer yet, at the later one it is
+    early = pd.Timestamp("2024-01-15", tz="UTC")
+    feature = PythonFeature(_c2_only, "C2.")
+    many = build_training_features(
+        tiny, [early, CUTOFF], vocabulary=tiny_vocabulary, extensions=[feature]
+    )
+    assert many["c2_flag"].xs(early, level="cutoff").isna().all()
+    assert many.loc[("c2", CUTOFF), "c2_flag"] == 1.0
+    with pytest.raises(ExtensionError, match="returned 1 rows and none is a customer"):
+        build_features(tiny, early, vocabulary=tiny_vocabulary, extensions=[feature])

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cxpredict.config import FeaturesConfig
-from cxpredict.errors import DataError, OutOfMemory
+from cxpredict.errors import DataError, ExtensionError, OutOfMemory
 from cxpredict.features import (
     basket,
     btyd,
@@ -186,13 +186,13 @@ def available_definitions(ctx: Context, extensions: Sequence[Extension]) -> list
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         families = sorted({d.family for d in defs if d.name in set(duplicated)})
-        fix = (
-            "two customer attribute columns have the same name once lower-cased and "
-            "slugged: rename one of them"
-            if families == ["tenure"]
-            else "rename the extension"
-        )
-        raise ValueError(f"feature names defined twice: {duplicated}; {fix}")
+        if families == ["tenure"]:
+            raise DataError(
+                f"customers: feature names defined twice: {duplicated}; two attribute columns "
+                "have the same name once lower-cased and slugged: rename one of them",
+                table="customers",
+            )
+        raise ExtensionError(f"feature names defined twice: {duplicated}; rename the extension")
     return defs
 
 

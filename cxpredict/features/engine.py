@@ -51,8 +51,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cxpredict.errors import DataError
-from cxpredict.schemas import COLUMNS, MAX_AMOUNT, TABLE_NAMES, YEARS, Tables, to_utc
+from cxpredict.errors import DataError, ExtensionError
+from cxpredict.schemas import (
+    COLUMNS,
+    MAX_AMOUNT,
+    RATING_RANGE,
+    TABLE_NAMES,
+    YEARS,
+    Tables,
+    to_utc,
+)
 
 DAY_US = 86_400_000_000
 HOUR_US = 3_600_000_000
@@ -170,6 +178,8 @@ class PerCutoff:
     rows, e.g. ``count(*) FILTER (WHERE us >= c - 30 * 86400000000)``. ``columns`` adds
     columns computed per row and cutoff; ``hidden`` names source columns that ``expr`` and
     ``where`` must not see (``columns`` may read them, to show what is known at the cutoff).
+    ``failure``: what to say when the query fails on the data (a feature written by a user:
+    its name and what to change); empty, the DuckDB error is raised as it is.
     """
 
     source: str
@@ -178,6 +188,7 @@ class PerCutoff:
     columns: str = ""
     where: str = ""
     hidden: str = ""
+    failure: str = ""
 
 
 Request = Source | Aggregate | PerCutoff
@@ -232,13 +243,20 @@ def _arrow_kind(kind: pa.DataType) -> str | None:
     return None
 
 
+#: DuckDB's and Arrow's names of number types (and booleans).
+_NUMERIC_TYPE = re.compile(
+    r"U?(TINY|SMALL|BIG|HUGE)?INT(EGER|8|16|32|64|128)?|HALFFLOAT|FLOAT(16|32|64)?|DOUBLE|REAL"
+    r"|BOOL(EAN)?|(DECIMAL|NUMERIC)(32|64|128|256)?(\(\d+, ?\d+\))?"
+)
+
+
 def duck_kind(kind: str) -> str | None:
-    """``numeric`` or ``categorical`` for a DuckDB type name, ``None`` for other types."""
-    kind = kind.upper()
-    numeric = ("INT", "FLOAT", "DOUBLE", "DECIMAL", "REAL", "BOOLEAN", "HUGEINT", "NUMERIC")
-    if kind.startswith(numeric) or kind.startswith(("TINYINT", "SMALLINT", "BIGINT", "UBIGINT")):
+    """``numeric`` or ``categorical`` for a DuckDB type name, ``None`` for other types
+    (``INTERVAL``, lists such as ``DOUBLE[]``, structs ...)."""
+    kind = kind.strip().upper()
+    if _NUMERIC_TYPE.fullmatch(kind):
         return "numeric"
-    if kind.startswith(("VARCHAR", "ENUM")):
+    if kind == "VARCHAR" or re.fullmatch(r"ENUM\(.*\)", kind, re.S):
         return "categorical"
     return None
 
@@ -335,8 +353,7 @@ def _check_types(name: str, schema: Mapping[str, str]) -> None:
                 table=name,
                 column=column,
             )
-        # Arrow's unsigned integers (uint8 ...) are the one number type duck_kind does not name
-        numeric = duck_kind(kind) == "numeric" or upper.startswith("UINT")
+        numeric = duck_kind(kind) == "numeric"
         if column in _NUMBER_COLUMNS and not numeric:
             raise DataError(
                 f"{name}: column {column!r} holds {kind}, not numbers; convert it with "
@@ -353,10 +370,10 @@ def _is_text(kind: pa.DataType) -> bool:
     )
 
 
-def _arrow_counts(arrow: pa.Table) -> tuple[int, int]:
-    """Rows without a customer_id (missing, empty or blank) and amounts out of bounds, read
-    off the Arrow columns (null counts are kept by Arrow; a scan of the ids or the amounts
-    takes milliseconds)."""
+def _arrow_counts(arrow: pa.Table) -> tuple[int, int, int]:
+    """Rows without a customer_id (missing, empty or blank), amounts missing or out of
+    bounds, and ratings out of range, read off the Arrow columns (null counts are kept by
+    Arrow; a scan of the ids or the amounts takes milliseconds)."""
     ids = arrow.column("customer_id")
     # pandas categories (dictionaries) and view text: checked as the plain text they hold
     kind = ids.type.value_type if pa.types.is_dictionary(ids.type) else ids.type
@@ -368,14 +385,19 @@ def _arrow_counts(arrow: pa.Table) -> tuple[int, int]:
     if len(ids) and _is_text(ids.type):
         empty = pc.or_(pc.equal(pc.binary_length(ids), 0), pc.utf8_is_space(ids))
         missing += int(pc.sum(empty).as_py() or 0)
-    if "amount" not in arrow.column_names:
-        return missing, 0
-    bad = 0
-    for chunk in arrow.column("amount").chunks:
-        values = np.asarray(pc.fill_null(chunk, 0.0) if chunk.null_count else chunk, dtype=float)
-        if len(values) and not max(values.max(), -values.min()) < MAX_AMOUNT:  # NaN too
-            bad += int((~(np.abs(values) < MAX_AMOUNT)).sum())
-    return missing, bad
+    bad = ratings = 0
+    if "amount" in arrow.column_names:
+        for chunk in arrow.column("amount").chunks:
+            bad += chunk.null_count  # a pandas NaN arrives as a null
+            values = np.asarray(pc.fill_null(chunk, 0.0) if chunk.null_count else chunk, float)
+            if len(values) and not max(values.max(), -values.min()) < MAX_AMOUNT:  # NaN too
+                bad += int((~(np.abs(values) < MAX_AMOUNT)).sum())
+    if "rating" in arrow.column_names:
+        low, high = RATING_RANGE
+        for chunk in arrow.column("rating").chunks:
+            values = np.asarray(pc.fill_null(chunk, low) if chunk.null_count else chunk, float)
+            ratings += int((~((values >= low) & (values <= high))).sum())  # NaN too
+    return missing, bad, ratings
 
 
 #: SQL, for an id ``{id}``: it may be blank, as it starts with a control character, a space
@@ -395,16 +417,25 @@ def _check_values(
     schema: Mapping[str, str],
     arrow: pa.Table | None = None,
 ) -> None:
-    """Rows without a customer, and amounts the engine's integer sums cannot hold."""
+    """Rows without a customer, amounts missing or beyond what the engine's integer sums hold,
+    and ratings out of range."""
     if arrow is not None:
         found: Sequence[int] = _arrow_counts(arrow)
     else:
         text = "CAST(customer_id AS VARCHAR)"
         missing = "count(*) FILTER (WHERE customer_id IS NULL OR {})"
         checks = [missing.format(_MAYBE_BLANK.format(id=text))]
-        if "amount" in schema:
-            # NOT (x < limit) holds for NaN and the infinities too
-            checks.append(f"count(*) FILTER (WHERE NOT (abs(amount) < {MAX_AMOUNT:.0f}))")
+        # NOT (x < limit) holds for NaN and the infinities too
+        amount, rating = "amount" in schema, "rating" in schema
+        checks.append(
+            f"count(*) FILTER (WHERE amount IS NULL OR NOT (abs(amount) < {MAX_AMOUNT:.0f}))"
+            if amount
+            else "0"
+        )
+        low, high = RATING_RANGE
+        checks.append(
+            f"count(*) FILTER (WHERE NOT (rating >= {low} AND rating <= {high}))" if rating else "0"
+        )
         found = list(con.execute(f"SELECT {', '.join(checks)} FROM {relation}").fetchall()[0])
         if found[0]:  # some ids may be blank: counted exactly (a pattern a row, so only now)
             exact = missing.format(_BLANK.format(id=text))
@@ -416,13 +447,21 @@ def _check_values(
             table=name,
             column="customer_id",
         )
-    if len(found) > 1 and found[1]:
+    if found[1]:
         raise DataError(
-            f"{name}: {found[1]:,} row(s) have an amount that is not a number below "
+            f"{name}: {found[1]:,} row(s) have an amount that is missing or not a number below "
             f"{MAX_AMOUNT:.0e} in size (the engine sums amounts in 1/10,000 units as 64-bit "
             f"integers); fix or drop them, or {_FIX}",
             table=name,
             column="amount",
+        )
+    if found[2]:
+        low, high = RATING_RANGE
+        raise DataError(
+            f"{name}: {found[2]:,} row(s) have a rating outside {low:g} to {high:g} (or not a "
+            f"number); fix or drop them, or {_FIX}",
+            table=name,
+            column="rating",
         )
 
 
@@ -1650,9 +1689,15 @@ def _run_per_cutoff(s: Session, results: Results, per_cutoff: Sequence[PerCutoff
         by_cutoff_source.setdefault(_query_of(item), []).append(item)
     for (source, columns, where, hidden), items in by_cutoff_source.items():
         cols = ", ".join(f"{p.expr} AS {ident(p.name)}" for p in items)
-        got = s.fetch(
-            f"SELECT d.cid, r.* EXCLUDE (customer_id) FROM (SELECT customer_id, j, {cols} "
-            f"FROM ({per_cutoff_rows(source, columns, hidden)}) WHERE {where or 'true'} "
-            "GROUP BY customer_id, j) r JOIN dim d USING (customer_id)"
-        )
+        try:
+            got = s.fetch(
+                f"SELECT d.cid, r.* EXCLUDE (customer_id) FROM (SELECT customer_id, j, {cols} "
+                f"FROM ({per_cutoff_rows(source, columns, hidden)}) WHERE {where or 'true'} "
+                "GROUP BY customer_id, j) r JOIN dim d USING (customer_id)"
+            )
+        except (duckdb.DataError, duckdb.ProgrammingError) as exc:  # not out of memory
+            failure = next((p.failure for p in items if p.failure), "")
+            if not failure:
+                raise
+            raise ExtensionError(f"{failure} ({exc})") from exc
         results.keep(got, values={p.name: (p.name, "cutoff") for p in items})

@@ -35,9 +35,10 @@ import numpy as np
 import pandas as pd
 
 from cxpredict.config import FeaturesConfig
-from cxpredict.errors import ConfigError, DataError
+from cxpredict.errors import ConfigError, DataError, ExtensionError
 from cxpredict.features.engine import (
     DAY_US,
+    RESERVED_COLUMNS,
     Block,
     PerCutoff,
     Request,
@@ -50,6 +51,8 @@ from cxpredict.features.family import Context, FeatureDef, feature
 from cxpredict.schemas import TABLE_NAMES, Tables
 
 NAME = "extensions"
+#: The output's index levels: no feature may take their names.
+OUTPUT_NAMES = ("customer_id", "cutoff")
 
 
 @dataclass(frozen=True)
@@ -85,24 +88,34 @@ class SqlFeature:
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
-            raise ValueError(
+            raise ExtensionError(
                 f"SqlFeature name {self.name!r} must be snake_case (a-z, 0-9, _), starting "
                 "with a letter; e.g. 'store_spend_90d'"
             )
+        if self.name in OUTPUT_NAMES:
+            raise ExtensionError(
+                f"SqlFeature {self.name!r}: the name is the output's {self.name} column; "
+                "choose another"
+            )
         if self.table not in ("orders", "interactions"):
-            raise ValueError(
+            raise ExtensionError(
                 f"SqlFeature {self.name!r}: table must be 'orders' or 'interactions', got "
                 f"{self.table!r} (customer attributes are features already)"
             )
         if self.window_days is not None and self.window_days <= 0:
-            raise ValueError(
+            raise ExtensionError(
                 f"SqlFeature {self.name!r}: window_days must be a positive number of days, "
                 f"got {self.window_days}"
             )
+        if not self.expression.strip():
+            raise ExtensionError(
+                f"SqlFeature {self.name!r}: the expression is empty; write one aggregate over "
+                "the rows, e.g. 'count(*)'"
+            )
         for part, text in (("expression", self.expression), ("where", self.where or "")):
-            why = _not_one_expression(text) if text else None
+            why = _not_one_expression(text) if text.strip() else None
             if why:
-                raise ValueError(
+                raise ExtensionError(
                     f"SqlFeature {self.name!r}: the {part} {text!r} {why}; a feature reads "
                     "only its table's rows before the cutoff, which anything beyond one "
                     "expression over them would not: write one aggregate over the rows, e.g. "
@@ -121,14 +134,41 @@ def _not_one_expression(text: str) -> str | None:
     code = re.sub(r"'(?:[^']|'')*'", "''", text)  # string literals say nothing
     if re.search(r"--|/\*|;", code):
         return "holds a comment or a statement break"
+    # Parsed both inside parentheses and without: a text that closes the parentheses around it
+    # (``a) OR (b``) is one expression only inside them.
+    items = [_select_item(f"({text})"), _select_item(text)]
+    if any(item is None for item in items):
+        return "is not one SQL expression"
+    if _has_class(items, "SUBQUERY"):
+        return "holds a subquery"
+    if _has_class(items, "WINDOW"):
+        return "holds a window function (OVER), which reads the rows of other customers and cutoffs"
+    if _has_class(items, "STAR"):
+        return "holds * or COLUMNS(...); name the columns it reads"
+    internal = sorted(
+        {
+            name
+            for name in _column_names(items)
+            if name.lower() in RESERVED_COLUMNS or name.startswith("__")
+        }
+    )
+    if internal:
+        return f"reads the engine's own column(s) {internal}; read 'timestamp' and 'cutoff' instead"
+    return None
+
+
+def _select_item(text: str) -> object:
+    """The parse tree of ``text`` as the only item of ``SELECT text FROM t``, or ``None``
+    when it is not exactly that."""
     with duckdb.connect() as con:
-        got = con.execute("SELECT json_serialize_sql(?)", [f"SELECT ({text}) FROM t"]).fetchone()
+        got = con.execute("SELECT json_serialize_sql(?)", [f"SELECT {text} FROM t"]).fetchone()
     tree = json.loads(str(got[0])) if got else {}
     statements = tree.get("statements") or []
     node = statements[0].get("node", {}) if len(statements) == 1 else {}
     source = node.get("from_table") or {}
     alone = (
-        node.get("type") == "SELECT_NODE"
+        not tree.get("error")
+        and node.get("type") == "SELECT_NODE"
         and len(node.get("select_list") or []) == 1
         and source.get("type") == "BASE_TABLE"
         and source.get("table_name") == "t"
@@ -137,11 +177,19 @@ def _not_one_expression(text: str) -> str | None:
         and not node.get("having")
         and not node.get("modifiers")
     )
-    if tree.get("error") or not alone:
-        return "is not one SQL expression"
-    if _has_class(node.get("select_list"), "SUBQUERY"):
-        return "holds a subquery"
-    return None
+    return node["select_list"][0] if alone else None
+
+
+def _column_names(tree: object) -> set[str]:
+    """The column names (without their table) that a serialized parse ``tree`` refers to."""
+    if isinstance(tree, dict):
+        names = set()
+        if tree.get("class") == "COLUMN_REF" and tree.get("column_names"):
+            names.add(str(tree["column_names"][-1]))
+        return names.union(*(_column_names(v) for v in tree.values()))
+    if isinstance(tree, list):
+        return set().union(*(_column_names(v) for v in tree))
+    return set()
 
 
 def _has_class(tree: object, name: str) -> bool:
@@ -277,17 +325,32 @@ def sql_requests(ctx: Context, extensions: Sequence[Extension]) -> list[Request]
     out: list[Request] = []
     for extension in _sql(ctx, extensions):
         out.append(_source(extension.table))
-        out.append(
-            PerCutoff(
-                f"extension_{extension.table}",
-                f"extension_{extension.name}",
-                f"({extension.expression})",
-                columns=_columns(extension.table),
-                where=_where(extension),
-                hidden=_hidden(extension.table),
-            )
+        failure = (
+            f"SqlFeature {extension.name!r}: {extension.expression!r}"
+            + (f" over the rows where {extension.where!r}" if extension.where else "")
+            + f" failed on the {extension.table} rows; change it so that it holds for every row"
         )
+        for name, expr in (
+            (f"extension_{extension.name}", f"({extension.expression})"),
+            (_rows(extension), "count(*)"),
+        ):
+            out.append(
+                PerCutoff(
+                    f"extension_{extension.table}",
+                    name,
+                    expr,
+                    columns=_columns(extension.table),
+                    where=_where(extension),
+                    hidden=_hidden(extension.table),
+                    failure=failure,
+                )
+            )
     return out
+
+
+def _rows(extension: SqlFeature) -> str:
+    """The engine name of the count of an extension's rows (a name no extension can take)."""
+    return f"extension_rows:{extension.name}"
 
 
 def sql_fills(s: Session, ctx: Context, extensions: Sequence[Extension]) -> dict[str, float]:
@@ -314,23 +377,28 @@ def sql_fills(s: Session, ctx: Context, extensions: Sequence[Extension]) -> dict
             ).fetchall()
             value = s.con.execute(f"SELECT ({extension.expression}) FROM ({rows})").fetchone()
         except duckdb.Error as exc:
-            raise ValueError(
+            raise ExtensionError(
                 f"SqlFeature {extension.name!r}: {extension.expression!r} is not an aggregate "
                 f"over {extension.table} ({exc}); write e.g. 'sum(amount)'"
             ) from None
         if extension.where:
             try:
-                s.con.execute(f"SELECT count(*) FROM ({rows}) WHERE ({extension.where})").fetchall()
+                condition = s.con.execute(
+                    f"DESCRIBE SELECT ({extension.where}) AS v FROM ({rows})"
+                ).fetchall()[0][1]
             except duckdb.Error as exc:
-                raise ValueError(
+                condition = f"an error ({exc})"
+            if str(condition) != "BOOLEAN":
+                raise ExtensionError(
                     f"SqlFeature {extension.name!r}: the row filter {extension.where!r} is not a "
-                    f"condition on {extension.table} ({exc}); write e.g. \"channel = 'store'\""
-                ) from None
+                    f"condition on {extension.table} (it gives {condition}); write e.g. "
+                    "\"channel = 'store'\""
+                )
         kind = s.con.execute(
             f"DESCRIBE SELECT ({extension.expression}) AS v FROM ({rows})"
         ).fetchall()[0][1]
         if duck_kind(str(kind)) != "numeric":
-            raise ValueError(
+            raise ExtensionError(
                 f"SqlFeature {extension.name!r}: {extension.expression!r} gives {kind} "
                 "values, not numbers; write a numeric aggregate"
             )
@@ -342,11 +410,14 @@ def sql_fills(s: Session, ctx: Context, extensions: Sequence[Extension]) -> dict
 def sql_values(
     ctx: Context, results: Block, extensions: Sequence[Extension], fills: Mapping[str, float]
 ) -> dict[str, np.ndarray]:
-    """The SQL extension columns as dense ``(cutoffs, customers)`` arrays of one block."""
+    """The SQL extension columns as dense ``(cutoffs, customers)`` arrays of one block: a
+    customer without rows gets the expression's value over no rows, one with rows its value
+    (which may be missing)."""
     out: dict[str, np.ndarray] = {}
     for extension in _sql(ctx, extensions):
         values = results.value(f"extension_{extension.name}")
-        out[extension.name] = np.where(np.isnan(values), fills[extension.name], values)
+        none = np.isnan(results.value(_rows(extension)))
+        out[extension.name] = np.where(none, fills[extension.name], values)
     return out
 
 
@@ -365,21 +436,50 @@ def _in_memory(tables: Tables | Mapping[str, object]) -> Tables:
     return Tables(frames["orders"], frames["interactions"], frames["customers"])  # type: ignore[arg-type]
 
 
-def _check_index(name: str, got: pd.DataFrame, ids: pd.Index) -> None:
-    """A Python feature's rows must be customers: unique ``customer_id`` strings."""
+def _checked(name: str, got: object, extension: PythonFeature, taken: set[str]) -> pd.DataFrame:
+    """A Python feature's frame, refused unless it is one row per customer id string and
+    numeric columns under new names (``taken``: the names of the columns already there)."""
+    if not isinstance(got, pd.DataFrame):
+        raise ExtensionError(f"PythonFeature {name} returned {type(got).__name__}, not a DataFrame")
+    columns = list(got.columns)
+    if extension.columns and tuple(columns) != tuple(extension.columns):
+        raise ExtensionError(
+            f"PythonFeature {name} returned columns {columns}; it declares "
+            f"{list(extension.columns)}"
+        )
+    odd = [c for c in columns if not isinstance(c, str) or not c.strip()]
+    if odd or got.columns.has_duplicates:
+        raise ExtensionError(
+            f"PythonFeature {name} returned columns {columns}; name each column once, with a "
+            "non-empty text"
+        )
+    clash = [c for c in columns if c in taken or c in OUTPUT_NAMES]
+    if clash:
+        raise ExtensionError(
+            f"PythonFeature {name} returns column(s) {clash} that the output has already; "
+            "rename them"
+        )
+    for column in columns:
+        kind = got[column].dtype
+        if not pd.api.types.is_numeric_dtype(kind) or pd.api.types.is_complex_dtype(kind):
+            raise ExtensionError(
+                f"PythonFeature {name}: column {column!r} has dtype {kind}; features must be "
+                "real numbers"
+            )
     index = got.index
     if index.nlevels != 1 or index.has_duplicates:
-        raise ValueError(
+        raise ExtensionError(
             f"PythonFeature {name} returned an index that is not one row per customer "
             f"({index.nlevels} level(s), duplicates: {bool(index.has_duplicates)}); index it "
             "by customer_id, e.g. with .groupby('customer_id')"
         )
-    if len(got) and not index.isin(pd.Index(ids, dtype="str")).any():
-        raise ValueError(
-            f"PythonFeature {name} returned rows whose index matches no customer (e.g. "
+    if len(index) and index.inferred_type != "string":
+        raise ExtensionError(
+            f"PythonFeature {name} returned an index of {index.inferred_type} values (e.g. "
             f"{index[0]!r}); index it by the customer_id strings, e.g. with "
             ".groupby('customer_id')"
         )
+    return got
 
 
 def python_columns(
@@ -390,7 +490,9 @@ def python_columns(
 ) -> pd.DataFrame:
     """``frame`` with the columns of the Python extensions appended.
 
-    Window: each function is called once per cutoff with the tables before that cutoff.
+    Window: each function is called once per cutoff with the tables before that cutoff. Rows
+    of customers not in the frame at that cutoff are left out; a function none of whose rows
+    is a customer at any cutoff is refused (its index is not the customer ids).
     """
     source = _in_memory(tables)
     codes = frame.index.codes[1]
@@ -399,33 +501,31 @@ def python_columns(
     added: dict[str, np.ndarray] = {}
     for extension in extensions:
         name = getattr(extension.function, "__qualname__", repr(extension.function))
+        taken = set(frame.columns) | set(added)
+        returned = matched = 0
         for j, cutoff in enumerate(cutoffs):
             rows = slice(starts[j], starts[j + 1])
-            got = extension.function(source.before(cutoff), cutoff)
-            if not isinstance(got, pd.DataFrame):
-                raise TypeError(
-                    f"PythonFeature {name} returned {type(got).__name__}, not a DataFrame"
-                )
-            if extension.columns and tuple(got.columns) != tuple(extension.columns):
-                raise ValueError(
-                    f"PythonFeature {name} returned columns {list(got.columns)}; it declares "
-                    f"{list(extension.columns)}"
-                )
-            clash = [c for c in got.columns if c in frame.columns]
-            if clash:
-                raise ValueError(
-                    f"PythonFeature {name} returns existing column(s) {clash}; rename them"
-                )
-            _check_index(name, got, ids[rows])
-            aligned = got.reindex(pd.Index(ids[rows], dtype="str"))
+            try:
+                got = extension.function(source.before(cutoff), cutoff)
+            except Exception as exc:
+                raise ExtensionError(
+                    f"PythonFeature {name} failed at cutoff {cutoff} with "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            got = _checked(name, got, extension, taken)
+            customers = pd.Index(ids[rows], dtype="str")
+            returned += len(got)
+            matched += int(got.index.isin(customers).sum())
+            aligned = got.reindex(customers)
             for column in got.columns:
-                if not pd.api.types.is_numeric_dtype(got[column]):
-                    raise ValueError(
-                        f"PythonFeature {name}: column {column!r} has dtype {got[column].dtype}; "
-                        "features must be numeric"
-                    )
                 target = added.setdefault(column, np.full(len(frame), np.nan))
                 target[rows] = aligned[column].to_numpy(dtype=np.float64, na_value=np.nan)
+        if returned and not matched:
+            raise ExtensionError(
+                f"PythonFeature {name} returned {returned:,} rows and none is a customer at "
+                "its cutoff; index it by the customer_id strings, e.g. with "
+                ".groupby('customer_id')"
+            )
     for column, values in added.items():
         frame[column] = values
     return frame
