@@ -234,6 +234,13 @@ class RepurchaseTask(_TaskBase):
     kind: Literal["repurchase"]
 
 
+#: The text columns of the data contract a preference can rank, per table.
+PREFERENCE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "orders": ("category", "channel"),
+    "interactions": ("channel", "kind"),
+}
+
+
 class PreferenceTask(_TaskBase):
     """Which values of an attribute the customer buys (or uses) in the window; ranked top-k."""
 
@@ -241,6 +248,18 @@ class PreferenceTask(_TaskBase):
     attribute: str = "category"
     table: Literal["orders", "interactions"] = "orders"
     top_k: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _known_attribute(self) -> PreferenceTask:
+        allowed = PREFERENCE_ATTRIBUTES[self.table]
+        if self.attribute not in allowed:
+            raise ValueError(
+                f"attribute {self.attribute!r} is not a column of {self.table} that cxpredict "
+                f"reads{did_you_mean(self.attribute, allowed)}; a preference ranks "
+                f"{' or '.join(allowed)} of {self.table} (set table: interactions for "
+                "channel or kind of interactions)"
+            )
+        return self
 
 
 class ValueTask(_TaskBase):
@@ -259,6 +278,8 @@ class TrainingConfig(_Frozen):
 
     ``max_feed_gap_days``: training stops when the latest order or interaction is more days
     than this before the as-of date (a feed that stopped would label every customer as lost).
+    ``min_positives`` / ``min_negatives`` count training rows (a customer at each cutoff);
+    ``min_customers`` counts the distinct customers behind each class's rows.
     """
 
     n_cutoffs: int = Field(12, ge=3)
@@ -266,6 +287,7 @@ class TrainingConfig(_Frozen):
     n_backtest_cutoffs: int = Field(3, ge=1)
     min_positives: int = Field(30, ge=1)
     min_negatives: int = Field(30, ge=1)
+    min_customers: int = Field(10, ge=1)
     max_feed_gap_days: int = Field(14, gt=0)
     seed: int = 0
     lightgbm: dict[str, Any] = Field(default_factory=dict)
@@ -382,8 +404,19 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{where}: unknown key {key!r}{hint}{listing}"
     if error["type"] == "missing":
         return f"{where}: required key is missing"
+    if error["type"] == "union_tag_invalid" and loc and loc[0] == "tasks":
+        tag = str(error.get("ctx", {}).get("tag", ""))
+        kinds = list(_TASK_KINDS)
+        return (
+            f"{where}: kind {tag!r} is not a task kind{did_you_mean(tag, kinds)} (kinds: "
+            f"{', '.join(kinds)})"
+        )
     message = error["msg"].removeprefix("Value error, ")
-    return f"{where}: {message} (got {error.get('input')!r})"
+    given = error.get("input")
+    # a check of a whole section names its values itself
+    return (
+        f"{where}: {message}" if isinstance(given, dict) else f"{where}: {message} (got {given!r})"
+    )
 
 
 def parse_config(raw: dict[str, Any], *, root: Path, source: str = "config") -> ProjectConfig:

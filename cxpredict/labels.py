@@ -362,6 +362,23 @@ def class_counts(task: Task, labels: pd.DataFrame) -> tuple[int, int]:
     return second, len(labels) - second
 
 
+def class_customers(task: Task, labels: pd.DataFrame) -> tuple[int, int]:
+    """Distinct customers behind the positives and the negatives of :func:`class_counts`."""
+    if labels.empty:
+        return 0, 0
+    ids = labels.index.get_level_values("customer_id")
+    if isinstance(task, ChurnTask | RepurchaseTask):
+        positive = labels[LABEL].to_numpy() == 1
+    elif isinstance(task, ValueTask):
+        positive = labels["orders"].to_numpy() > 0
+    else:
+        counts = labels.sum(axis=0).sort_values(ascending=False)
+        if len(counts) < 2:
+            return 0, ids.nunique()
+        positive = labels[counts.index[1]].to_numpy() == 1
+    return ids[positive].nunique(), ids[~positive].nunique()
+
+
 def check_class_balance(
     task_name: str,
     task: Task,
@@ -390,9 +407,14 @@ def check_class_balance(
         if shortened
         else f"horizon {task.horizon_days} days"
     )
+    population = (
+        f", a longer active_days than {task.active_days} (more customers count as active)"
+        if isinstance(task, ChurnTask)
+        else ""
+    )
     others = (
-        "more training cutoffs (training.n_cutoffs) or a later as-of date with more customers, "
-        "or lower training.min_positives / training.min_negatives"
+        f"more training cutoffs (training.n_cutoffs){population} or a later as-of date with "
+        "more customers, or lower training.min_positives / training.min_negatives"
     )
 
     def fix(few_positives: bool) -> str:
@@ -407,6 +429,13 @@ def check_class_balance(
         side = "longer" if longer else "shorter"
         return f"use a {side} horizon than {task.horizon_days} days, {others}"
 
+    if isinstance(task, PreferenceTask) and len(labels.columns) < 2 and len(labels):
+        only = f" ({labels.columns[0]!r})" if len(labels.columns) else ""
+        raise IneligibleTask(
+            f"task {task_name!r} (preference for {task.table}.{task.attribute}): the training "
+            f"windows hold one value of {task.attribute}{only}; a preference ranks two values "
+            "or more: choose an attribute whose values differ"
+        )
     if positives < training.min_positives:
         raise IneligibleTask(
             f"task {task_name!r} ({task.kind}, {windows}): the "
@@ -419,6 +448,15 @@ def check_class_balance(
             f"{n_cutoffs} training cutoffs ({span}) hold {negatives} {neg_word}; at least "
             f"{training.min_negatives} are needed (training.min_negatives); {fix(False)}"
         )
+    # the same customers at many cutoffs are not many examples
+    for count, word in zip(class_customers(task, labels), (pos_word, neg_word), strict=True):
+        if count < training.min_customers:
+            raise IneligibleTask(
+                f"task {task_name!r} ({task.kind}, {windows}): the {n_cutoffs} training "
+                f"cutoffs ({span}) hold {word} from {count} distinct customer(s); at least "
+                f"{training.min_customers} are needed (training.min_customers); use data with "
+                "more customers or a later as-of date, or lower training.min_customers"
+            )
 
 
 def check_history(

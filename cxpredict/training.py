@@ -278,7 +278,9 @@ class ModelBundle:
                 }
             )
         sentences = pd.concat(
-            [catalogue, _btyd_sentences(self.horizon_days)], ignore_index=True
+            # the BTYD outputs are computed over the label windows the model learned on
+            [catalogue, _btyd_sentences(self.label_horizon_days)],
+            ignore_index=True,
         ).drop_duplicates("name")
         flags = sentences.loc[sentences.get("unit", pd.Series(dtype=str)) == "flag", "name"]
         vocabulary = Vocabulary.from_dict(self.vocabulary) if self.vocabulary else Vocabulary()

@@ -55,6 +55,37 @@ def test_an_unknown_task_key_suggests_the_key_of_that_task_kind(tmp_path: Path) 
         load_config(write(tmp_path, text))
 
 
+def test_a_misspelt_task_kind_suggests_the_closest_kind(tmp_path: Path) -> None:
+    text = MINIMAL + "tasks:\n  gone: {kind: chrun, horizon_days: 90}\n"
+    with pytest.raises(
+        ConfigError, match=r"tasks.gone: kind 'chrun' is not a task kind; did you mean 'churn'"
+    ):
+        load_config(write(tmp_path, text))
+
+
+def test_a_preference_must_rank_a_text_column_the_table_has(tmp_path: Path) -> None:
+    text = MINIMAL + "tasks:\n  shop: {kind: preference, attribute: store, horizon_days: 90}\n"
+    with pytest.raises(
+        ConfigError, match=r"tasks.shop: attribute 'store' is not a column of orders .*category"
+    ):
+        load_config(write(tmp_path, text))
+    kinds = (
+        "tasks:\n  k: {kind: preference, table: interactions, attribute: kind, horizon_days: 9}\n"
+    )
+    assert load_config(write(tmp_path, MINIMAL + kinds)).tasks["k"].attribute == "kind"
+
+
+def test_the_preference_attributes_are_the_text_columns_of_the_contract() -> None:
+    from cxpredict.config import PREFERENCE_ATTRIBUTES
+    from cxpredict.schemas import COLUMNS, NUMERIC_COLUMNS, TIMESTAMP_COLUMNS
+
+    for table, attributes in PREFERENCE_ATTRIBUTES.items():
+        required, optional = COLUMNS[table]
+        numbers = {*NUMERIC_COLUMNS.get(table, ()), *TIMESTAMP_COLUMNS.get(table, ())}
+        text = [c for c in (*required, *optional) if c not in numbers]
+        assert set(text) - {"customer_id", "order_id"} == set(attributes)
+
+
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     text = (
         "project: demo\ndata:\n  orders: {path: a.csv}\n  interactons: {path: b.csv}\nscorng: {}\n"

@@ -185,8 +185,10 @@ def test_too_few_positives_is_refused_with_what_to_change(tables):
     task = ChurnTask(kind="churn", horizon_days=30, active_days=60)
     with pytest.raises(IneligibleTask, match=r"hold 1 churned customers.*min_positives") as info:
         check_class_balance("churn", task, labels, training=TrainingConfig(min_positives=5))
-    # a longer window holds more orders, so fewer churners: the advice is a shorter one
+    # a longer window holds more orders, so fewer churners: the advice is a shorter one, or a
+    # larger population of active customers
     assert "use a shorter horizon than 30 days" in str(info.value)
+    assert "a longer active_days than 60" in str(info.value)
     repurchase = RepurchaseTask(kind="repurchase", horizon_days=30)
     bought = make_labels(repurchase, tables, [CUTOFF])
     with pytest.raises(IneligibleTask, match="use a longer horizon than 30 days"):
@@ -206,8 +208,30 @@ def test_too_few_negatives_is_refused(tables):
 def test_preference_balance_counts_the_most_chosen_value(tables):
     labels = preference_labels(tables, [CUTOFF], horizon_days=30)
     task = PreferenceTask(kind="preference", horizon_days=30)
+    few = TrainingConfig(min_positives=1, min_negatives=1, min_customers=1)
+    check_class_balance("pref", task, labels, training=few)
+
+
+def test_a_preference_for_an_attribute_with_one_value_is_refused_as_such(tables):
+    one = tables.orders.assign(category="books")
+    labels = preference_labels(Tables(one), [CUTOFF], horizon_days=30)
+    task = PreferenceTask(kind="preference", horizon_days=30)
+    few = TrainingConfig(min_positives=1, min_negatives=1, min_customers=1)
+    with pytest.raises(IneligibleTask, match="one value of category \\('books'\\); a preference"):
+        check_class_balance("pref", task, labels, training=few)
+
+
+def test_rows_of_too_few_distinct_customers_are_refused(tables):
+    labels = churn_labels(tables, [CUTOFF], horizon_days=30, active_days=60)
+    many = pd.concat(
+        [labels.rename(index={CUTOFF: CUTOFF - pd.Timedelta(days=7 * k)}) for k in range(50)]
+    )
+    task = ChurnTask(kind="churn", horizon_days=30, active_days=60)
+    enough_rows = TrainingConfig(min_positives=1, min_negatives=1)
+    with pytest.raises(IneligibleTask, match="from 1 distinct customer\\(s\\); at least 10"):
+        check_class_balance("churn", task, many, training=enough_rows)
     check_class_balance(
-        "pref", task, labels, training=TrainingConfig(min_positives=1, min_negatives=1)
+        "churn", task, many, training=enough_rows.model_copy(update={"min_customers": 1})
     )
 
 

@@ -310,6 +310,10 @@ def test_a_started_model_tells_its_start_among_the_reasons_and_explains_only_hig
     low = contributions.drop(columns="bias").sum(axis=1).to_numpy() <= 0
     assert low.any() and (reasons.loc[low, "reason_1"] == "").all()
     assert (reasons.loc[~low, "reason_1"] != "").mean() > 0.9
+    # the BTYD outputs are over the label windows the model learned on: their sentences say so
+    told = pd.concat([reasons[f"reason_{k}"] for k in (1, 2, 3)])
+    windows = set(told.str.extract(r"in the next (\d+) days")[0].dropna())
+    assert windows == {str(bundle.label_horizon_days)}
     # a bundle saved before the typical start was kept explains its correction, for everyone
     model.start_reference_ = None
     assert START_CONTRIBUTION not in bundle.contributions(X).columns
