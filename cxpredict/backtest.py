@@ -284,6 +284,51 @@ def btyd_outputs(
     return out
 
 
+#: The next order's date is the day by which its chance reaches this (the median).
+NEXT_ORDER_PROBABILITY = 0.5
+
+
+def next_order(
+    model: BetaGeometricNBD | None,
+    frequency: Any,
+    recency: Any,
+    T: Any,
+    *,
+    horizon_days: float,
+    index: pd.Index,
+) -> pd.DataFrame:
+    """Days from the cutoff to each customer's next order, where they can be estimated.
+
+    Window: the purchases before the cutoff (the BTYD summary), looking ``horizon_days``
+    ahead. ``next_order_days`` is the median time to the next order by BG/NBD (the day by
+    which its chance reaches :data:`NEXT_ORDER_PROBABILITY`); it is missing, and
+    ``next_order_note`` says why, when the customer has no purchase, is more likely gone
+    than not, or has less than an even chance of an order within ``horizon_days``.
+    """
+    days = np.full(len(index), np.nan)
+    notes = np.full(len(index), "no purchase before the cutoff", dtype=object)
+    f, r, t = (np.asarray(v, dtype=float) for v in (frequency, recency, T))
+    known = np.isfinite(f) & np.isfinite(r) & np.isfinite(t) & (t >= r) & (r >= 0) & (f >= 0)
+    if model is None:
+        notes[:] = "no purchase-rhythm model (BG/NBD) in the model bundle"
+        known[:] = False
+    if known.any():
+        args = (f[known], r[known], t[known])
+        with np.errstate(all="ignore"):
+            median = model.time_to_purchase(NEXT_ORDER_PROBABILITY, *args) * BTYD_UNIT_DAYS
+            alive = model.probability_alive(*args)
+            chance = model.probability_of_purchase(horizon_days / BTYD_UNIT_DAYS, *args)
+        within = median <= horizon_days
+        gone = [f"more likely lapsed than not (BG/NBD: {a:.0%} chance still active)" for a in alive]
+        later = [
+            f"not expected within {horizon_days:g} days (BG/NBD: {c:.0%} chance of an order)"
+            for c in chance
+        ]
+        days[known] = np.where(within, median, np.nan)
+        notes[known] = np.where(within, "", np.where(np.isnan(median), gone, later))
+    return pd.DataFrame({"next_order_days": days, "next_order_note": notes}, index=index)
+
+
 def add_btyd(
     features: pd.DataFrame,
     models: Mapping[pd.Timestamp, BetaGeometricNBD | ParetoNBD | None]
@@ -1075,7 +1120,37 @@ def evaluate_value(
         for target, predicted in by_target.items():
             values = metrics.value_metrics(actual[target], predicted)
             rows += _rows(cutoff, model, {f"{target}/{k}": v for k, v in values.items()})
+    if all(c in data.X_test.columns for c in BTYD_INPUTS):
+        dated = next_order_check(cache.model("bgnbd", cutoff), data.X_test, data.y_test, h)
+        rows += _rows(cutoff, "bgnbd", dated)
     return rows
+
+
+def next_order_check(
+    model: BetaGeometricNBD | None, X: pd.DataFrame, y: pd.DataFrame, horizon_days: int
+) -> dict[str, float]:
+    """How the next-order dates of :func:`next_order` at a cutoff held over its window.
+
+    ``next_order/estimated``: the share of customers given a date; ``next_order/ordered_by_date``:
+    the share of those whose next order came by their date (a median: 0.5 when the dates are
+    right); ``next_order/median_error_days``: the median absolute error, in days, of those
+    whose next order came within the window.
+    """
+    dated = next_order(
+        model, *(X[c] for c in BTYD_INPUTS), horizon_days=horizon_days, index=X.index
+    )["next_order_days"].to_numpy(dtype=float)
+    given = np.isfinite(dated)
+    came = y["next_observed"].to_numpy(dtype=bool)
+    actual = y["days_to_next"].to_numpy(dtype=float)
+    by_date = came & (actual <= dated)
+    seen = given & came
+    return {
+        "next_order/estimated": float(given.mean()) if len(given) else np.nan,
+        "next_order/ordered_by_date": float(by_date[given].mean()) if given.any() else np.nan,
+        "next_order/median_error_days": (
+            float(np.median(np.abs(actual[seen] - dated[seen]))) if seen.any() else np.nan
+        ),
+    }
 
 
 def evaluate_preference(fitted: FittedTask, data: FoldData) -> list[dict[str, Any]]:

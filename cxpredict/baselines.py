@@ -673,6 +673,27 @@ class BetaGeometricNBD(_BuyTillYouDie):
         buys = -np.expm1(-(r + x) * np.log1p(horizon / (alpha + age)))
         return self._probability_alive(x, t_x, age) * buys
 
+    def time_to_purchase(
+        self, probability: float, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+    ) -> FloatArray:
+        """The time after T by which the chance of at least one purchase reaches
+        ``probability`` (0.5: the median time to the next purchase), in the fit's time unit.
+
+        Inverts :meth:`probability_of_purchase`: ``P(alive) [1 - (1 + t / (alpha + T))^-(r + x)]
+        = probability`` gives ``t = (alpha + T) [(1 - probability / P(alive))^(-1 / (r + x))
+        - 1]``. NaN where ``P(alive) <= probability``: a customer more likely gone than not
+        has no such time.
+        """
+        if not 0.0 < probability < 1.0:
+            raise ValueError(f"probability must lie strictly between 0 and 1, got {probability}")
+        x, t_x, age = self._prepare(frequency, recency, T, "time_to_purchase")
+        r, alpha, _, _ = self._params()
+        alive = self._probability_alive(x, t_x, age)
+        reached = alive > probability
+        with np.errstate(all="ignore"):
+            t = (alpha + age) * np.expm1(-np.log1p(-probability / alive) / (r + x))
+        return np.where(reached, t, np.nan)
+
     def expected_purchases_unconditional(self, t: ArrayLike) -> FloatArray:
         """Expected purchases of a new customer in ``t`` periods after the first, FHL eq. (9).
 

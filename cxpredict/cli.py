@@ -361,6 +361,23 @@ def print_backtest(name: str, summary: pd.DataFrame, kind: str) -> None:
     out.print(table)
 
 
+def next_order_text(summary: pd.DataFrame) -> str | None:
+    """How the value lists' next-order dates held on the backtest's test windows."""
+    rows = ("next_order/estimated", "next_order/ordered_by_date", "next_order/median_error_days")
+    if "bgnbd" not in summary.columns or not all(r in summary.index for r in rows):
+        return None
+    given, by_date, error = (float(summary.loc[r, "bgnbd"]) for r in rows)
+    if not np.isfinite(given):
+        return None
+    if not given > 0:
+        return "next-order dates: no customer of the test cutoffs was given one"
+    return (
+        f"next-order dates (BG/NBD medians) on the test cutoffs: given to {given:.0%} of the "
+        f"customers, {by_date:.0%} of whom ordered by their date (50% when the dates are "
+        f"right); median error {error:.0f} days for those who ordered in the window"
+    )
+
+
 def constant_warning(name: str, folds: list[dict[str, Any]]) -> str | None:
     """A warning when the model gave every customer the same prediction at some test cutoff
     of the backtest (``constant_predictions`` of its folds): it learned nothing to rank by."""
@@ -462,6 +479,9 @@ def train(
         bundle_dir = result.bundle.save(out_dir / name / "bundle")
         write_table(result.metrics, out_dir / name / "metrics.csv")
         print_backtest(name, result.summary, result.bundle.kind)
+        dated = next_order_text(result.summary)
+        if dated:
+            out.print(f"{name}: {dated}", highlight=False, soft_wrap=True)
         from cxpredict.registry import promotion_metric
 
         warning = baseline_warning(

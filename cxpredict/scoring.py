@@ -104,6 +104,7 @@ CUSTOMER_COLUMNS: tuple[str, ...] = (
     "value_at_risk_rank",
     "days_since_last_order",
     "usual_gap_days",
+    "next_order_date",
     *(f"reason_{k}" for k in range(1, N_REASONS + 1)),
     *(f"preferred_category_{k}" for k in range(1, N_PREFERENCES + 1)),
     "best_channel",
@@ -730,7 +731,9 @@ def task_list(
     -------
     DataFrame
         :data:`LIST_COLUMNS`, then :data:`PREFERENCE_COLUMNS` (preference) or
-        ``expected_orders`` (value); floats rounded to :data:`DECIMALS`.
+        ``expected_orders`` and, when ``scored`` has them, ``next_order_date``,
+        ``next_order_days`` and ``next_order_note`` (value); floats rounded to
+        :data:`DECIMALS`.
     """
     frame = scored if "rank" in scored.columns else ranked(scored)
     n = len(frame)
@@ -765,6 +768,12 @@ def task_list(
     elif kind == "value" and "expected_orders" in frame.columns:
         orders = frame["expected_orders"].to_numpy(dtype=np.float64)
         out["expected_orders"] = orders.round(DECIMALS)
+    if kind == "value" and "next_order_days" in frame.columns:
+        days = frame["next_order_days"].to_numpy(dtype=np.float64)
+        dates = pd.Timestamp(as_of) + pd.to_timedelta(np.ceil(days), unit="D")
+        out["next_order_date"] = np.where(np.isfinite(days), dates.strftime("%Y-%m-%d"), "")
+        out["next_order_days"] = np.ceil(days)
+        out["next_order_note"] = _text(frame["next_order_note"])
     return pd.DataFrame(out)
 
 
@@ -902,6 +911,7 @@ def customer_table(
     out["value_at_risk"] = risk
     out["days_since_last_order"] = _column(features, "days_since_last_order").round(DECIMALS)
     out["usual_gap_days"] = usual_gap_days(features, rules).round(DECIMALS)
+    out["next_order_date"] = text("value", "next_order_date")
     out["lifecycle_stage"] = _from_codes(stage, STAGES)
     for k in range(1, N_REASONS + 1):
         out[f"reason_{k}"] = text(reason_role, f"reason_{k}")
@@ -1314,6 +1324,11 @@ def score_task(
         scored = normalise_predictions(
             predictions, X.index, kind=task.kind, top_k=min(getattr(task, "top_k", 3), 3)
         )
+        dating = getattr(model.bundle, "next_order", None)  # every ModelBundle has it
+        if task.kind == "value" and dating is not None:
+            dated = dating(X)
+            scored["next_order_days"] = dated["next_order_days"].to_numpy(dtype=np.float64)
+            scored["next_order_note"] = dated["next_order_note"].to_numpy(dtype=object)
         frame = ranked(scored)
     explained = frame["customer_id"]
     if reasons_for == "top":

@@ -44,6 +44,7 @@ from cxpredict.backtest import (
     fit_task,
     fold_data,
     min_history_days,
+    next_order,
     numeric_frame,
     plan_fold,
     run_backtest,
@@ -245,6 +246,21 @@ class ModelBundle:
                 index=X.index,
             )
         return self.estimators["score"].predict_scores(inputs)
+
+    def next_order(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Each customer's next order: ``next_order_days`` after the scoring instant (the
+        median by the bundle's BG/NBD, within the task's horizon) or, where it cannot be
+        estimated, ``next_order_note`` saying why (see :func:`cxpredict.backtest.next_order`).
+        """
+        present = all(c in X.columns for c in BTYD_INPUTS)
+        model = None if self.btyd is None or not present else btyd_from_params("bgnbd", self.btyd)
+        summary = [X[c] if present else np.full(len(X), np.nan) for c in BTYD_INPUTS]
+        return next_order(
+            model,  # type: ignore[arg-type]
+            *summary,
+            horizon_days=self.horizon_days,
+            index=X.index,
+        )
 
     @property
     def main_estimator(self) -> Any:

@@ -15,6 +15,7 @@ from cxpredict.backtest import (
     btyd_from_params,
     btyd_start,
     left_out_text,
+    next_order,
     plan_backtest,
     plan_fold,
     run_backtest,
@@ -205,6 +206,33 @@ def test_a_value_backtest_scores_spend_and_orders_against_btyd_and_last_period(t
     assert {"spend/rmse", "orders/poisson_deviance", "orders/spearman"} <= set(summary.index)
     assert summary.loc["orders/normalised_gini", "lightgbm"] > 0.3
     assert result.details[0]["constant_predictions"] is False
+    # the next-order dates are checked on the test windows: shares, and days of error
+    dated = summary.loc[
+        ["next_order/estimated", "next_order/ordered_by_date", "next_order/median_error_days"],
+        "bgnbd",
+    ]
+    assert dated.iloc[:2].between(0, 1).all() and dated.iloc[0] > 0 and dated.iloc[2] >= 0
+
+
+def test_a_next_order_is_dated_where_it_can_be_and_said_why_where_it_cannot():
+    model = btyd_from_params("bgnbd", {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426})
+    # weeks: often and lately; twice long ago; once, then silence; no purchase
+    frequency, recency, age = [5.0, 2.0, 1.0, np.nan], [35.0, 30.0, 5.0, np.nan], [38.0] * 4
+    index = pd.Index(["often", "twice", "gone", "never"], name="customer_id")
+    out = next_order(model, frequency, recency, age, horizon_days=180, index=index)
+    median = model.time_to_purchase(0.5, [5.0], [35.0], [38.0])[0] * 7
+    assert out.loc["often", "next_order_days"] == pytest.approx(median)
+    assert 50 < median < 60 and out.loc["often", "next_order_note"] == ""
+    # 200 days away: beyond the horizon
+    assert np.isnan(out.loc["twice", "next_order_days"])
+    assert out.loc["twice", "next_order_note"].startswith("not expected within 180 days")
+    assert out.loc["gone", "next_order_note"] == (
+        "more likely lapsed than not (BG/NBD: 32% chance still active)"
+    )
+    assert out.loc["never", "next_order_note"] == "no purchase before the cutoff"
+    unknown = next_order(None, frequency, recency, age, horizon_days=180, index=index)
+    assert unknown["next_order_days"].isna().all()
+    assert (unknown["next_order_note"].str.startswith("no purchase-rhythm model")).all()
 
 
 def test_a_model_that_learned_nothing_is_marked_as_predicting_one_value(tables):

@@ -452,6 +452,21 @@ def test_scores_are_probabilities_and_expectations_grow_with_the_horizon(history
         assert (np.diff(buys) >= -1e-12).all()
 
 
+@given(history=histories(), probability=st.floats(0.05, 0.95))
+def test_the_time_to_a_purchase_is_when_its_probability_reaches_the_level_asked(
+    history, probability
+):
+    model = with_params(BetaGeometricNBD(), PUBLISHED_BGNBD)
+    t = model.time_to_purchase(probability, *history)
+    alive = model.probability_alive(*history)
+    if alive[0] <= probability:  # more likely gone than not: no such time
+        assert np.isnan(t[0])
+        return
+    assert t[0] >= 0
+    reached = model.probability_of_purchase(t, *history)
+    np.testing.assert_allclose(reached, probability, rtol=1e-7, atol=1e-9)
+
+
 def test_bgnbd_deems_customers_without_repeat_purchases_alive_but_still_ranks_their_churn():
     model = with_params(BetaGeometricNBD(), PUBLISHED_BGNBD)
     ages = np.array([1.0, 10.0, 38.0])

@@ -457,6 +457,17 @@ class StandInBundle:
             matrix / matrix.sum(1, keepdims=True), index=X.index, columns=self.values
         )
 
+    def next_order(self, X: pd.DataFrame) -> pd.DataFrame:
+        days = X["days_since_last_order"].to_numpy(dtype=float) / 2
+        soon = days <= 30
+        return pd.DataFrame(
+            {
+                "next_order_days": np.where(soon, days, np.nan),
+                "next_order_note": np.where(soon, "", "not expected within 30 days"),
+            },
+            index=X.index,
+        )
+
     def explain(self, X: pd.DataFrame, *, catalogue: pd.DataFrame, top: int) -> pd.DataFrame:
         reason = catalogue.set_index("name")["reason"]
         return pd.DataFrame(
@@ -589,6 +600,18 @@ def test_the_lists_have_the_documented_columns_and_every_eligible_customer(
     assert parquet["customer_id"].tolist() == churn["customer_id"].tolist()
     category = pd.read_csv(tmp_path / "next_category.csv")
     assert category.columns[-6:].tolist() == list(PREFERENCE_COLUMNS)
+    value = pd.read_csv(tmp_path / "value.csv", dtype={"customer_id": str}, keep_default_na=False)
+    dated = ["expected_orders", "next_order_date", "next_order_days", "next_order_note"]
+    assert value.columns[-4:].tolist() == dated
+    # the stand-in expects the next order in half the days since the last one, up to 30
+    soon = value["next_order_date"] != ""
+    assert soon.any() and (~soon).any()
+    assert (value.loc[~soon, "next_order_note"] == "not expected within 30 days").all()
+    assert (value.loc[soon, "next_order_note"] == "").all()
+    days = pd.to_numeric(value.loc[soon, "next_order_days"])
+    assert days.between(0, 30).all()
+    dates = SHOP_AS_OF.tz_localize(None) + pd.to_timedelta(days, unit="D")
+    assert (value.loc[soon, "next_order_date"] == dates.dt.strftime("%Y-%m-%d")).all()
     customers = pd.read_csv(tmp_path / "customers.csv", dtype={"customer_id": str})
     assert customers.columns.tolist() == list(CUSTOMER_COLUMNS)
     assert customers["customer_id"].is_unique and len(customers) >= run.rows_out["repurchase"]
