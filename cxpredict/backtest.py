@@ -1120,7 +1120,8 @@ def evaluate_value(
         for target, predicted in by_target.items():
             values = metrics.value_metrics(actual[target], predicted)
             rows += _rows(cutoff, model, {f"{target}/{k}": v for k, v in values.items()})
-    if all(c in data.X_test.columns for c in BTYD_INPUTS):
+    # the next-order dates come from the same BG/NBD fit: left out with it
+    if "bgnbd" in predictions and all(c in data.X_test.columns for c in BTYD_INPUTS):
         dated = next_order_check(cache.model("bgnbd", cutoff), data.X_test, data.y_test, h)
         rows += _rows(cutoff, "bgnbd", dated)
     return rows

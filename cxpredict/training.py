@@ -847,8 +847,9 @@ def score_task(
         ``customer_id``, ``score`` (probability over the task's horizon for churn and
         repurchase, expected spend for value, the top value's probability for preference)
         and ``rank`` (1 = highest score; ties by ``customer_id``); value tasks add
-        ``expected_orders``, preference tasks ``top_<k>`` and ``top_<k>_probability`` for
-        k up to the task's ``top_k``.
+        ``expected_orders``, ``next_order_days`` and ``next_order_note`` (see
+        :meth:`ModelBundle.next_order`), preference tasks ``top_<k>`` and
+        ``top_<k>_probability`` for k up to the task's ``top_k``.
 
     Raises
     ------
@@ -885,6 +886,9 @@ def score_task(
     elif isinstance(task, ValueTask):
         out["score"] = predictions["spend"].to_numpy(dtype=float)
         out["expected_orders"] = predictions["orders"].to_numpy(dtype=float)
+        dated = model.next_order(X)
+        out["next_order_days"] = dated["next_order_days"].to_numpy(dtype=float)
+        out["next_order_note"] = dated["next_order_note"].to_numpy(dtype=object)
     else:
         assert isinstance(task, ChurnTask | RepurchaseTask)
         out["score"] = predictions["probability"].to_numpy(dtype=float)
