@@ -170,8 +170,14 @@ def test_a_value_task_predicts_spend_and_orders(tables):
     result = train_task(CONFIG, "spend", as_of=AS_OF, tables=tables, btyd_baselines=())
     assert {"lightgbm", "last_period"} <= set(result.metrics["model"])
     scored = score_task(CONFIG, "spend", as_of=AS_OF, tables=tables, model=result.bundle)
-    assert list(scored.columns) == ["customer_id", "score", "rank", "expected_orders"]
+    extra = ["expected_orders", "next_order_days", "next_order_note"]
+    assert list(scored.columns) == ["customer_id", "score", "rank", *extra]
     assert (scored["score"] >= 0).all() and (scored["expected_orders"] >= 0).all()
+    # a next order is dated within the horizon, or the note says why not
+    dated = scored["next_order_days"].notna()
+    assert dated.any() and scored.loc[dated, "next_order_days"].between(0, 56).all()
+    assert (scored.loc[dated, "next_order_note"] == "").all()
+    assert (scored.loc[~dated, "next_order_note"] != "").all()
 
 
 def test_a_preference_task_lists_the_top_values_with_probabilities(tables):
