@@ -275,11 +275,16 @@ class ScoringModel(PythonModel):
 def score(bundle: ScoringBundle, frame: pd.DataFrame) -> pd.DataFrame:
     """The bundle's predictions for a validated frame, with ``customer_id`` first when given.
 
-    Churn and repurchase: ``probability``; value: ``spend`` and ``orders``; preference: the
-    task's ``top_k`` values as ``top_1``, ``top_1_probability``, ``top_2``, ...
+    Churn and repurchase: ``probability``; value: ``spend``, ``orders``, ``next_order_days``
+    and ``next_order_note`` (when the bundle dates next orders); preference: the task's
+    ``top_k`` values as ``top_1``, ``top_1_probability``, ``top_2``, ...
     """
     features = frame[list(bundle.features)]
     predictions = bundle.predict(features).reset_index(drop=True)
+    dating = getattr(bundle, "next_order", None)
+    if bundle.kind == "value" and dating is not None:
+        dated = dating(features).reset_index(drop=True)
+        predictions = pd.concat([predictions, dated], axis=1)
     if bundle.kind == "preference":
         task = getattr(bundle, "task", None) or {}
         predictions = top_choices(predictions, k=int(task.get("top_k", 3)))

@@ -144,6 +144,32 @@ def test_preferences_are_answered_as_the_top_k_values() -> None:
     np.testing.assert_allclose(top["top_2_probability"], [0.3, 0.7])
 
 
+def test_a_value_answer_dates_the_next_order_when_the_bundle_can() -> None:
+    class Dating:
+        kind, features = "value", ["f"]
+
+        def predict(self, X: pd.DataFrame) -> pd.DataFrame:
+            return pd.DataFrame({"spend": X["f"] * 10, "orders": X["f"]}, index=X.index)
+
+        def next_order(self, X: pd.DataFrame) -> pd.DataFrame:
+            soon = X["f"].to_numpy() > 1
+            note = np.where(soon, "", "not expected within 90 days")
+            days = np.where(soon, 12.5, np.nan)
+            return pd.DataFrame({"next_order_days": days, "next_order_note": note}, index=X.index)
+
+    given = pd.DataFrame({"customer_id": ["a", "b"], "f": [1.0, 3.0]}, index=[7, 9])
+    out = serving.score(Dating(), given)  # type: ignore[arg-type]
+    assert list(out.columns) == [
+        "customer_id",
+        "spend",
+        "orders",
+        "next_order_days",
+        "next_order_note",
+    ]
+    assert out["next_order_note"].tolist() == ["not expected within 90 days", ""]
+    np.testing.assert_array_equal(out["next_order_days"], [np.nan, 12.5])
+
+
 def test_the_input_example_is_made_up() -> None:
     example = serving.input_example(tiny_bundle())
     assert list(example["customer_id"]) == ["example-1", "example-2"]
