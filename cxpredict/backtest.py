@@ -253,6 +253,18 @@ class BtydCache:
         )
 
 
+def _readable(
+    frequency: Any, recency: Any, T: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The summary as floats, and which rows the BTYD models can read: a summary with a
+    fractional count, a recency after T or a missing value is unknown."""
+    f, r, t = (np.asarray(v, dtype=float) for v in (frequency, recency, T))
+    known = np.isfinite(f) & np.isfinite(r) & np.isfinite(t) & (t >= r) & (r >= 0) & (f >= 0)
+    known &= np.floor(np.where(known, f, 0)) == np.where(known, f, 0)
+    known &= ~((f == 0) & (r > 0)) & ~((f > 0) & (r == 0))
+    return f, r, t, known
+
+
 def btyd_outputs(
     model: BetaGeometricNBD | ParetoNBD | None,
     frequency: Any,
@@ -268,11 +280,7 @@ def btyd_outputs(
     rows when ``model`` is ``None``.
     """
     out = pd.DataFrame(np.nan, index=index, columns=list(BTYD_FEATURES))
-    f, r, t = (np.asarray(v, dtype=float) for v in (frequency, recency, T))
-    # a summary the models cannot read (a fractional count, recency after T) is unknown
-    known = np.isfinite(f) & np.isfinite(r) & np.isfinite(t) & (t >= r) & (r >= 0) & (f >= 0)
-    known &= np.floor(np.where(known, f, 0)) == np.where(known, f, 0)
-    known &= ~((f == 0) & (r > 0)) & ~((f > 0) & (r == 0))
+    f, r, t, known = _readable(frequency, recency, T)
     if model is None or not known.any():
         return out
     horizon = horizon_days / BTYD_UNIT_DAYS
@@ -289,26 +297,21 @@ NEXT_ORDER_PROBABILITY = 0.5
 
 
 def next_order(
-    model: BetaGeometricNBD | None,
-    frequency: Any,
-    recency: Any,
-    T: Any,
-    *,
-    horizon_days: float,
-    index: pd.Index,
+    model: BetaGeometricNBD | None, summary: pd.DataFrame, *, horizon_days: float
 ) -> pd.DataFrame:
     """Days from the cutoff to each customer's next order, where they can be estimated.
 
-    Window: the purchases before the cutoff (the BTYD summary), looking ``horizon_days``
-    ahead. ``next_order_days`` is the median time to the next order by BG/NBD (the day by
-    which its chance reaches :data:`NEXT_ORDER_PROBABILITY`); it is missing, and
-    ``next_order_note`` says why, when the customer has no purchase, is more likely gone
-    than not, or has less than an even chance of an order within ``horizon_days``.
+    Window: the purchases before the cutoff (``summary``: the engine's BTYD summary columns,
+    one row per customer), looking ``horizon_days`` ahead. ``next_order_days`` is the median
+    time to the next order by BG/NBD (the day by which its chance reaches
+    :data:`NEXT_ORDER_PROBABILITY`); it is missing, and ``next_order_note`` says why, when the
+    customer has no purchase, is more likely gone than not, or has less than an even chance
+    of an order within ``horizon_days``.
     """
+    index = summary.index
     days = np.full(len(index), np.nan)
     notes = np.full(len(index), "no purchase before the cutoff", dtype=object)
-    f, r, t = (np.asarray(v, dtype=float) for v in (frequency, recency, T))
-    known = np.isfinite(f) & np.isfinite(r) & np.isfinite(t) & (t >= r) & (r >= 0) & (f >= 0)
+    f, r, t, known = _readable(*(summary[c] for c in BTYD_INPUTS))
     if model is None:
         notes[:] = "no purchase-rhythm model (BG/NBD) in the model bundle"
         known[:] = False
@@ -1137,9 +1140,8 @@ def next_order_check(
     right); ``next_order/median_error_days``: the median absolute error, in days, of those
     whose next order came within the window.
     """
-    dated = next_order(
-        model, *(X[c] for c in BTYD_INPUTS), horizon_days=horizon_days, index=X.index
-    )["next_order_days"].to_numpy(dtype=float)
+    dated = next_order(model, X, horizon_days=horizon_days)["next_order_days"]
+    dated = dated.to_numpy(dtype=float)
     given = np.isfinite(dated)
     came = y["next_observed"].to_numpy(dtype=bool)
     actual = y["days_to_next"].to_numpy(dtype=float)

@@ -254,13 +254,8 @@ class ModelBundle:
         """
         present = all(c in X.columns for c in BTYD_INPUTS)
         model = None if self.btyd is None or not present else btyd_from_params("bgnbd", self.btyd)
-        summary = [X[c] if present else np.full(len(X), np.nan) for c in BTYD_INPUTS]
-        return next_order(
-            model,  # type: ignore[arg-type]
-            *summary,
-            horizon_days=self.horizon_days,
-            index=X.index,
-        )
+        summary = X if present else pd.DataFrame(np.nan, index=X.index, columns=BTYD_INPUTS)
+        return next_order(model, summary, horizon_days=self.horizon_days)  # type: ignore[arg-type]
 
     @property
     def main_estimator(self) -> Any:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from cxpredict.backtest import (
     BTYD_FEATURES,
+    BTYD_INPUTS,
     METRIC_COLUMNS,
     add_btyd,
     btyd_from_params,
@@ -217,9 +218,15 @@ def test_a_value_backtest_scores_spend_and_orders_against_btyd_and_last_period(t
 def test_a_next_order_is_dated_where_it_can_be_and_said_why_where_it_cannot():
     model = btyd_from_params("bgnbd", {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426})
     # weeks: often and lately; twice long ago; once, then silence; no purchase
-    frequency, recency, age = [5.0, 2.0, 1.0, np.nan], [35.0, 30.0, 5.0, np.nan], [38.0] * 4
-    index = pd.Index(["often", "twice", "gone", "never"], name="customer_id")
-    out = next_order(model, frequency, recency, age, horizon_days=180, index=index)
+    summary = pd.DataFrame(
+        {
+            BTYD_INPUTS[0]: [5.0, 2.0, 1.0, np.nan],
+            BTYD_INPUTS[1]: [35.0, 30.0, 5.0, np.nan],
+            BTYD_INPUTS[2]: [38.0] * 4,
+        },
+        index=pd.Index(["often", "twice", "gone", "never"], name="customer_id"),
+    )
+    out = next_order(model, summary, horizon_days=180)
     median = model.time_to_purchase(0.5, [5.0], [35.0], [38.0])[0] * 7
     assert out.loc["often", "next_order_days"] == pytest.approx(median)
     assert 50 < median < 60 and out.loc["often", "next_order_note"] == ""
@@ -230,7 +237,7 @@ def test_a_next_order_is_dated_where_it_can_be_and_said_why_where_it_cannot():
         "more likely lapsed than not (BG/NBD: 32% chance still active)"
     )
     assert out.loc["never", "next_order_note"] == "no purchase before the cutoff"
-    unknown = next_order(None, frequency, recency, age, horizon_days=180, index=index)
+    unknown = next_order(None, summary, horizon_days=180)
     assert unknown["next_order_days"].isna().all()
     assert (unknown["next_order_note"].str.startswith("no purchase-rhythm model")).all()
 
