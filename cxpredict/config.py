@@ -253,11 +253,12 @@ class PreferenceTask(_TaskBase):
     def _known_attribute(self) -> PreferenceTask:
         allowed = PREFERENCE_ATTRIBUTES[self.table]
         if self.attribute not in allowed:
+            other = "interactions" if self.table == "orders" else "orders"
             raise ValueError(
                 f"attribute {self.attribute!r} is not a column of {self.table} that cxpredict "
-                f"reads{did_you_mean(self.attribute, allowed)}; a preference ranks "
-                f"{' or '.join(allowed)} of {self.table} (set table: interactions for "
-                "channel or kind of interactions)"
+                f"reads: a preference ranks {' or '.join(allowed)} of {self.table} (or, with "
+                f"table: {other}, {' or '.join(PREFERENCE_ATTRIBUTES[other])})"
+                f"{did_you_mean(self.attribute, allowed)}"
             )
         return self
 

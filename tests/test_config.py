@@ -69,6 +69,13 @@ def test_a_preference_must_rank_a_text_column_the_table_has(tmp_path: Path) -> N
         ConfigError, match=r"tasks.shop: attribute 'store' is not a column of orders .*category"
     ):
         load_config(write(tmp_path, text))
+    on_interactions = "tasks:\n  k: {kind: preference, table: interactions, horizon_days: 9}\n"
+    with pytest.raises(
+        ConfigError,
+        match=r"'category' is not a column of interactions .*: a preference ranks channel or "
+        r"kind of interactions \(or, with table: orders, category or channel\)$",
+    ):
+        load_config(write(tmp_path, MINIMAL + on_interactions))
     kinds = (
         "tasks:\n  k: {kind: preference, table: interactions, attribute: kind, horizon_days: 9}\n"
     )

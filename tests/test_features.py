@@ -687,12 +687,36 @@ def test_ratings_out_of_range_are_refused_naming_the_column(
         "orders": _orders(),
         "interactions": tmp_path / "interactions.parquet" if parquet else contacts,
     }
-    if np.isnan(rating):  # pandas and Parquet files made from it hold a NaN as missing
+    if np.isnan(rating):  # a NaN rating is no rating, whatever holds it
+        assert build_features(tables, "2024-02-01").loc["a", "rating_mean"] == 4.0
+        import pyarrow as pa
+
+        from cxpredict.features.engine import arrow_table
+
+        arrow = arrow_table(contacts.drop(columns="rating"))
+        arrow = arrow.append_column("rating", pa.array([4.0, np.nan]))
+        assert np.isnan(arrow.column("rating")[1].as_py())  # a NaN, not a null
+        tables["interactions"] = arrow
         assert build_features(tables, "2024-02-01").loc["a", "rating_mean"] == 4.0
         return
     with pytest.raises(DataError, match="1 row\\(s\\) have a rating outside -1 to 5") as info:
         build_features(tables, "2024-02-01")
     assert (info.value.table, info.value.column) == ("interactions", "rating")
+
+
+@pytest.mark.parametrize("dtype", ["UInt8", "Int64", "float32"])
+def test_ratings_of_any_number_type_are_read(dtype: str) -> None:
+    contacts = pd.DataFrame(
+        {
+            "customer_id": ["a", "a", "a"],
+            "timestamp": pd.to_datetime(["2024-01-05", "2024-01-06", "2024-01-07"], utc=True),
+            "channel": ["app"] * 3,
+            "kind": ["review"] * 3,
+            "rating": pd.array([4, None if dtype != "float32" else np.nan, 2], dtype=dtype),
+        }
+    )
+    got = build_features({"orders": _orders(), "interactions": contacts}, "2024-02-01")
+    assert got.loc["a", "rating_mean"] == 3.0
 
 
 @pytest.mark.parametrize("blank", [" \r\n", "\u00a0", "\u3000", "\x1c"])

@@ -183,6 +183,8 @@ def test_a_sql_feature_name_must_be_snake_case() -> None:
         (("orders", "max(j)"), r"engine's own column\(s\) \['j'\]"),
         (("orders", 'max(e.us) - max("C")'), r"engine's own column\(s\) \['C', 'us'\]"),
         (("orders", "   "), "the expression is empty"),
+        # a lambda's own names are not columns, but a column of the engine's inside it is
+        (("orders", "list_sum(list_filter(list(amount), lambda c: c > j))"), r"\['j'\]"),
     ],
 )
 def test_a_sql_feature_cannot_read_beyond_its_rows(arguments: tuple, message: str) -> None:
@@ -209,6 +211,10 @@ def test_a_sql_feature_cannot_read_beyond_its_rows(arguments: tuple, message: st
 def test_a_row_filter_cannot_read_beyond_its_rows(where: str, message: str) -> None:
     with pytest.raises(ValueError, match=f"the where .* {message}"):
         SqlFeature("x", "orders", "count(*)", "X.", where=where)
+
+
+def test_a_lambda_may_name_its_parameters_as_it_likes() -> None:
+    assert SqlFeature("x", "orders", "list_sum(list_filter(list(amount), lambda c: c > 20))", "X.")
 
 
 def test_a_word_in_a_text_or_a_name_is_only_a_word() -> None:
@@ -264,9 +270,19 @@ def test_a_sql_feature_must_give_numbers_and_filter_on_conditions(
 def test_a_sql_feature_failing_on_the_data_names_itself(
     tiny: Tables, tiny_vocabulary: Vocabulary
 ) -> None:
+    # both run in one query: the error names the one whose expression failed
+    fine = SqlFeature("spend", "orders", "sum(amount)", "X.")
     failing = SqlFeature("category_number", "orders", "sum(CAST(category AS INTEGER))", "X.")
-    with pytest.raises(ExtensionError, match="'category_number'.*failed on the orders rows"):
-        build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[failing])
+    with pytest.raises(ExtensionError, match="^SqlFeature 'category_number'.*failed on the orders"):
+        build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[fine, failing])
+
+
+def test_a_row_filter_holding_an_aggregate_is_refused_as_not_a_condition(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    summed = SqlFeature("big", "orders", "count(*)", "X.", where="sum(amount) > 0")
+    with pytest.raises(ExtensionError, match="'big': the row filter .*not a condition.*aggregate"):
+        build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=[summed])
 
 
 def test_only_customers_without_rows_get_the_value_over_no_rows(
@@ -369,6 +385,16 @@ def test_a_python_feature_that_cannot_be_a_column_names_itself(
     features = [PythonFeature(f, "Weekend lines.") for f in functions]
     with pytest.raises(ExtensionError, match=message):
         build_features(tiny, CUTOFF, vocabulary=tiny_vocabulary, extensions=features)
+
+
+def test_a_python_feature_may_be_indexed_by_categorical_ids(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    orders = tiny.orders.astype({"customer_id": "category"})
+    tables = Tables(orders, tiny.interactions, tiny.customers)
+    feature = PythonFeature(orders_per_weekday, "Weekend lines.")
+    got = build_features(tables, CUTOFF, vocabulary=tiny_vocabulary, extensions=[feature])
+    assert got["weekend_order_lines"].tolist()[:2] == [2.0, 0.0]
 
 
 def _c2_only(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:

@@ -34,6 +34,7 @@ no time zone setting is involved; SQL extensions see naive UTC ``TIMESTAMP`` col
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
@@ -389,15 +390,21 @@ def _arrow_counts(arrow: pa.Table) -> tuple[int, int, int]:
     if "amount" in arrow.column_names:
         for chunk in arrow.column("amount").chunks:
             bad += chunk.null_count  # a pandas NaN arrives as a null
-            values = np.asarray(pc.fill_null(chunk, 0.0) if chunk.null_count else chunk, float)
+            values = _floats(chunk, 0.0)
             if len(values) and not max(values.max(), -values.min()) < MAX_AMOUNT:  # NaN too
                 bad += int((~(np.abs(values) < MAX_AMOUNT)).sum())
     if "rating" in arrow.column_names:
         low, high = RATING_RANGE
         for chunk in arrow.column("rating").chunks:
-            values = np.asarray(pc.fill_null(chunk, low) if chunk.null_count else chunk, float)
-            ratings += int((~((values >= low) & (values <= high))).sum())  # NaN too
+            values = _floats(chunk, low)  # missing and NaN ratings are no rating
+            ratings += int((~((values >= low) & (values <= high)) & ~np.isnan(values)).sum())
     return missing, bad, ratings
+
+
+def _floats(chunk: pa.Array, fill: float) -> np.ndarray:
+    """An Arrow number column (any integer, decimal or float type) as float64, nulls filled."""
+    values = pc.cast(chunk, pa.float64()) if chunk.type != pa.float64() else chunk
+    return np.asarray(pc.fill_null(values, fill) if values.null_count else values, dtype=float)
 
 
 #: SQL, for an id ``{id}``: it may be blank, as it starts with a control character, a space
@@ -434,7 +441,10 @@ def _check_values(
         )
         low, high = RATING_RANGE
         checks.append(
-            f"count(*) FILTER (WHERE NOT (rating >= {low} AND rating <= {high}))" if rating else "0"
+            f"count(*) FILTER (WHERE NOT (rating >= {low} AND rating <= {high}) "
+            "AND NOT isnan(CAST(rating AS DOUBLE)))"
+            if rating
+            else "0"
         )
         found = list(con.execute(f"SELECT {', '.join(checks)} FROM {relation}").fetchall()[0])
         if found[0]:  # some ids may be blank: counted exactly (a pattern a row, so only now)
@@ -1121,8 +1131,12 @@ _TEXT_COLUMNS = ("customer_id", "order_id", "category", "channel", "kind")
 
 
 def _text(column: str) -> str:
+    """A base view's column: text as text; a rating as a number, a NaN one as missing (no
+    rating, as pandas holds one)."""
     if column in _TEXT_COLUMNS:
         return f"CAST({ident(column)} AS VARCHAR) AS {ident(column)}"
+    if column == "rating":
+        return "nullif(CAST(rating AS DOUBLE), 'NaN'::DOUBLE) AS rating"
     return ident(column)
 
 
@@ -1687,17 +1701,42 @@ def _run_per_cutoff(s: Session, results: Results, per_cutoff: Sequence[PerCutoff
     by_cutoff_source: dict[tuple[str, str, str, str], list[PerCutoff]] = {}
     for item in per_cutoff:
         by_cutoff_source.setdefault(_query_of(item), []).append(item)
-    for (source, columns, where, hidden), items in by_cutoff_source.items():
-        cols = ", ".join(f"{p.expr} AS {ident(p.name)}" for p in items)
+    for key, items in by_cutoff_source.items():
+        query = functools.partial(_per_cutoff_query, key)
         try:
-            got = s.fetch(
-                f"SELECT d.cid, r.* EXCLUDE (customer_id) FROM (SELECT customer_id, j, {cols} "
-                f"FROM ({per_cutoff_rows(source, columns, hidden)}) WHERE {where or 'true'} "
-                "GROUP BY customer_id, j) r JOIN dim d USING (customer_id)"
-            )
+            got = s.fetch(query(items))
         except (duckdb.DataError, duckdb.ProgrammingError) as exc:  # not out of memory
-            failure = next((p.failure for p in items if p.failure), "")
-            if not failure:
+            if not any(p.failure for p in items):
                 raise
-            raise ExtensionError(f"{failure} ({exc})") from exc
+            raise _failing(s, query, items, exc) from exc
         results.keep(got, values={p.name: (p.name, "cutoff") for p in items})
+
+
+def _per_cutoff_query(key: tuple[str, str, str, str], chosen: Sequence[PerCutoff]) -> str:
+    """SQL of the ``chosen`` aggregates sharing the query ``key`` (see :func:`_query_of`)."""
+    source, columns, where, hidden = key
+    cols = ", ".join(f"{p.expr} AS {ident(p.name)}" for p in chosen)
+    return (
+        f"SELECT d.cid, r.* EXCLUDE (customer_id) FROM (SELECT customer_id, j, {cols} "
+        f"FROM ({per_cutoff_rows(source, columns, hidden)}) WHERE {where or 'true'} "
+        "GROUP BY customer_id, j) r JOIN dim d USING (customer_id)"
+    )
+
+
+def _failing(
+    s: Session,
+    query: Callable[[Sequence[PerCutoff]], str],
+    items: Sequence[PerCutoff],
+    error: Exception,
+) -> ExtensionError:
+    """The error of the first item that fails alone (items share a query, so the query's own
+    error does not say whose expression failed)."""
+    for item in items:
+        if not item.failure:
+            continue
+        try:
+            s.fetch(query([item]))
+        except (duckdb.DataError, duckdb.ProgrammingError) as exc:
+            return ExtensionError(f"{item.failure} ({exc})")
+    failures = "; ".join(sorted({p.failure for p in items if p.failure}))
+    return ExtensionError(f"one of these failed together: {failures} ({error})")

@@ -23,6 +23,7 @@ Both are registered by passing them to the build functions, or by listing them u
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import re
@@ -136,9 +137,10 @@ def _not_one_expression(text: str) -> str | None:
         return "holds a comment or a statement break"
     # Parsed both inside parentheses and without: a text that closes the parentheses around it
     # (``a) OR (b``) is one expression only inside them.
-    items = [_select_item(f"({text})"), _select_item(text)]
-    if any(item is None for item in items):
+    parsed = [_select_item(f"({text})"), _select_item(text)]
+    if any(item is None for item in parsed):
         return "is not one SQL expression"
+    items = [json.loads(str(item)) for item in parsed]
     if _has_class(items, "SUBQUERY"):
         return "holds a subquery"
     if _has_class(items, "WINDOW"):
@@ -157,9 +159,11 @@ def _not_one_expression(text: str) -> str | None:
     return None
 
 
-def _select_item(text: str) -> object:
-    """The parse tree of ``text`` as the only item of ``SELECT text FROM t``, or ``None``
-    when it is not exactly that."""
+@functools.lru_cache(maxsize=512)
+def _select_item(text: str) -> str | None:
+    """The parse tree (JSON) of ``text`` as the only item of ``SELECT text FROM t``, or
+    ``None`` when it is not exactly that. Kept for texts seen again: a config's features are
+    checked each time it is read."""
     with duckdb.connect() as con:
         got = con.execute("SELECT json_serialize_sql(?)", [f"SELECT {text} FROM t"]).fetchone()
     tree = json.loads(str(got[0])) if got else {}
@@ -177,19 +181,25 @@ def _select_item(text: str) -> object:
         and not node.get("having")
         and not node.get("modifiers")
     )
-    return node["select_list"][0] if alone else None
+    return json.dumps(node["select_list"][0]) if alone else None
 
 
-def _column_names(tree: object) -> set[str]:
-    """The column names (without their table) that a serialized parse ``tree`` refers to."""
-    if isinstance(tree, dict):
-        names = set()
-        if tree.get("class") == "COLUMN_REF" and tree.get("column_names"):
-            names.add(str(tree["column_names"][-1]))
-        return names.union(*(_column_names(v) for v in tree.values()))
+def _column_names(tree: object, bound: frozenset[str] = frozenset()) -> set[str]:
+    """The column names (without their table) that a serialized parse ``tree`` refers to; the
+    parameters of a lambda are its own names inside it, not columns."""
     if isinstance(tree, list):
-        return set().union(*(_column_names(v) for v in tree))
-    return set()
+        return set().union(*(_column_names(v, bound) for v in tree))
+    if not isinstance(tree, dict):
+        return set()
+    if tree.get("class") == "LAMBDA":
+        params = frozenset(_column_names(tree.get("lhs")))
+        return _column_names(tree.get("expr"), bound | params)
+    names = set()
+    if tree.get("class") == "COLUMN_REF" and tree.get("column_names"):
+        name = str(tree["column_names"][-1])
+        if len(tree["column_names"]) > 1 or name not in bound:
+            names.add(name)
+    return names.union(*(_column_names(v, bound) for v in tree.values()))
 
 
 def _has_class(tree: object, name: str) -> bool:
@@ -383,11 +393,13 @@ def sql_fills(s: Session, ctx: Context, extensions: Sequence[Extension]) -> dict
             ) from None
         if extension.where:
             try:
+                # bound as a filter (an aggregate cannot be one), then typed
+                s.con.execute(f"SELECT count(*) FROM ({rows}) WHERE ({extension.where})").fetchall()
                 condition = s.con.execute(
                     f"DESCRIBE SELECT ({extension.where}) AS v FROM ({rows})"
                 ).fetchall()[0][1]
             except duckdb.Error as exc:
-                condition = f"an error ({exc})"
+                condition = f"an error: {exc}"
             if str(condition) != "BOOLEAN":
                 raise ExtensionError(
                     f"SqlFeature {extension.name!r}: the row filter {extension.where!r} is not a "
@@ -473,9 +485,14 @@ def _checked(name: str, got: object, extension: PythonFeature, taken: set[str]) 
             f"({index.nlevels} level(s), duplicates: {bool(index.has_duplicates)}); index it "
             "by customer_id, e.g. with .groupby('customer_id')"
         )
-    if len(index) and index.inferred_type != "string":
+    kind = (
+        index.categories.inferred_type
+        if isinstance(index, pd.CategoricalIndex)
+        else index.inferred_type
+    )
+    if len(index) and kind != "string":
         raise ExtensionError(
-            f"PythonFeature {name} returned an index of {index.inferred_type} values (e.g. "
+            f"PythonFeature {name} returned an index of {kind} values (e.g. "
             f"{index[0]!r}); index it by the customer_id strings, e.g. with "
             ".groupby('customer_id')"
         )
