@@ -71,6 +71,10 @@ def report_data() -> ReportData:
         scored = pd.DataFrame({"customer_id": ids, "score": rng.uniform(0, 1, n)})
         if task.kind == "value":
             scored["score"] *= 500
+            scored["expected_orders"] = scored["score"] / 50
+            soon = rng.uniform(0, 1, n) > 0.5
+            scored["next_order_days"] = np.where(soon, rng.uniform(0, 90, n), np.nan)
+            scored["next_order_note"] = np.where(soon, "", "not expected within 90 days")
         if task.kind == "preference":
             choices = ["books", "home", "toys"] if name == "next_category" else ["email", "app"]
             for k in (1, 2):
@@ -122,6 +126,12 @@ def test_the_report_contains_the_top_customers_of_the_list(
     assert positions == sorted(positions)
     eleventh = report_data.customers["customer_id"].iloc[10]
     assert f">{eleventh}<" not in table.split("</table>")[0]
+    # each row says when the customer's next order is due, or "-" without a date
+    rows = table.split("</table>")[0].split("<tr>")[2:]
+    dates = report_data.customers["next_order_date"].head(10).tolist()
+    assert any(dates) and not all(dates)
+    for row, date in zip(rows, dates, strict=True):
+        assert f"<td>{date or '-'}</td>" in row
 
 
 def test_the_report_loads_nothing_from_outside_the_file(report_data: ReportData, html: str) -> None:
