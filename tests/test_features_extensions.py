@@ -256,6 +256,7 @@ def test_a_broken_row_filter_names_its_feature(tiny: Tables, tiny_vocabulary: Vo
         ("list(amount)", None, "gives DOUBLE\\[\\] values, not numbers"),
         ("max(cutoff - timestamp)", None, "gives INTERVAL values, not numbers"),
         ("count(*)", "amount", "the row filter 'amount' is not a condition .*gives DOUBLE"),
+        ("max(amount) / 0.0", None, "gives 2 infinite value\\(s\\); give a missing value"),
         ("count(*)", "'abc'", "the row filter \"'abc'\" is not a condition .*gives VARCHAR"),
     ],
 )
@@ -363,6 +364,10 @@ def _complex(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
     return orders_per_weekday(tables, cutoff).astype("complex128")
 
 
+def _infinite(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
+    return orders_per_weekday(tables, cutoff) / 0.0
+
+
 def _failing(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
     return tables.orders["colummn"].to_frame()
 
@@ -377,6 +382,7 @@ def _failing(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
         ((_named_customer_id,), r"column\(s\) \['customer_id'\] that the output has"),
         ((_complex,), "'weekend_order_lines' has dtype complex128; features must be real numbers"),
         ((_failing,), "_failing failed at cutoff 2024-03-01 00:00:00\\+00:00 with KeyError"),
+        ((_infinite,), r"_infinite \(column 'weekend_order_lines'\) gives 1 infinite value"),
     ],
 )
 def test_a_python_feature_that_cannot_be_a_column_names_itself(

@@ -430,7 +430,19 @@ def sql_values(
         values = results.value(f"extension_{extension.name}")
         none = np.isnan(results.value(_rows(extension)))
         out[extension.name] = np.where(none, fills[extension.name], values)
+        _refuse_infinite(f"SqlFeature {extension.name!r}", out[extension.name])
     return out
+
+
+def _refuse_infinite(feature: str, values: np.ndarray) -> None:
+    """Features are finite or missing: an infinity (a ratio over zero) says nothing a model
+    can split on sensibly, nor a reason can tell."""
+    infinite = int(np.isinf(values).sum())
+    if infinite:
+        raise ExtensionError(
+            f"{feature} gives {infinite:,} infinite value(s); give a missing value (NULL, NaN) "
+            "where it is undefined, e.g. a ratio over zero"
+        )
 
 
 def _in_memory(tables: Tables | Mapping[str, object]) -> Tables:
@@ -537,6 +549,7 @@ def python_columns(
             for column in got.columns:
                 target = added.setdefault(column, np.full(len(frame), np.nan))
                 target[rows] = aligned[column].to_numpy(dtype=np.float64, na_value=np.nan)
+                _refuse_infinite(f"PythonFeature {name} (column {column!r})", target[rows])
         if returned and not matched:
             raise ExtensionError(
                 f"PythonFeature {name} returned {returned:,} rows and none is a customer at "
