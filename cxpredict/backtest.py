@@ -322,14 +322,25 @@ def next_order(
             alive = model.probability_alive(*args)
             chance = model.probability_of_purchase(horizon_days / BTYD_UNIT_DAYS, *args)
         within = median <= horizon_days
-        gone = [f"more likely lapsed than not (BG/NBD: {a:.0%} chance still active)" for a in alive]
+        gone = [
+            f"more likely lapsed than not (BG/NBD: {_share(a)} chance still active)" for a in alive
+        ]
         later = [
-            f"not expected within {horizon_days:g} days (BG/NBD: {c:.0%} chance of an order)"
+            f"not expected within {horizon_days:g} days (BG/NBD: {_share(c)} chance of an order)"
             for c in chance
         ]
         days[known] = np.where(within, median, np.nan)
         notes[known] = np.where(within, "", np.where(np.isnan(median), gone, later))
     return pd.DataFrame({"next_order_days": days, "next_order_note": notes}, index=index)
+
+
+def _share(p: float) -> str:
+    """A probability in words that never rounds across the even chance or down to nothing."""
+    if p < 0.005:
+        return "under 1%"
+    if 0.495 <= p < NEXT_ORDER_PROBABILITY:
+        return "just under 50%"
+    return f"{p:.0%}"
 
 
 def add_btyd(

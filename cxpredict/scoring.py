@@ -770,10 +770,11 @@ def task_list(
         out["expected_orders"] = orders.round(DECIMALS)
     if kind == "value" and "next_order_days" in frame.columns:
         days = frame["next_order_days"].to_numpy(dtype=np.float64)
-        # the (UTC) day the median instant falls on
+        # the (UTC) day the median falls on, as the rounded days say
+        days = days.round(1)
         dates = pd.Timestamp(as_of) + pd.to_timedelta(days, unit="D")
         out["next_order_date"] = np.where(np.isfinite(days), dates.strftime("%Y-%m-%d"), "")
-        out["next_order_days"] = days.round(1)
+        out["next_order_days"] = days
         out["next_order_note"] = _text(frame["next_order_note"])
     return pd.DataFrame(out)
 

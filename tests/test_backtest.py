@@ -12,6 +12,7 @@ from cxpredict.backtest import (
     BTYD_FEATURES,
     BTYD_INPUTS,
     METRIC_COLUMNS,
+    _share,
     add_btyd,
     btyd_from_params,
     btyd_start,
@@ -237,6 +238,16 @@ def test_a_next_order_is_dated_where_it_can_be_and_said_why_where_it_cannot():
         "more likely lapsed than not (BG/NBD: 32% chance still active)"
     )
     assert out.loc["never", "next_order_note"] == "no purchase before the cutoff"
+    # chances are never rounded across the even chance or down to nothing
+    burst = summary.iloc[[0]].assign(btyd_frequency=30.0, btyd_recency_weeks=0.5)
+    gone = next_order(model, burst, horizon_days=180)["next_order_note"].iloc[0]
+    assert gone == "more likely lapsed than not (BG/NBD: under 1% chance still active)"
+    assert [_share(p) for p in (0.004, 0.497, 0.5, 0.31)] == [
+        "under 1%",
+        "just under 50%",
+        "50%",
+        "31%",
+    ]
     unknown = next_order(None, summary, horizon_days=180)
     assert unknown["next_order_days"].isna().all()
     assert (unknown["next_order_note"].str.startswith("no purchase-rhythm model")).all()

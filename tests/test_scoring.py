@@ -224,14 +224,15 @@ def test_a_next_order_is_dated_on_the_day_its_median_falls() -> None:
             "customer_id": ["a", "b", "c", "d"],
             "score": [4.0, 3.0, 2.0, 1.0],
             "expected_orders": [1.0, 1.0, 1.0, 0.1],
-            "next_order_days": [2.3, 0.0001, 179.5, np.nan],
+            "next_order_days": [2.3, 0.0001, 179.96, np.nan],
             "next_order_note": ["", "", "", "not expected within 180 days"],
         }
     )
     as_of = pd.Timestamp("2026-01-01", tz="UTC")
     out = task_list(scored, kind="value", model_version="1", as_of=as_of, tier_cuts=(0.8, 0.5))
-    assert out["next_order_date"].tolist() == ["2026-01-03", "2026-01-01", "2026-06-29", ""]
-    np.testing.assert_array_equal(out["next_order_days"], [2.3, 0.0, 179.5, np.nan])
+    # the date is as_of plus the days as the list rounds them (179.96 days: 180.0, June 30)
+    assert out["next_order_date"].tolist() == ["2026-01-03", "2026-01-01", "2026-06-30", ""]
+    np.testing.assert_array_equal(out["next_order_days"], [2.3, 0.0, 180.0, np.nan])
     assert out["next_order_note"].tolist()[3] == "not expected within 180 days"
 
 
