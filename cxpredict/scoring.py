@@ -502,8 +502,9 @@ class ActionRule:
 ACTION_RULES: tuple[ActionRule, ...] = (
     ActionRule(
         "care call",
-        "high value, with a complaint or an unanswered message in the last 90 days (whatever "
-        "the stage: an offer to a customer waiting for an answer reads as not listening)",
+        "high value, with a complaint in the last 90 days or a message still unanswered "
+        "(whatever the stage: an offer to a customer waiting for an answer reads as not "
+        "listening)",
         "personal call from customer care to resolve the open issue; no discount first",
         "phone",
     ),
@@ -533,19 +534,19 @@ ACTION_RULES: tuple[ActionRule, ...] = (
     ),
     ActionRule(
         "welcome",
-        "new",
+        "new, one order so far",
         "welcome journey with a second-order incentive in {category}",
         "{channel}",
     ),
     ActionRule(
         "loyalty",
-        "active, high value",
+        "active (or new with repeat orders), high value",
         "loyalty recognition (early access in {category}); no discount",
         "{channel}",
     ),
     ActionRule(
         "nurture",
-        "active",
+        "active (or new with repeat orders)",
         "regular newsletter featuring {category}; no incentive",
         "{channel}",
     ),
@@ -561,9 +562,10 @@ def suggest_actions(customers: pd.DataFrame) -> pd.DataFrame:
     ----------
     customers
         Columns ``lifecycle_stage``, ``value_tier`` (tier of the expected value),
-        ``open_issues`` (complaints plus unanswered messages of the last 90 days),
+        ``open_issues`` (complaints of the last 90 days plus messages still unanswered),
         ``preferred_category_1`` and ``best_channel`` (missing values allowed), and
-        optionally ``ever_ordered`` (everyone has when the column is absent).
+        optionally ``ever_ordered`` (everyone has when the column is absent) and
+        ``repeat_buyer`` (two orders or more; nobody when absent).
 
     Returns
     -------
@@ -578,15 +580,22 @@ def suggest_actions(customers: pd.DataFrame) -> pd.DataFrame:
         if "ever_ordered" in customers.columns
         else np.ones(len(customers), dtype=bool)
     )
+    repeat = (
+        customers["repeat_buyer"].fillna(False).to_numpy(dtype=bool)
+        if "repeat_buyer" in customers.columns
+        else np.zeros(len(customers), dtype=bool)
+    )
+    # a new customer who has ordered again is past the second-order incentive
+    settled = (stage == "active") | ((stage == "new") & repeat)
     conditions = [
         high & issues,
         (stage == "at risk") & high,
         ~ordered,
         stage == "lapsed",
         stage == "at risk",
-        stage == "new",
-        (stage == "active") & high,
-        stage == "active",
+        (stage == "new") & ~repeat,
+        settled & high,
+        settled,
     ]
     which = np.select(conditions, list(range(len(ACTION_RULES))), default=len(ACTION_RULES) - 1)
     category = customers["preferred_category_1"].astype(object).fillna(DEFAULT_CATEGORY)
@@ -844,8 +853,18 @@ def priority_basis(lists: Mapping[str, pd.DataFrame], tasks: Mapping[str, Any]) 
 
 
 def _open_issues(features: pd.DataFrame) -> np.ndarray:
+    """Complaints of the last 90 days plus messages still unanswered, however old: a message
+    stays open until it is answered."""
+    unanswered = next(
+        (
+            name
+            for name in ("unanswered_messages_lifetime", "unanswered_messages_90d")
+            if name in features.columns
+        ),
+        "unanswered_messages_lifetime",
+    )
     total = np.zeros(len(features))
-    for name in ("complaints_90d", "unanswered_messages_90d"):
+    for name in ("complaints_90d", unanswered):
         total += np.nan_to_num(_column(features, name))
     return total
 
@@ -952,6 +971,7 @@ def customer_table(
                 ],
                 "open_issues": _open_issues(features),
                 "ever_ordered": np.isfinite(_column(features, "days_since_last_order")),
+                "repeat_buyer": _column(features, "orders_lifetime") >= 2,
                 "preferred_category_1": out["preferred_category_1"]
                 .replace("", None)
                 .to_numpy(dtype=object, na_value=None),

@@ -311,6 +311,36 @@ def test_suggested_action_is_the_first_rule_that_applies() -> None:
     assert out.loc[3, "contact_channel"] == "email"
 
 
+def test_a_message_stays_an_open_issue_until_it_is_answered() -> None:
+    from cxpredict.scoring import _open_issues
+
+    features = pd.DataFrame(
+        {
+            "complaints_90d": [0.0, 1.0, 0.0],
+            "unanswered_messages_90d": [0.0, 0.0, 1.0],
+            "unanswered_messages_lifetime": [1.0, 0.0, 1.0],  # the first waits since long ago
+        }
+    )
+    np.testing.assert_array_equal(_open_issues(features), [1.0, 1.0, 1.0])
+    recent_only = features.drop(columns="unanswered_messages_lifetime")
+    np.testing.assert_array_equal(_open_issues(recent_only), [0.0, 1.0, 1.0])
+
+
+def test_a_new_customer_who_ordered_again_gets_no_second_order_incentive() -> None:
+    customers = pd.DataFrame(
+        {
+            "lifecycle_stage": ["new", "new", "new"],
+            "value_tier": ["low", "low", "high"],
+            "open_issues": [0, 0, 0],
+            "preferred_category_1": ["home", "home", "home"],
+            "best_channel": ["app", "app", "app"],
+            "repeat_buyer": [False, True, True],
+        }
+    )
+    out = suggest_actions(customers)
+    assert out["action"].tolist() == ["welcome", "nurture", "loyalty"]
+
+
 def test_a_customer_who_never_ordered_is_offered_a_first_order_not_a_win_back() -> None:
     customers = pd.DataFrame(
         {
