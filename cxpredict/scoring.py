@@ -350,9 +350,10 @@ def ranked(scores: pd.DataFrame, *, score: str = "score") -> pd.DataFrame:
     """Rows sorted by ``score`` (rounded to :data:`DECIMALS`), highest first, ties by id.
 
     Adds ``rank`` (1 = contact first) and ``percentile``: ``1 - (r - 1) / n`` where ``r`` is
-    the best rank among customers with the same score, so that equal scores share a
-    percentile (the top customer has 1, the last ``1/n`` unless tied). Missing scores come
-    last.
+    the best rank among customers with the same score and ``n`` the customers with a score,
+    so that equal scores share a percentile (the top customer has 1, the last ``1/n`` unless
+    tied). Missing scores come last, with a missing percentile: a tier is a share of the
+    customers scored.
     """
     values = scores[score].to_numpy(dtype=np.float64, na_value=np.nan).round(DECIMALS)
     keys = pa.table(
@@ -371,8 +372,10 @@ def ranked(scores: pd.DataFrame, *, score: str = "score") -> pd.DataFrame:
         a, b = sorted_values[1:], sorted_values[:-1]
         same[1:] = (a == b) | (np.isnan(a) & np.isnan(b))
     best = np.maximum.accumulate(np.where(same, 0, rank))
+    known = np.isfinite(sorted_values)
     frame["rank"] = rank
-    frame["percentile"] = (1.0 - (best - 1) / max(n, 1)).round(DECIMALS)
+    percentile = (1.0 - (best - 1) / max(int(known.sum()), 1)).round(DECIMALS)
+    frame["percentile"] = np.where(known, percentile, np.nan)
     return frame
 
 
@@ -934,8 +937,16 @@ def customer_table(
     out["usual_gap_days"] = usual_gap_days(features, rules).round(DECIMALS)
     out["next_order_date"] = text("value", "next_order_date")
     out["lifecycle_stage"] = _from_codes(stage, STAGES)
-    for k in range(1, N_REASONS + 1):
-        out[f"reason_{k}"] = text(reason_role, f"reason_{k}")
+    # why to contact: the churn model's reasons, else (a churn score below the model's
+    # typical one) the value model's, which say why the expected value is high
+    risk_reasons = [text(reason_role, f"reason_{k}") for k in range(1, N_REASONS + 1)]
+    value_reasons = [text("value", f"reason_{k}") for k in range(1, N_REASONS + 1)]
+    told = (risk_reasons[0] != "").to_numpy()
+    for k in range(N_REASONS):
+        chosen = np.where(
+            told, risk_reasons[k].to_numpy(dtype=object), value_reasons[k].to_numpy(dtype=object)
+        )
+        out[f"reason_{k + 1}"] = _text_series(pa.array(chosen, pa.string()))
     for k in range(1, N_PREFERENCES + 1):
         out[f"preferred_category_{k}"] = text("category", f"pref_{k}")
     out["best_channel"] = text("channel", "pref_1")

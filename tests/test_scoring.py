@@ -41,6 +41,7 @@ from cxpredict.scoring import (
     assign_tiers,
     bin_shares,
     check_drift,
+    customer_table,
     drift_report,
     eligible,
     lifecycle_stages,
@@ -172,6 +173,13 @@ def test_ranks_break_ties_by_customer_id_and_tied_scores_share_a_percentile() ->
     assert out["customer_id"].tolist() == ["a", "b", "c", "d"]
     assert out["rank"].tolist() == [1, 2, 3, 4]
     assert out["percentile"].tolist() == [1.0, 0.75, 0.75, 0.25]
+
+
+def test_percentiles_are_shares_of_the_customers_with_a_score() -> None:
+    scores = pd.DataFrame({"customer_id": ["a", "b", "c", "d"], "score": [3.0, np.nan, 1.0, 2.0]})
+    out = ranked(scores)
+    assert out["customer_id"].tolist() == ["a", "d", "c", "b"]
+    np.testing.assert_allclose(out["percentile"], [1.0, 2 / 3, 1 / 3, np.nan], atol=1e-6)
 
 
 def test_scores_equal_after_rounding_are_ties() -> None:
@@ -309,6 +317,38 @@ def test_suggested_action_is_the_first_rule_that_applies() -> None:
     assert out.loc[0, "contact_channel"] == "phone"
     assert out.loc[2, "offer"] == "win-back offer in their usual categories"
     assert out.loc[3, "contact_channel"] == "email"
+
+
+def test_customers_without_a_churn_reason_are_told_why_their_value_is_high() -> None:
+    tasks = parse_config(
+        {
+            "project": "t",
+            "data": {"orders": {"path": "o.csv"}},
+            "tasks": {
+                "churn": {"kind": "churn", "horizon_days": 90, "active_days": 180},
+                "value": {"kind": "value", "horizon_days": 180},
+            },
+        },
+        root=Path("."),
+    ).tasks
+    ids = ["a", "b", "c"]
+    features = pd.DataFrame(
+        {"days_since_last_order": [10.0, 20.0, 30.0], "days_since_first_order": [300.0] * 3},
+        index=pd.Index(ids, name="customer_id"),
+    )
+    scored = pd.DataFrame({"customer_id": ids, "score": [0.9, 0.2, 0.1]})
+    why = pd.DataFrame({"reason_1": ["no order for 10 days"]}, index=pd.Index(["a"]))
+    worth = pd.DataFrame({"reason_1": ["spent 900 so far", "spent 5 so far"]}, index=["a", "b"])
+    options = {"model_version": "1", "as_of": AS_OF, "tier_cuts": (0.8, 0.5)}
+    lists = {
+        "churn": task_list(scored, kind="churn", reasons=why, **options),
+        "value": task_list(
+            scored.assign(score=[10.0, 900.0, 5.0]), kind="value", reasons=worth, **options
+        ),
+    }
+    customers = customer_table(features, lists, tasks, as_of=AS_OF, tier_cuts=(0.8, 0.5))
+    told = customers.set_index("customer_id")["reason_1"]
+    assert told.to_dict() == {"a": "no order for 10 days", "b": "spent 5 so far", "c": ""}
 
 
 def test_a_message_stays_an_open_issue_until_it_is_answered() -> None:
