@@ -66,14 +66,19 @@ def one_hot_groups(
 
 #: "1 orders", "1 replies": a count of one followed by a plural noun (not "1 class").
 _ONE_PLURAL = re.compile(r"(?<![\d.,])\b1 ([a-z]+?)(ies|s)\b(?<!ss)")
+#: A sentence opening on a count or share of nothing: "0 orders ...", "0% of purchases ...".
+_NOTHING = re.compile(r"^0(?:% of)? (?=[a-z])")
 
 
 def singular_after_one(text: str) -> str:
-    """``text`` with a plural noun right after the count 1 made singular.
+    """``text`` with a plural noun right after the count 1 made singular, and a sentence
+    opening on a count of nothing opened with "no".
 
     Catalogue sentences are written for any count ("{orders_lifetime:.0f} orders so far");
-    a customer with one reads "1 order so far", "1 reply", "no order for 1 day".
+    a customer with one reads "1 order so far", "1 reply", "no order for 1 day"; one with
+    none "no orders in the last 30 days", "no purchases with product category fashion".
     """
+    text = _NOTHING.sub("no ", text)
     return _ONE_PLURAL.sub(lambda m: f"1 {m[1]}{'y' if m[2] == 'ies' else ''}", text)
 
 

@@ -221,7 +221,7 @@ def test_windows_of_one_signal_give_one_reason_in_the_words_of_the_strongest():
     )
     reasons = explain(contributions, features, catalogue)
     assert reasons.loc["a"].tolist() == [
-        "0 orders in the last 90 days",
+        "no orders in the last 90 days",
         "2 complaints in the last 90 days",
         "",
     ]
@@ -241,6 +241,14 @@ def test_windows_of_one_signal_give_one_reason_in_the_words_of_the_strongest():
         ("11 orders so far", "11 orders so far"),
         ("0.1 days", "0.1 days"),
         ("1 class", "1 class"),
+        ("0 orders in the last 30 days", "no orders in the last 30 days"),
+        (
+            "0% of purchases with product category fashion",
+            "no purchases with product category fashion",
+        ),
+        ("10 orders so far", "10 orders so far"),
+        ("0.5 orders per month", "0.5 orders per month"),
+        ("no order for 0 days", "no order for 0 days"),
     ],
 )
 def test_a_count_of_one_reads_in_the_singular(text: str, expected: str) -> None:
@@ -287,7 +295,7 @@ def test_the_catalogues_sentences_name_their_units_and_read_in_the_singular() ->
         "answers took 30 minutes (median)"
     )
     assert fill_reason(reasons["category_entropy"], {"category_entropy": 1.58}) == (
-        "variety of product category values: like 3 used equally"
+        "product category as varied as 3 values used equally"
     )
     assert fill_reason(reasons["category_entropy"], {"category_entropy": 1e15}) is not None
     # a missing value, wherever it sits in the sentence, gives no sentence

@@ -73,7 +73,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
                 f"{stem}_entropy",
                 f"How varied the customer's {words} values are (0 always the same).",
                 "bits",
-                f"variety of {words} values: like {{{stem}_entropy:spread}} used equally",
+                f"{words} as varied as {{{stem}_entropy:spread}} values used equally",
                 why,
             )
         )

@@ -84,7 +84,7 @@ def _definitions(ctx: Context) -> list[FeatureDef]:
                     f"attr_{slugify(column)}_{slug}",
                     f"1 when the customer's {column} is '{label}', else 0.",
                     "flag",
-                    f"{column} is {label}",
+                    f"{column.replace('_', ' ')} is {label}",
                     why,
                 )
             )
