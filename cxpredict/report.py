@@ -211,8 +211,31 @@ def _task_sections(data: ReportData) -> list[dict[str, object]]:
         if table is not None and len(table):
             section["calibration"] = table.to_dict("records")
             section["calibration_plot"] = calibration_plot(table, title=f"{name}: calibration")
+            section["miscalibrated"] = miscalibrated(table)
         sections.append(section)
     return sections
+
+
+#: A score decile whose mean predicted probability is this far from its actual rate is named.
+CALIBRATION_GAP = 0.1
+
+
+def miscalibrated(table: pd.DataFrame) -> str | None:
+    """A sentence naming the score deciles whose predictions missed their actual rate by more
+    than :data:`CALIBRATION_GAP` (``None`` when every decile is within it)."""
+    gap = (table["mean_score"] - table["actual_rate"]).to_numpy(dtype=float)
+    off = np.abs(gap) > CALIBRATION_GAP
+    if not off.any():
+        return None
+    bins = [str(b) for b in table["bin"].to_numpy()[off]]
+    worst = int(np.nanargmax(np.abs(gap)))
+    side = "above" if gap[worst] > 0 else "below"
+    return (
+        f"Score decile(s) {', '.join(bins)} missed their actual rate by more than "
+        f"{CALIBRATION_GAP:.2f} (the worst, decile {table['bin'].iloc[worst]}, predicted "
+        f"{abs(gap[worst]):.2f} {side} it): read the probabilities there as a ranking rather "
+        "than as rates."
+    )
 
 
 def render_report(data: ReportData) -> str:

@@ -143,6 +143,27 @@ def test_the_report_loads_nothing_from_outside_the_file(report_data: ReportData,
 def test_the_report_shows_drift_warnings_and_the_calibration_table(html: str) -> None:
     assert re.search(r'<tr class="fail"><td>churn</td><td>orders_90d</td>', html)
     assert "actual rate" in html and "score decile" in html
+    # the fixture's scores are far from the outcomes: the deciles that miss are named
+    assert re.search(r'<p class="warn">Score decile\(s\) [\d, ]+ missed their actual rate', html)
+
+
+def test_only_deciles_far_from_their_actual_rate_are_named() -> None:
+    from cxpredict.report import miscalibrated
+
+    table = pd.DataFrame(
+        {
+            "bin": [1, 2, 3],
+            "n": [10, 10, 10],
+            "mean_score": [0.1, 0.5, 0.9],
+            "actual_rate": [0.12, 0.35, 0.85],
+        }
+    )
+    assert miscalibrated(table) == (
+        "Score decile(s) 2 missed their actual rate by more than 0.10 (the worst, decile 2, "
+        "predicted 0.15 above it): read the probabilities there as a ranking rather than as "
+        "rates."
+    )
+    assert miscalibrated(table.assign(actual_rate=[0.1, 0.45, 0.95])) is None
 
 
 def test_without_a_churn_and_a_value_list_customers_rank_by_what_was_scored(
