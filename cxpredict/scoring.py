@@ -934,7 +934,9 @@ def customer_table(
     out["expected_value"] = value
     out["value_at_risk"] = risk
     out["days_since_last_order"] = _column(features, "days_since_last_order").round(DECIMALS)
-    out["usual_gap_days"] = usual_gap_days(features, rules).round(DECIMALS)
+    # a customer who never ordered has no rhythm to show (the stage reads the signup)
+    never = np.isnan(_column(features, "days_since_last_order"))
+    out["usual_gap_days"] = np.where(never, np.nan, usual_gap_days(features, rules).round(DECIMALS))
     out["next_order_date"] = text("value", "next_order_date")
     out["lifecycle_stage"] = _from_codes(stage, STAGES)
     # why to contact: the churn model's reasons, else (a churn score below the model's

@@ -351,6 +351,24 @@ def test_customers_without_a_churn_reason_are_told_why_their_value_is_high() -> 
     assert told.to_dict() == {"a": "no order for 10 days", "b": "spent 5 so far", "c": ""}
 
 
+def test_a_customer_who_never_ordered_shows_no_usual_gap() -> None:
+    tasks = parse_config(
+        {"project": "t", "data": {"orders": {"path": "o.csv"}}, "tasks": {}}, root=Path(".")
+    ).tasks
+    features = pd.DataFrame(
+        {
+            "days_since_last_order": [10.0, np.nan],
+            "gap_mean_days": [20.0, np.nan],
+            "days_since_first_order": [300.0, np.nan],
+            "days_since_signup": [400.0, 30.0],
+        },
+        index=pd.Index(["a", "b"], name="customer_id"),
+    )
+    customers = customer_table(features, {}, tasks, as_of=AS_OF, tier_cuts=(0.8, 0.5))
+    gaps = customers.set_index("customer_id")["usual_gap_days"]
+    assert gaps["a"] == 20.0 and np.isnan(gaps["b"])
+
+
 def test_a_message_stays_an_open_issue_until_it_is_answered() -> None:
     from cxpredict.scoring import _open_issues
 
