@@ -525,13 +525,14 @@ ACTION_RULES: tuple[ActionRule, ...] = (
     ),
     ActionRule(
         "win-back",
-        "lapsed",
+        "lapsed, and not likely to order again (repurchase probability under 50%)",
         "win-back offer in {category}",
         "{channel}",
     ),
     ActionRule(
         "reminder",
-        "at risk",
+        "at risk, or lapsed but likely to order again (no discount for a customer the "
+        "repurchase model expects back)",
         "reminder with new arrivals in {category}",
         "{channel}",
     ),
@@ -567,8 +568,9 @@ def suggest_actions(customers: pd.DataFrame) -> pd.DataFrame:
         Columns ``lifecycle_stage``, ``value_tier`` (tier of the expected value),
         ``open_issues`` (complaints of the last 90 days plus messages still unanswered),
         ``preferred_category_1`` and ``best_channel`` (missing values allowed), and
-        optionally ``ever_ordered`` (everyone has when the column is absent) and
-        ``repeat_buyer`` (two orders or more; nobody when absent).
+        optionally ``ever_ordered`` (everyone has when the column is absent),
+        ``repeat_buyer`` (two orders or more; nobody when absent) and
+        ``repurchase_probability`` (missing or absent: not likely to order again).
 
     Returns
     -------
@@ -590,12 +592,17 @@ def suggest_actions(customers: pd.DataFrame) -> pd.DataFrame:
     )
     # a new customer who has ordered again is past the second-order incentive
     settled = (stage == "active") | ((stage == "new") & repeat)
+    back = (
+        customers["repurchase_probability"].to_numpy(dtype=np.float64, na_value=np.nan) >= 0.5
+        if "repurchase_probability" in customers.columns
+        else np.zeros(len(customers), dtype=bool)
+    )
     conditions = [
         high & issues,
         (stage == "at risk") & high,
         ~ordered,
-        stage == "lapsed",
-        stage == "at risk",
+        (stage == "lapsed") & ~back,
+        (stage == "at risk") | (stage == "lapsed"),
         (stage == "new") & ~repeat,
         settled & high,
         settled,
@@ -985,6 +992,7 @@ def customer_table(
                 "open_issues": _open_issues(features),
                 "ever_ordered": np.isfinite(_column(features, "days_since_last_order")),
                 "repeat_buyer": _column(features, "orders_lifetime") >= 2,
+                "repurchase_probability": out["repurchase_probability"],
                 "preferred_category_1": out["preferred_category_1"]
                 .replace("", None)
                 .to_numpy(dtype=object, na_value=None),

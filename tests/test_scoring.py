@@ -384,6 +384,21 @@ def test_a_message_stays_an_open_issue_until_it_is_answered() -> None:
     np.testing.assert_array_equal(_open_issues(recent_only), [0.0, 1.0, 1.0])
 
 
+def test_a_lapsed_customer_the_model_expects_back_gets_a_reminder_not_a_discount() -> None:
+    customers = pd.DataFrame(
+        {
+            "lifecycle_stage": ["lapsed", "lapsed", "lapsed"],
+            "value_tier": ["low", "low", "low"],
+            "open_issues": [0, 0, 0],
+            "preferred_category_1": ["home"] * 3,
+            "best_channel": ["app"] * 3,
+            "repurchase_probability": [0.8, 0.2, np.nan],
+        }
+    )
+    out = suggest_actions(customers)
+    assert out["action"].tolist() == ["reminder", "win-back", "win-back"]
+
+
 def test_a_new_customer_who_ordered_again_gets_no_second_order_incentive() -> None:
     customers = pd.DataFrame(
         {
