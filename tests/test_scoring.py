@@ -384,34 +384,31 @@ def test_a_message_stays_an_open_issue_until_it_is_answered() -> None:
     np.testing.assert_array_equal(_open_issues(recent_only), [0.0, 1.0, 1.0])
 
 
-def test_a_lapsed_customer_the_model_expects_back_gets_a_reminder_not_a_discount() -> None:
+def actions_of(stages: list[str], tiers: list[str], **columns: list) -> list[str]:
+    """The suggested actions of customers in home and on the app, without open issues."""
+    n = len(stages)
     customers = pd.DataFrame(
         {
-            "lifecycle_stage": ["lapsed", "lapsed", "lapsed"],
-            "value_tier": ["low", "low", "low"],
-            "open_issues": [0, 0, 0],
-            "preferred_category_1": ["home"] * 3,
-            "best_channel": ["app"] * 3,
-            "repurchase_probability": [0.8, 0.2, np.nan],
+            "lifecycle_stage": stages,
+            "value_tier": tiers,
+            "open_issues": [0] * n,
+            "preferred_category_1": ["home"] * n,
+            "best_channel": ["app"] * n,
+            **columns,
         }
     )
-    out = suggest_actions(customers)
-    assert out["action"].tolist() == ["reminder", "win-back", "win-back"]
+    return suggest_actions(customers)["action"].tolist()
+
+
+def test_a_lapsed_customer_the_model_expects_back_gets_a_reminder_not_a_discount() -> None:
+    stages, tiers = ["lapsed"] * 3, ["low"] * 3
+    back = actions_of(stages, tiers, repurchase_probability=[0.8, 0.2, np.nan])
+    assert back == ["reminder", "win-back", "win-back"]
 
 
 def test_a_new_customer_who_ordered_again_gets_no_second_order_incentive() -> None:
-    customers = pd.DataFrame(
-        {
-            "lifecycle_stage": ["new", "new", "new"],
-            "value_tier": ["low", "low", "high"],
-            "open_issues": [0, 0, 0],
-            "preferred_category_1": ["home", "home", "home"],
-            "best_channel": ["app", "app", "app"],
-            "repeat_buyer": [False, True, True],
-        }
-    )
-    out = suggest_actions(customers)
-    assert out["action"].tolist() == ["welcome", "nurture", "loyalty"]
+    again = actions_of(["new"] * 3, ["low", "low", "high"], repeat_buyer=[False, True, True])
+    assert again == ["welcome", "nurture", "loyalty"]
 
 
 def test_a_customer_who_never_ordered_is_offered_a_first_order_not_a_win_back() -> None:
