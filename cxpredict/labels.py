@@ -343,39 +343,34 @@ _POSITIVE_WORDS = {
 }
 
 
-def class_counts(task: Task, labels: pd.DataFrame) -> tuple[int, int]:
-    """Positives and negatives of a stacked label frame.
+def _positive_rows(task: Task, labels: pd.DataFrame) -> np.ndarray:
+    """Which rows of a stacked label frame are positives.
 
     For a preference, the positives are the choices of the second most chosen value: a
     ranking needs two values chosen often enough.
     """
     if isinstance(task, ChurnTask | RepurchaseTask):
-        positives = int(labels[LABEL].sum())
-        return positives, len(labels) - positives
+        return labels[LABEL].to_numpy() == 1
     if isinstance(task, ValueTask):
-        positives = int((labels["orders"] > 0).sum())
-        return positives, len(labels) - positives
+        return labels["orders"].to_numpy() > 0
     counts = labels.sum(axis=0).sort_values(ascending=False)
     if len(counts) < 2:
-        return 0, len(labels)
-    second = int(counts.iloc[1])
-    return second, len(labels) - second
+        return np.zeros(len(labels), dtype=bool)
+    return labels[counts.index[1]].to_numpy() > 0
+
+
+def class_counts(task: Task, labels: pd.DataFrame) -> tuple[int, int]:
+    """Positives and negatives of a stacked label frame (see :func:`_positive_rows`)."""
+    positives = int(_positive_rows(task, labels).sum())
+    return positives, len(labels) - positives
 
 
 def class_customers(task: Task, labels: pd.DataFrame) -> tuple[int, int]:
     """Distinct customers behind the positives and the negatives of :func:`class_counts`."""
     if labels.empty:
         return 0, 0
+    positive = _positive_rows(task, labels)
     ids = labels.index.get_level_values("customer_id")
-    if isinstance(task, ChurnTask | RepurchaseTask):
-        positive = labels[LABEL].to_numpy() == 1
-    elif isinstance(task, ValueTask):
-        positive = labels["orders"].to_numpy() > 0
-    else:
-        counts = labels.sum(axis=0).sort_values(ascending=False)
-        if len(counts) < 2:
-            return 0, ids.nunique()
-        positive = labels[counts.index[1]].to_numpy() == 1
     return ids[positive].nunique(), ids[~positive].nunique()
 
 
