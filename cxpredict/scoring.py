@@ -434,10 +434,12 @@ class LifecycleRules:
     lapsed_ratio: float = 3.0
 
 
-def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
-    if name in frame.columns:
-        return frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
-    return np.full(len(frame), np.nan)
+def _column(frame: pd.DataFrame, name: str, *, missing: float = np.nan) -> np.ndarray:
+    """Column ``name`` of ``frame`` as floats, ``missing`` where it or a value is absent."""
+    if name not in frame.columns:
+        return np.full(len(frame), missing)
+    values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+    return values if np.isnan(missing) else np.where(np.isnan(values), missing, values)
 
 
 def usual_gap_days(features: pd.DataFrame, rules: LifecycleRules = LifecycleRules()) -> np.ndarray:
@@ -580,23 +582,11 @@ def suggest_actions(customers: pd.DataFrame) -> pd.DataFrame:
     stage = customers["lifecycle_stage"].to_numpy(dtype=object)
     high = (customers["value_tier"] == TIERS[0]).to_numpy()
     issues = customers["open_issues"].fillna(0).to_numpy(dtype=np.float64) > 0
-    ordered = (
-        customers["ever_ordered"].fillna(True).to_numpy(dtype=bool)
-        if "ever_ordered" in customers.columns
-        else np.ones(len(customers), dtype=bool)
-    )
-    repeat = (
-        customers["repeat_buyer"].fillna(False).to_numpy(dtype=bool)
-        if "repeat_buyer" in customers.columns
-        else np.zeros(len(customers), dtype=bool)
-    )
+    ordered = _column(customers, "ever_ordered", missing=1.0) > 0
+    repeat = _column(customers, "repeat_buyer", missing=0.0) > 0
+    back = _column(customers, "repurchase_probability", missing=0.0) >= 0.5
     # a new customer who has ordered again is past the second-order incentive
     settled = (stage == "active") | ((stage == "new") & repeat)
-    back = (
-        customers["repurchase_probability"].to_numpy(dtype=np.float64, na_value=np.nan) >= 0.5
-        if "repurchase_probability" in customers.columns
-        else np.zeros(len(customers), dtype=bool)
-    )
     conditions = [
         high & issues,
         (stage == "at risk") & high,
@@ -940,10 +930,12 @@ def customer_table(
     out["repurchase_probability"] = number("repurchase", "score")
     out["expected_value"] = value
     out["value_at_risk"] = risk
-    out["days_since_last_order"] = _column(features, "days_since_last_order").round(DECIMALS)
+    last_order = _column(features, "days_since_last_order")
+    ordered = np.isfinite(last_order)
+    out["days_since_last_order"] = last_order.round(DECIMALS)
     # a customer who never ordered has no rhythm to show (the stage reads the signup)
-    never = np.isnan(_column(features, "days_since_last_order"))
-    out["usual_gap_days"] = np.where(never, np.nan, usual_gap_days(features, rules).round(DECIMALS))
+    gap = usual_gap_days(features, rules).round(DECIMALS)
+    out["usual_gap_days"] = np.where(ordered, gap, np.nan)
     out["next_order_date"] = text("value", "next_order_date")
     out["lifecycle_stage"] = _from_codes(stage, STAGES)
     # why to contact: the churn model's reasons, else (a churn score below the model's
@@ -990,7 +982,7 @@ def customer_table(
                     np.where(np.isnan(value), 2, value_tier)
                 ],
                 "open_issues": _open_issues(features),
-                "ever_ordered": np.isfinite(_column(features, "days_since_last_order")),
+                "ever_ordered": ordered,
                 "repeat_buyer": _column(features, "orders_lifetime") >= 2,
                 "repurchase_probability": out["repurchase_probability"],
                 "preferred_category_1": out["preferred_category_1"]
