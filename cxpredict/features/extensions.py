@@ -29,7 +29,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
@@ -137,10 +137,9 @@ def _not_one_expression(text: str) -> str | None:
         return "holds a comment or a statement break"
     # Parsed both inside parentheses and without: a text that closes the parentheses around it
     # (``a) OR (b``) is one expression only inside them.
-    parsed = [_select_item(f"({text})"), _select_item(text)]
-    if any(item is None for item in parsed):
+    items = [_select_item(f"({text})"), _select_item(text)]
+    if any(item is None for item in items):
         return "is not one SQL expression"
-    items = [json.loads(str(item)) for item in parsed]
     if _has_class(items, "SUBQUERY"):
         return "holds a subquery"
     if _has_class(items, "WINDOW"):
@@ -160,10 +159,10 @@ def _not_one_expression(text: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=512)
-def _select_item(text: str) -> str | None:
-    """The parse tree (JSON) of ``text`` as the only item of ``SELECT text FROM t``, or
-    ``None`` when it is not exactly that. Kept for texts seen again: a config's features are
-    checked each time it is read."""
+def _select_item(text: str) -> dict[str, Any] | None:
+    """The parse tree of ``text`` as the only item of ``SELECT text FROM t``, or ``None``
+    when it is not exactly that. Kept for texts seen again (a config's features are checked
+    each time it is read), so read only."""
     with duckdb.connect() as con:
         got = con.execute("SELECT json_serialize_sql(?)", [f"SELECT {text} FROM t"]).fetchone()
     tree = json.loads(str(got[0])) if got else {}
@@ -181,7 +180,7 @@ def _select_item(text: str) -> str | None:
         and not node.get("having")
         and not node.get("modifiers")
     )
-    return json.dumps(node["select_list"][0]) if alone else None
+    return node["select_list"][0] if alone else None
 
 
 def _column_names(tree: object, bound: frozenset[str] = frozenset()) -> set[str]:
