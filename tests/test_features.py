@@ -4,6 +4,7 @@ vocabulary, catalogue, Parquet sources and agreement with the BTYD reference."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import threading
@@ -226,6 +227,40 @@ def test_features_are_the_same_whatever_the_size_of_the_customer_blocks(
     pd.testing.assert_frame_equal(
         build_features(shop, cutoffs[1], vocabulary=vocabulary), one, check_exact=True
     )
+
+
+def test_features_are_the_same_whether_one_thread_or_several_compute_the_blocks(
+    shop: Tables, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cutoffs = ["2024-03-01", "2024-06-01", "2025-01-01"]
+    vocabulary = learn_vocabulary(shop, cutoffs[-1])
+    monkeypatch.setattr(engine, "BLOCK_CELLS", 16)
+    alone = build_training_features(
+        shop, cutoffs, vocabulary=vocabulary, settings=FeaturesConfig(duckdb_threads=1)
+    )
+    assert build_module._workers(1) == 1
+    assert build_module._workers(4) == 4
+    together = build_training_features(
+        shop, cutoffs, vocabulary=vocabulary, settings=FeaturesConfig(duckdb_threads=4)
+    )
+    pd.testing.assert_frame_equal(together, alone, check_exact=True)
+
+
+def test_an_error_in_one_block_of_customers_is_raised_from_the_build(
+    shop: Tables, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "BLOCK_CELLS", 16)
+    family = build_module.FAMILIES[0]
+
+    def compute(ctx, part):
+        if part.number == 3:
+            raise ZeroDivisionError("planted")
+        yield from family.compute(ctx, part)
+
+    planted = dataclasses.replace(family, compute=compute)
+    monkeypatch.setattr(build_module, "FAMILIES", (planted, *build_module.FAMILIES[1:]))
+    with pytest.raises(ZeroDivisionError, match="planted"):
+        build_features(shop, "2024-10-01", settings=FeaturesConfig(duckdb_threads=2))
 
 
 def test_a_training_set_has_the_rows_of_the_spine(shop: Tables) -> None:

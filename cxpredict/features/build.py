@@ -7,10 +7,12 @@ customers known before each cutoff (first order or signup strictly before it).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +256,8 @@ def _build_in(
     # DuckDB returns its memory while the frame is assembled.
     with s.closing_behind():
         needs = [_names(step) for step in steps]
-        return _assemble(tables, ctx, results, defs, chosen, fills, columns, needs)
+        workers = _workers(settings.duckdb_threads)
+        return _assemble(tables, ctx, results, defs, chosen, fills, columns, needs, workers)
 
 
 #: From this many bytes, the output block's memory is obtained by two helper threads.
@@ -398,6 +401,29 @@ def _names(requests: Sequence[Request]) -> set[str]:
     return {r.name for r in requests if isinstance(r, Aggregate | PerCutoff)}
 
 
+#: At most this many threads compute the feature blocks at once.
+_FILL_WORKERS_MAX = 4
+
+
+def _workers(threads: int | None) -> int:
+    """Threads computing the feature blocks: DuckDB's ``threads`` setting when given, else
+    one per core (at most :data:`_FILL_WORKERS_MAX`)."""
+    return max(1, min(_FILL_WORKERS_MAX, threads or os.cpu_count() or 1))
+
+
+def _each(pool: ThreadPoolExecutor, work: Callable[[Block], None], parts: Iterable[Block]) -> None:
+    """Run ``work`` on every block in ``pool``; the first error is raised once all stopped."""
+    futures = [pool.submit(work, part) for part in parts]
+    try:
+        for future in futures:
+            future.result()
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        raise
+
+
 def _fill(
     ctx: Context,
     results: Results,
@@ -407,10 +433,12 @@ def _fill(
     position: Mapping[str, int],
     places: Sequence[Places],
     needs: Sequence[set[str]],
+    workers: int = 1,
 ) -> None:
     """Compute every family block by block and copy each array into its output column.
 
-    ``needs`` holds the aggregates each family reads, then those of the SQL extensions.
+    ``needs`` holds the aggregates each family reads, then those of the SQL extensions;
+    ``workers`` threads compute blocks at once.
     """
     filled: set[str] = set()
 
@@ -429,16 +457,23 @@ def _fill(
             elif stop > start:
                 row[start:stop] = dense[j][known[j]]
 
-    # The aggregates each later step still reads: the others are dropped as soon as possible,
-    # so that their memory is reused by the output instead of adding to it.
-    for k, family in enumerate(FAMILIES):
-        for part in results.blocks():
-            for name, dense in family.compute(ctx, part):
-                put(part.number, name, np.broadcast_to(dense, part.shape))
-        results.release(set().union(*needs[k + 1 :]))
-    for part in results.blocks():
+    def family_block(family: Family, part: Block) -> None:
+        for name, dense in family.compute(ctx, part):
+            put(part.number, name, np.broadcast_to(dense, part.shape))
+
+    def sql_block(part: Block) -> None:
         for name, dense in sql_values(ctx, part, extensions, fills).items():
             put(part.number, name, dense)
+
+    # Blocks hold distinct customers, hence distinct output rows: two threads fill them at
+    # once (NumPy computes without the interpreter lock). The aggregates each later step
+    # still reads: the others are dropped as soon as possible, so that their memory is reused
+    # by the output instead of adding to it.
+    with ThreadPoolExecutor(workers, thread_name_prefix="cxpredict-fill") as pool:
+        for k, family in enumerate(FAMILIES):
+            _each(pool, functools.partial(family_block, family), results.blocks())
+            results.release(set().union(*needs[k + 1 :]))
+        _each(pool, sql_block, results.blocks())
     if len(filled) != len(position):
         missing = sorted(set(position) - filled)
         raise RuntimeError(f"features listed as available but not computed: {missing}")
@@ -453,6 +488,7 @@ def _assemble(
     fills: Mapping[str, float],
     columns: Sequence[str],
     needs: Sequence[set[str]],
+    workers: int = 1,
 ) -> pd.DataFrame:
     python = [e for e in extensions if isinstance(e, PythonFeature)]
     position = {name: k for k, name in enumerate(columns)}
@@ -464,7 +500,7 @@ def _assemble(
     output = _Output(columns)
     block = output.allocate(len(ii))
     try:
-        _fill(ctx, results, extensions, fills, output, position, places, needs)
+        _fill(ctx, results, extensions, fills, output, position, places, needs, workers)
     finally:
         output.close()
 
