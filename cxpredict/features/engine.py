@@ -40,7 +40,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -1446,7 +1446,7 @@ def run(
         )
         if not packing.fits(got):
             return False
-        _store(results, aggs, got)
+        later(_store, results, aggs, got)
         summed = [a for a in aggs if a.kind in SUMMED and a.windows]
         for w in sorted({w for a in summed for w in a.windows}):
             exits = [a for a in summed if w in a.windows]
@@ -1465,7 +1465,7 @@ def run(
             )
             if not packing.fits(got):
                 return False
-            results.keep(got, sums={a.name: (a.name, w) for a in exits})
+            later(results.keep, got, sums={a.name: (a.name, w) for a in exits})
         execute(f"DROP TABLE {table}")
         return True
 
@@ -1480,18 +1480,28 @@ def run(
         if source == entry_source[0]:
             ids, entry = _dimension(s, cmax, f"{tables[source]}_raw")
             results = Results(customer_ids=ids, entry=entry, cutoffs=cutoffs)
-    for source in order:
-        try:
-            done = second_pass(source)
-        except duckdb.OutOfRangeException:
-            done = False
-        if not done:
-            # Counted again without packing: some customer has too many rows.
-            packings[source] = _Packing(())
-            first_pass(source)
-            second_pass(source)
+    # The fetched values are kept by a helper thread (NumPy sorts and copies them, mostly
+    # without the interpreter lock) while DuckDB runs the next query; one helper keeps them
+    # in the order they were fetched.
+    with ThreadPoolExecutor(1, thread_name_prefix="cxpredict-keep") as keeper:
+        kept: list[Future[None]] = []
 
-    _run_per_cutoff(s, results, per_cutoff)
+        def later(keep: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+            kept.append(keeper.submit(keep, *args, **kwargs))
+
+        for source in order:
+            try:
+                done = second_pass(source)
+            except duckdb.OutOfRangeException:
+                done = False
+            if not done:
+                # Counted again without packing: some customer has too many rows.
+                packings[source] = _Packing(())
+                first_pass(source)
+                second_pass(source)
+        _run_per_cutoff(s, results, per_cutoff)
+        for future in kept:
+            future.result()
     return results
 
 
