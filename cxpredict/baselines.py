@@ -414,8 +414,9 @@ class _BuyTillYouDie(BaseEstimator):
         """Fit the model by maximum likelihood.
 
         The mean log-likelihood per customer, minus ``penalizer * sum(params**2)``, is
-        maximised over the log-parameters with scipy's BFGS, then Nelder-Mead if BFGS
-        stops short. Identical customers are collapsed into weighted rows first.
+        maximised over the log-parameters with scipy's bounded L-BFGS-B, then a budgeted
+        Nelder-Mead polish if it stops short. Identical customers are collapsed into weighted
+        rows first.
 
         Parameters
         ----------

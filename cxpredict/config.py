@@ -16,6 +16,7 @@ A minimal config::
 from __future__ import annotations
 
 import codecs
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -214,6 +215,21 @@ class FeaturesConfig(_Frozen):
         if not value or any(w <= 0 for w in value):
             raise ValueError("windows must be a non-empty list of positive day counts")
         return tuple(sorted(set(value)))
+
+    @field_validator("duckdb_memory_limit")
+    @classmethod
+    def _memory_size(cls, value: str | None) -> str | None:
+        if value is not None and not _MEMORY_SIZE.fullmatch(value.strip()):
+            raise ValueError(
+                f"duckdb_memory_limit {value!r} is not a size; give a number and a unit, "
+                "e.g. '4GB', '500MB' or '80%'"
+            )
+        return value
+
+
+#: A memory size as DuckDB reads it: a number and a unit (``4GB``, ``1.5 GiB``), or a share of
+#: the machine's memory (``80%``).
+_MEMORY_SIZE = re.compile(r"\d+(\.\d+)?\s*(%|[KMGT]i?B?|B)", re.IGNORECASE)
 
 
 class _TaskBase(_Frozen):

@@ -154,7 +154,14 @@ def calibration_table(
     DataFrame
         One row per bin, highest scores last: ``bin`` (1..n_bins), ``n``, ``mean_score``,
         ``actual_rate``.
+
+    Raises
+    ------
+    ValueError
+        When ``n_bins`` is below 1.
     """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
     y, probability = _pair(y, _probabilities(probability))
     ranks = pd.Series(probability).rank(method="min").to_numpy()
     bins = np.ceil(ranks * n_bins / len(y)).astype(int).clip(1, n_bins)

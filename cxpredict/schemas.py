@@ -19,12 +19,17 @@ Inside the package they always carry these column names and dtypes:
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
 import pandera.pandas as pa
 
 TABLE_NAMES: tuple[str, ...] = ("orders", "interactions", "customers")
+
+#: The canonical columns holding instants.
+INSTANT_COLUMNS: tuple[str, ...] = ("timestamp", "responded_at", "signup_at", "updated_at")
 
 #: Amounts must stay below this size: the feature engine sums amounts in whole 1/10,000
 #: units as 64-bit integers, which holds about 92,000 lines of this size per customer.
@@ -149,6 +154,31 @@ class Tables:
     customers: pd.DataFrame | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, tables: Tables | Mapping[str, pd.DataFrame | None]) -> Tables:
+        """``tables`` as :class:`Tables`: a mapping of table names to frames is wrapped.
+
+        Raises
+        ------
+        TypeError
+            When ``tables`` is neither, or names a table that does not exist.
+        KeyError
+            When the mapping has no ``orders``.
+        """
+        if isinstance(tables, Tables):
+            return tables
+        if not isinstance(tables, Mapping):
+            raise TypeError(
+                f"tables must be a Tables or a mapping of table names to DataFrames, got "
+                f"{type(tables).__name__}"
+            )
+        unknown = sorted(set(tables) - set(TABLE_NAMES))
+        if unknown:
+            raise TypeError(f"unknown table(s) {unknown}; the tables are {', '.join(TABLE_NAMES)}")
+        if tables.get("orders") is None:
+            raise KeyError("orders: the orders table is required")
+        return cls(tables["orders"], tables.get("interactions"), tables.get("customers"))
+
     def get(self, name: str) -> pd.DataFrame | None:
         """Return the table called ``name`` (``orders``, ``interactions`` or ``customers``)."""
         if name not in TABLE_NAMES:
@@ -161,11 +191,11 @@ class Tables:
         return frame is not None and column in frame.columns and bool(frame[column].notna().any())
 
     def latest_event(self) -> pd.Timestamp | None:
-        """The latest order or interaction instant (``None`` when both are empty)."""
+        """The latest order or interaction instant, in UTC (``None`` when both are empty)."""
         stamps = [self.orders["timestamp"].max()]
         if self.interactions is not None and len(self.interactions):
             stamps.append(self.interactions["timestamp"].max())
-        known = [s for s in stamps if not pd.isna(s)]
+        known = [to_utc(s) for s in stamps if not pd.isna(s)]
         return max(known) if known else None
 
     def before(self, instant: pd.Timestamp) -> Tables:
@@ -173,7 +203,8 @@ class Tables:
 
         ``responded_at`` values at or after ``instant`` are blanked (the answer was not yet
         given); customers who signed up at or after ``instant`` are removed, as are attribute
-        rows whose ``updated_at`` is at or after it.
+        rows whose ``updated_at`` is at or after it. Naive instants are read as UTC and come
+        back as UTC instants.
         """
         instant = to_utc(instant)
 
@@ -197,16 +228,63 @@ class Tables:
                 if column in customers.columns:
                     keep &= ~(customers[column] >= at(customers[column]))
             customers = customers[keep]
-        return Tables(orders, interactions, customers, dict(self.extra))
+        return Tables(orders, interactions, customers, dict(self.extra)).in_utc()
+
+    def in_utc(self) -> Tables:
+        """The tables with naive instants read as UTC (these tables when none is naive)."""
+        frames = [self.orders, self.interactions, self.customers]
+        aware = [None if f is None else _aware(f) for f in frames]
+        if all(a is f for a, f in zip(aware, frames, strict=True)):
+            return self
+        return Tables(aware[0], aware[1], aware[2], dict(self.extra))  # type: ignore[arg-type]
+
+
+def _aware(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its naive instant columns read as UTC (the frame itself when none is)."""
+    naive = [
+        c
+        for c in INSTANT_COLUMNS
+        if c in frame.columns
+        and pd.api.types.is_datetime64_dtype(frame[c].dtype)
+        and not isinstance(frame[c].dtype, pd.DatetimeTZDtype)
+    ]
+    if not naive:
+        return frame
+    return frame.assign(**{c: frame[c].dt.tz_localize("UTC") for c in naive})
 
 
 #: The years a cutoff or an as-of date may fall in.
 YEARS: tuple[int, int] = (1900, 2200)
 
 
+#: ISO 8601: a date, or a date and time with an optional offset (``Z``, ``+02:00``).
+ISO_INSTANT = re.compile(
+    r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?"
+)
+
+
 def to_utc(value: object) -> pd.Timestamp:
-    """Return ``value`` as a UTC ``Timestamp``; a naive value is taken to be UTC already."""
+    """Return ``value`` as a UTC ``Timestamp`` to the microsecond; a naive value is taken to be
+    UTC already.
+
+    Text is read only as ISO 8601 (``YYYY-MM-DD``, optionally with a time and an offset):
+    ``01/02/2026`` is the 2nd of January to some and the 1st of February to others, and
+    ``"now"`` would read the clock, so both are refused rather than guessed.
+
+    Raises
+    ------
+    ValueError
+        When ``value`` is not a date or instant, or is text in another form.
+    """
+    if isinstance(value, str):
+        if not ISO_INSTANT.fullmatch(value.strip()):
+            raise ValueError(
+                f"{value!r} is not a date in ISO 8601; use YYYY-MM-DD (or YYYY-MM-DDTHH:MM)"
+            )
+        value = value.strip()
     stamp = pd.Timestamp(value)
     if stamp is pd.NaT:
         raise ValueError(f"{value!r} is not a date or instant")
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    # instants are kept to the microsecond, as events are read
+    return stamp.floor("us") if stamp.nanosecond else stamp

@@ -23,7 +23,10 @@ otherwise, with this interpreter's ``bin`` folder first on ``PATH`` so that it f
 
 from __future__ import annotations
 
+import csv
+import functools
 import importlib
+import json
 import os
 import re
 import signal
@@ -44,11 +47,14 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from cxpredict.baselines import BaselineInputError
 from cxpredict.errors import DataError, FeatureMismatch
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 ID_COLUMN = "customer_id"
+#: The content type of a Parquet body.
+PARQUET = "application/vnd.apache.parquet"
 CATALOGUE_PARAM = "catalogue_version"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
@@ -264,6 +270,9 @@ class ScoringModel(PythonModel):
             return score(self.bundle, frame)
         except (InvalidInput, FeatureMismatch) as exc:
             raise bad_request(exc) from None
+        except BaselineInputError as exc:
+            # the purchase summary of some rows cannot be a customer's (recency beyond age...)
+            raise bad_request(InvalidInput(f"the purchase summary columns: {exc}")) from None
         except Exception as exc:
             raise MlflowException(
                 f"scoring failed ({type(exc).__name__}: {_short(str(exc))}); the input passed "
@@ -392,7 +401,11 @@ def log_pyfunc(
 
 SERVER_MODULE = "mlflow.pyfunc.scoring_server"
 #: MLflow's messages that quote the request: a prefix before the error, or a suffix after it.
-_ECHO = re.compile(r"^Failed to predict data .*?\nError: |\nInput: .*$", re.DOTALL)
+_ECHO = re.compile(
+    r"^Failed to predict data .*?\nError: |^Failed to enforce schema of data .*?Error: |"
+    r"\nInput: .*$",
+    re.DOTALL,
+)
 
 
 def read_request(data: bytes | str, content_type: str, model: Any = None) -> pd.DataFrame | None:
@@ -420,24 +433,43 @@ def read_request(data: bytes | str, content_type: str, model: Any = None) -> pd.
             with warnings.catch_warnings():
                 # A line longer than the header is an error, not an index column.
                 warnings.simplefilter("error", pd.errors.ParserWarning)
-                return pd.read_csv(StringIO(text), dtype=str, index_col=False)
+                frame = pd.read_csv(StringIO(text), dtype=str, index_col=False, na_filter=False)
         except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning) as exc:
             raise InvalidInput(
                 f"the CSV body could not be read ({_short(str(exc).splitlines()[0])}); send a "
                 "header line of column names and one line per customer"
             ) from None
-    if mime == "application/vnd.apache.parquet":
+        row = _short_row(text, frame.shape[1])
+        if row is not None:
+            raise InvalidInput(
+                f"CSV row {row} has fewer fields than the header's {frame.shape[1]}; send every "
+                "column on every line (an empty field is a missing value)"
+            )
+        features = [c for c in frame.columns if c != ID_COLUMN]
+        return frame.replace(dict.fromkeys(features, {value: None for value in _CSV_NULLS}))
+    if mime == PARQUET:
         try:
-            return pd.read_parquet(BytesIO(data if isinstance(data, bytes) else data.encode()))
+            frame = pd.read_parquet(BytesIO(data if isinstance(data, bytes) else data.encode()))
         except Exception:
             raise InvalidInput(
                 "the body is not a Parquet file; send a table written by "
                 "pandas.DataFrame.to_parquet"
             ) from None
+        if ID_COLUMN not in frame.columns and ID_COLUMN in frame.index.names:
+            # a features file as cxpredict writes it: the ids are its index
+            frame = frame.reset_index(level=ID_COLUMN)
+        return frame.reset_index(drop=True)
     if mime == "application/json" and model is not None:
         from mlflow.pyfunc import scoring_server
 
+        _check_json_request(data)
         parsed = scoring_server._parse_json_data(data, model.metadata, None).data
+        if isinstance(parsed, list | np.ndarray):
+            raise InvalidInput(
+                "the rows have no column names; send "
+                '{"dataframe_split": {"columns": [...], "data": [[...]]}} or '
+                '{"dataframe_records": [{"customer_id": ..., ...}]}'
+            )
         if (
             isinstance(parsed, dict)
             and parsed
@@ -446,6 +478,68 @@ def read_request(data: bytes | str, content_type: str, model: Any = None) -> pd.
             parsed = pd.DataFrame(parsed)
         return parsed if isinstance(parsed, pd.DataFrame) else None
     return None
+
+
+#: CSV cells read as missing values, besides the empty one.
+_CSV_NULLS = ("", "NA", "N/A", "n/a", "null", "NULL", "None", "<NA>", "#N/A")
+
+
+def _short_row(text: str, width: int) -> int | None:
+    """The first data row (0 for the first after the header) with fewer than ``width`` fields
+    (a CSV reader fills them in as empty), or ``None``."""
+    if '"' in text:
+        lengths = [len(fields) for fields in csv.reader(StringIO(text)) if fields]
+    else:
+        lengths = [line.count(",") + 1 for line in text.splitlines() if line.strip()]
+    short = [k for k, n in enumerate(lengths[1:]) if n < width]
+    return short[0] if short else None
+
+
+def _check_json_request(data: bytes | str) -> None:
+    """Refuse parameters the model does not take and records without every column.
+
+    Raises
+    ------
+    InvalidInput
+        Naming the unknown parameter, or the record and the columns it lacks.
+    """
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return  # MLflow's own answer names the problem
+    if not isinstance(body, dict):
+        return
+    params = body.get("params")
+    if isinstance(params, dict):
+        unknown = sorted(str(k) for k in params if k != CATALOGUE_PARAM)
+        if unknown:
+            raise InvalidInput(
+                f"unknown parameter(s) {_names(unknown)}; the model takes {CATALOGUE_PARAM!r} only"
+            )
+    records = body.get("dataframe_records")
+    if isinstance(records, list) and records and all(isinstance(r, dict) for r in records):
+        columns = set().union(*records)
+        for row, record in enumerate(records):
+            if len(record) != len(columns):
+                lacking = sorted(columns - set(record))
+                raise InvalidInput(
+                    f"record {row} lacks column(s) {_names(lacking)}; send every column in "
+                    "every record (null for a missing value)"
+                )
+
+
+def _dataframe_split(frame: pd.DataFrame) -> dict[str, Any]:
+    """``frame`` in MLflow's ``dataframe_split`` form, missing values as ``None``."""
+    values = frame.astype(object).where(frame.notna(), None)
+    return {"columns": [str(c) for c in frame.columns], "data": values.to_numpy().tolist()}
+
+
+def _jsonable(predictions: Any) -> Any:
+    """Predictions whose missing numbers are ``None``, which JSON writes as ``null`` (a
+    ``NaN`` is not JSON, and other services' parsers refuse it)."""
+    if isinstance(predictions, pd.DataFrame):
+        return predictions.astype(object).where(predictions.notna(), None)
+    return predictions
 
 
 def guard_scoring_server(features: Sequence[str]) -> None:
@@ -463,6 +557,19 @@ def guard_scoring_server(features: Sequence[str]) -> None:
     original: Callable[..., Any] = scoring_server.invocations
     if getattr(original, "checks_cxpredict_input", False):
         return
+    # MLflow's own schema errors would quote the request's rows
+    os.environ["MLFLOW_DISABLE_SCHEMA_DETAILS"] = "true"
+    for name in ("predictions_to_json", "unwrapped_predictions_to_json"):
+        encode = getattr(scoring_server, name)
+        setattr(
+            scoring_server,
+            name,
+            functools.wraps(encode)(
+                lambda raw, output, *args, _encode=encode, **kwargs: _encode(
+                    _jsonable(raw), output, *args, **kwargs
+                )
+            ),
+        )
 
     def invocations(data: Any, content_type: str, model: Any, input_schema: Any) -> Any:
         try:
@@ -471,7 +578,11 @@ def guard_scoring_server(features: Sequence[str]) -> None:
             except MlflowException:
                 request = None  # unreadable JSON: MLflow's own answer names the problem
             if request is not None:
-                validate_input(request, features)
+                checked = validate_input(request, features)
+                if not str(content_type).lower().startswith("application/json"):
+                    # CSV and Parquet go on as the checked numbers, in MLflow's JSON form
+                    data = json.dumps({"dataframe_split": _dataframe_split(checked)})
+                    content_type = "application/json"
             return original(data, content_type, model, input_schema)
         except (InvalidInput, FeatureMismatch) as exc:
             raise bad_request(exc) from None
@@ -481,6 +592,7 @@ def guard_scoring_server(features: Sequence[str]) -> None:
             raise exc from None
 
     invocations.checks_cxpredict_input = True  # type: ignore[attr-defined]
+
     scoring_server.invocations = invocations
 
 

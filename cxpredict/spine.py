@@ -12,7 +12,7 @@ date in the data: every cutoff is given.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -107,7 +107,7 @@ def entry_instants(tables: Tables) -> pd.Series:
     return entry
 
 
-def population(tables: Tables, cutoff: object) -> pd.Index:
+def population(tables: Tables | Mapping[str, pd.DataFrame | None], cutoff: object) -> pd.Index:
     """Customers known strictly before ``cutoff`` (first order or signup before it).
 
     Window: orders and signups with an instant ``< cutoff``, both read to the microsecond as
@@ -117,7 +117,9 @@ def population(tables: Tables, cutoff: object) -> pd.Index:
     return pd.Index(known, dtype="str", name="customer_id")
 
 
-def spine(tables: Tables, cutoffs: Sequence[object]) -> pd.MultiIndex:
+def spine(
+    tables: Tables | Mapping[str, pd.DataFrame | None], cutoffs: Sequence[object]
+) -> pd.MultiIndex:
     """The (customer_id, cutoff) grid: each cutoff's population, ordered by cutoff then customer.
 
     Window: for each cutoff, the orders and signups strictly before it. Duplicate cutoffs
@@ -126,7 +128,7 @@ def spine(tables: Tables, cutoffs: Sequence[object]) -> pd.MultiIndex:
     instants = sorted({to_utc(c) for c in cutoffs})
     if not instants:
         raise ValueError("no cutoff given; pass at least one instant")
-    entry = entry_instants(tables)
+    entry = entry_instants(Tables.of(tables).in_utc())
     stamps = pd.DatetimeIndex(instants).as_unit("us")
     known = (
         entry.to_numpy(dtype="datetime64[us]")[:, None]

@@ -251,10 +251,20 @@ class ModelBundle:
         """Each customer's next order: ``next_order_days`` after the scoring instant (the
         median by the bundle's BG/NBD, within the task's horizon) or, where it cannot be
         estimated, ``next_order_note`` saying why (see :func:`cxpredict.backtest.next_order`).
+
+        Raises
+        ------
+        FeatureMismatch
+            When the bundle has a BG/NBD fit and ``X`` lacks the purchase summary it reads.
         """
-        present = all(c in X.columns for c in BTYD_INPUTS)
-        model = None if self.btyd is None or not present else btyd_from_params("bgnbd", self.btyd)
-        summary = X if present else pd.DataFrame(np.nan, index=X.index, columns=BTYD_INPUTS)
+        missing = [c for c in BTYD_INPUTS if c not in X.columns]
+        if self.btyd is not None and missing:
+            raise FeatureMismatch(
+                f"the next-order dates read the purchase summary, and the features lack "
+                f"{missing}; pass the features built by the engine (the btyd family)"
+            )
+        model = None if self.btyd is None else btyd_from_params("bgnbd", self.btyd)
+        summary = X if not missing else pd.DataFrame(np.nan, index=X.index, columns=BTYD_INPUTS)
         return next_order(model, summary, horizon_days=self.horizon_days)  # type: ignore[arg-type]
 
     @property
@@ -276,8 +286,29 @@ class ModelBundle:
         X
             The customers' engine features (indexed by ``customer_id``).
         catalogue
-            The feature catalogue (``name``, ``reason``, ``unit``) of the features.
+            The feature catalogue (``name``, ``reason``, ``unit``) of the features, built with
+            the model's vocabulary (:func:`cxpredict.features.feature_catalogue` with
+            ``vocabulary=Vocabulary.from_dict(bundle.vocabulary)``).
+
+        Raises
+        ------
+        ValueError
+            When the catalogue has no sentence for a feature of the model.
         """
+        named = set(catalogue["name"]) | set(_btyd_sentences(self.label_horizon_days)["name"])
+        unnamed = [f for f in self.model_features if f not in named]
+        if unnamed:
+            raise ValueError(
+                f"the catalogue has no sentence for {len(unnamed)} feature(s) of the model "
+                f"({', '.join(unnamed[:3])}{', ...' if len(unnamed) > 3 else ''}); build it with "
+                "the model's vocabulary: feature_catalogue(tables, settings=config.features, "
+                "vocabulary=Vocabulary.from_dict(bundle.vocabulary))"
+            )
+        if X.empty:
+            return pd.DataFrame(
+                {f"reason_{k}": pd.Series(dtype="str") for k in range(1, top + 1)},
+                index=X.index,
+            )
         inputs = self.model_input(X)
         contributions = self.contributions(X)
         if START_CONTRIBUTION in contributions.columns:
@@ -574,7 +605,7 @@ def train_task(
     task_name: str,
     *,
     as_of: Any,
-    tables: Tables,
+    tables: Tables | Mapping[str, pd.DataFrame | None],
     backtest: bool = True,
     allow_extrapolation: bool = True,
     preference_strategy: str = "pairs",
@@ -596,7 +627,8 @@ def train_task(
     as_of
         The instant the data are complete up to (exclusive).
     tables
-        The project's tables (rows at or after ``as_of`` are ignored).
+        The project's tables, or a mapping of their names to frames (rows at or after
+        ``as_of`` are ignored; naive instants are read as UTC).
     backtest
         Whether to run the backtest (the metrics frame is empty without it).
     allow_extrapolation
@@ -616,7 +648,7 @@ def train_task(
     """
     task = config.task(task_name)
     as_of = to_utc(as_of)
-    known = tables.before(as_of)
+    known = Tables.of(tables).before(as_of)
     if known.orders.empty:
         raise IneligibleTask(
             f"task {task_name!r}: no order before the as-of date {as_of:%Y-%m-%d}; use a later "
@@ -829,7 +861,7 @@ def score_task(
     task_name: str,
     *,
     as_of: Any,
-    tables: Tables,
+    tables: Tables | Mapping[str, pd.DataFrame | None],
     model: ModelBundle,
 ) -> pd.DataFrame:
     """Score the task's customers as of ``as_of`` with a trained bundle, best first.
@@ -858,7 +890,7 @@ def score_task(
             "the model trained for this task"
         )
     as_of = to_utc(as_of)
-    known = tables.before(as_of)
+    known = Tables.of(tables).before(as_of)
     vocabulary = Vocabulary.from_dict(model.vocabulary)
     catalogue = feature_catalogue(known, settings=config.features, vocabulary=vocabulary)
     check_trained_features(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from cxpredict.config import ChurnTask, PreferenceTask, load_config, parse_config
+from cxpredict.config import ChurnTask, FeaturesConfig, PreferenceTask, load_config, parse_config
 from cxpredict.errors import ConfigError
 
 MINIMAL = "project: demo\ndata:\n  orders: {path: data/orders.csv}\n"
@@ -181,3 +181,10 @@ def test_the_bundled_sample_config_is_valid() -> None:
     config = load_config(Path(__file__).resolve().parents[1] / "data/sample/cxpredict.yaml")
     assert config.data.orders.path.is_file()
     assert {t.kind for t in config.tasks.values()} == {"churn", "repurchase", "preference", "value"}
+
+
+@pytest.mark.parametrize("size", ["lots", "4", "GB"])
+def test_a_duckdb_memory_limit_must_be_a_size(size: str) -> None:
+    with pytest.raises(ValueError, match="is not a size; give a number and a unit"):
+        FeaturesConfig(duckdb_memory_limit=size)
+    assert FeaturesConfig(duckdb_memory_limit="1.5 GiB").duckdb_memory_limit == "1.5 GiB"

@@ -857,6 +857,65 @@ def test_cutoffs_given_as_numbers_or_a_bare_text_are_refused(tiny: Tables) -> No
         build_training_features(tiny, "2024-10-01")
 
 
+@pytest.mark.parametrize("text", ["now", "today", "01/12/2025", "12 Jan 2025"])
+def test_cutoffs_as_text_are_read_only_in_iso_8601(tiny: Tables, text: str) -> None:
+    with pytest.raises(ValueError, match="not a date in ISO 8601"):
+        build_features(tiny, text)
+
+
+def test_cutoffs_that_differ_below_a_microsecond_are_one_cutoff(tiny: Tables) -> None:
+    at = pd.Timestamp(CUTOFF)
+    both = build_training_features(tiny, [at + pd.Timedelta(nanoseconds=100), at])
+    pd.testing.assert_frame_equal(both, build_training_features(tiny, [at]))
+    assert both.index.get_level_values("cutoff").nunique() == 1
+
+
+def test_customer_ids_held_as_floats_are_refused_naming_the_fix(tiny: Tables) -> None:
+    orders = tiny.orders.assign(customer_id=range(len(tiny.orders)))
+    customers = pd.DataFrame({"customer_id": [1.0, 2.0], "tier": ["a", "b"]})
+    with pytest.raises(DataError, match=r"customers: column 'customer_id' holds double.*Int64"):
+        build_features({"orders": orders, "customers": customers}, CUTOFF)
+
+
+def test_customers_given_different_attributes_at_once_are_refused(tiny: Tables) -> None:
+    ids = tiny.orders["customer_id"].iloc[:2].tolist()
+    customers = pd.DataFrame({"customer_id": [ids[0], ids[0], ids[1]], "tier": ["a", "b", "b"]})
+    with pytest.raises(DataError, match=rf"1 customer\(s\) have rows .* \(e.g. '{ids[0]}'\)"):
+        build_features({"orders": tiny.orders, "customers": customers}, CUTOFF)
+    # the same row twice says nothing new: it is read once
+    twice = pd.concat([customers.iloc[1:], customers.iloc[1:]])
+    assert len(build_features({"orders": tiny.orders, "customers": twice}, CUTOFF))
+
+
+def test_orders_without_a_timestamp_are_refused_not_dropped(tiny: Tables) -> None:
+    orders = tiny.orders.copy()
+    orders.loc[orders.index[0], "timestamp"] = pd.NaT
+    with pytest.raises(DataError, match="orders: 1 row\\(s\\) have no timestamp"):
+        build_features({"orders": orders}, CUTOFF)
+
+
+def test_sources_the_engine_cannot_read_are_refused_saying_how_to_read_them(
+    tiny: Tables, tmp_path: Path
+) -> None:
+    csv = tmp_path / "orders.csv"
+    tiny.orders.to_csv(csv, index=False)
+    with pytest.raises(DataError, match="is not a Parquet file.*load_tables"):
+        build_features({"orders": csv}, CUTOFF)
+    with pytest.raises(DataError, match="orders: the table has no columns"):
+        build_features({"orders": pd.DataFrame()}, CUTOFF)
+    renamed = tiny.orders.rename(columns={"timestamp": "timestmp"})
+    with pytest.raises(DataError, match="the closest is 'timestmp'"):
+        build_features({"orders": renamed}, CUTOFF)
+
+
+def test_the_catalogue_lists_the_columns_a_build_gives_without_a_vocabulary(
+    shop: Tables,
+) -> None:
+    built = build_features(shop, "2025-06-01")
+    catalogue = feature_catalogue(shop)
+    assert set(catalogue["name"]) == set(built.columns)
+
+
 def test_a_numeric_attribute_of_the_vocabulary_must_be_numbers_in_the_tables(
     tiny: Tables, tiny_vocabulary: Vocabulary
 ) -> None:

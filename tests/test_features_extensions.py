@@ -403,6 +403,18 @@ def test_a_python_feature_may_be_indexed_by_categorical_ids(
     assert got["weekend_order_lines"].tolist()[:2] == [2.0, 0.0]
 
 
+def test_a_python_feature_sees_whole_number_ids_as_the_features_hold_them(
+    tiny: Tables, tiny_vocabulary: Vocabulary
+) -> None:
+    numbers = {c: k for k, c in enumerate(sorted(tiny.orders["customer_id"].unique()), 1)}
+    orders = tiny.orders.assign(customer_id=tiny.orders["customer_id"].map(numbers))
+    feature = PythonFeature(orders_per_weekday, "Weekend lines.")
+    got = build_features({"orders": orders}, CUTOFF, extensions=[feature])
+    plain = build_features({"orders": tiny.orders}, CUTOFF, extensions=[feature])
+    assert got.index.tolist() == [str(numbers[c]) for c in plain.index]
+    assert got["weekend_order_lines"].tolist() == plain["weekend_order_lines"].tolist()
+
+
 def _c2_only(tables: Tables, cutoff: pd.Timestamp) -> pd.DataFrame:
     index = pd.Index(["c2"], dtype="str", name="customer_id")
     return pd.DataFrame({"c2_flag": [1.0]}, index=index)

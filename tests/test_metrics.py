@@ -187,3 +187,8 @@ def test_metrics_refuse_inputs_they_cannot_score():
         metrics.log_loss([1, 0], [1.5, -0.2])
     with pytest.raises(ValueError, match="actual values contain NaN"):
         metrics.rmse([1.0, np.nan], [1.0, 2.0])
+
+
+def test_a_calibration_table_needs_at_least_one_bin() -> None:
+    with pytest.raises(ValueError, match="n_bins must be at least 1"):
+        metrics.calibration_table([0, 1], [0.2, 0.8], n_bins=0)

@@ -199,6 +199,57 @@ def test_an_unreadable_body_is_invalid_input(body: bytes, content_type: str, mes
         serving.read_request(body, content_type)
 
 
+def test_a_csv_line_shorter_than_its_header_is_refused_and_na_cells_are_missing() -> None:
+    header = "customer_id," + ",".join(FEATURES)
+    with pytest.raises(InvalidInput, match="CSV row 1 has fewer fields than the header's 4"):
+        serving.read_request(f"{header}\nc-1,1,2,3\nc-2,1\n", "text/csv")
+    request = serving.read_request(f"{header}\nNA,NA,,null\n", "text/csv")
+    checked = validate_input(request, FEATURES)
+    assert checked["customer_id"].tolist() == ["NA"]
+    assert checked[FEATURES].isna().all(axis=None)
+
+
+def test_a_parquet_body_holds_its_ids_as_a_column_or_as_its_index(tmp_path: Path) -> None:
+    features = frame(customer_id=["a", "b"]).set_index("customer_id")
+    features.to_parquet(tmp_path / "f.parquet")
+    request = serving.read_request((tmp_path / "f.parquet").read_bytes(), serving.PARQUET)
+    assert request["customer_id"].tolist() == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"dataframe_split": {}, "params": {"catalog_version": "x"}}, "'catalog_version'"),
+        ({"dataframe_records": [{"a": 1, "b": 2}, {"a": 1}]}, "record 1 lacks column\\(s\\) 'b'"),
+    ],
+)
+def test_json_requests_name_unknown_parameters_and_incomplete_records(
+    body: dict, message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        serving._check_json_request(json.dumps(body))
+
+
+def test_missing_numbers_are_answered_as_json_null() -> None:
+    answer = pd.DataFrame({"next_order_days": [np.nan, 12.5], "note": ["none", ""]})
+    records = serving._jsonable(answer).to_dict(orient="records")
+    assert json.loads(json.dumps(records, allow_nan=False))[0]["next_order_days"] is None
+
+
+def test_a_purchase_summary_no_customer_can_have_is_a_400_naming_it() -> None:
+    from cxpredict.baselines import BaselineInputError
+
+    class Summing:
+        kind, features, catalogue_version = "value", FEATURES, CATALOGUE
+
+        def predict(self, X: pd.DataFrame) -> pd.DataFrame:
+            raise BaselineInputError("2 of 2 customers have recency > T (rows 0, 1)")
+
+    with pytest.raises(MlflowException, match="recency > T \\(rows 0, 1\\)") as caught:
+        scoring_model(Summing()).predict(_Context(), frame())
+    assert caught.value.get_http_status_code() == 400
+
+
 def test_the_guarded_server_answers_without_trace_or_echo(monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.pyfunc import scoring_server
 
@@ -213,6 +264,9 @@ def test_the_guarded_server_answers_without_trace_or_echo(monkeypatch: pytest.Mo
         )
 
     monkeypatch.setattr(scoring_server, "invocations", mlflow_invocations)
+    for name in ("predictions_to_json", "unwrapped_predictions_to_json"):
+        monkeypatch.setattr(scoring_server, name, getattr(scoring_server, name))
+    monkeypatch.setenv("MLFLOW_DISABLE_SCHEMA_DETAILS", "false")
     serving.guard_scoring_server(FEATURES)
     serving.guard_scoring_server(FEATURES)
     guarded = scoring_server.invocations
@@ -226,7 +280,10 @@ def test_the_guarded_server_answers_without_trace_or_echo(monkeypatch: pytest.Mo
     good = b"orders_lifetime,days_since_last_order,spend_lifetime\n1,2,3\n"
     with pytest.raises(MlflowException) as caught:
         guarded(good, "text/csv", None, None)
-    assert seen == [good]
+    # the checked numbers go on to MLflow, as JSON
+    assert [json.loads(d) for d in seen] == [
+        {"dataframe_split": {"columns": FEATURES, "data": [[2.0, 1.0, 3.0]]}}
+    ]
     body = caught.value.serialize_as_json()
     assert json.loads(body)["message"] == "schema broke"
     assert caught.value.get_http_status_code() == 400
@@ -372,6 +429,24 @@ def test_the_server_scores_valid_rows(server) -> None:
             "features-1-other",
             id="other catalogue",
         ),
+        pytest.param(
+            json.dumps(
+                {
+                    "dataframe_split": {"columns": FEATURES, "data": [[1.0, 2.0, 3.0]]},
+                    "params": {"catalog_version": "features-1-other"},
+                }
+            ),
+            "unknown parameter(s) 'catalog_version'",
+            id="misspelt parameter",
+        ),
+        pytest.param(
+            json.dumps({"dataframe_records": [{"customer_id": "c-1"}]}),
+            "orders_lifetime",
+            id="record of an id only",
+        ),
+        pytest.param(
+            json.dumps({"instances": [[1.0, 2.0, 3.0]]}), "no column names", id="rows unnamed"
+        ),
     ],
 )
 def test_bad_requests_get_400_naming_the_problem_and_no_trace(
@@ -431,6 +506,30 @@ def test_the_server_scores_csv(server) -> None:
     assert prediction["customer_id"] == "007"
     X = pd.DataFrame([[3.0, 1.0, 10.0]], columns=FEATURES)
     assert prediction["probability"] == pytest.approx(bundle.predict(X)["probability"].iloc[0])
+
+
+@pytest.mark.slow
+def test_the_server_scores_parquet_of_any_number_type_with_ids_in_the_index(
+    server, tmp_path: Path
+) -> None:
+    url, _, bundle = server
+    sent = pd.DataFrame(
+        {
+            FEATURES[0]: pd.array([3, None], dtype="Int64"),
+            FEATURES[1]: [True, False],
+            FEATURES[2]: ["10", "0.5"],
+        },
+        index=pd.Index(["c-1", "c-2"], name="customer_id"),
+    )
+    sent.to_parquet(tmp_path / "rows.parquet")
+    status, body = post(url, (tmp_path / "rows.parquet").read_bytes(), serving.PARQUET)
+    assert status == 200, body
+    predictions = json.loads(body)["predictions"]
+    assert [p["customer_id"] for p in predictions] == ["c-1", "c-2"]
+    X = pd.DataFrame({FEATURES[0]: [3.0, np.nan], FEATURES[1]: [1.0, 0.0], FEATURES[2]: [10, 0.5]})
+    np.testing.assert_allclose(
+        [p["probability"] for p in predictions], bundle.predict(X)["probability"]
+    )
 
 
 @pytest.mark.slow

@@ -68,3 +68,18 @@ def test_the_spine_lists_each_cutoffs_population_ordered_by_cutoff(tiny: Tables)
     )
     assert list(got) == list(want)
     assert got.names == ["customer_id", "cutoff"]
+
+
+def test_the_population_reads_a_mapping_of_frames_with_naive_instants_as_utc(tiny: Tables) -> None:
+    naive = tiny.orders.assign(timestamp=tiny.orders["timestamp"].dt.tz_localize(None))
+    assert population({"orders": naive}, CUTOFF).equals(population(Tables(tiny.orders), CUTOFF))
+    known = Tables(naive).before(CUTOFF)
+    assert str(known.orders["timestamp"].dt.tz) == "UTC"
+    assert known.latest_event() == Tables(tiny.orders).before(CUTOFF).latest_event()
+
+
+def test_tables_are_a_tables_or_a_mapping_of_table_names() -> None:
+    with pytest.raises(TypeError, match="unknown table\\(s\\) \\['order'\\]"):
+        Tables.of({"order": pd.DataFrame()})
+    with pytest.raises(TypeError, match="got list"):
+        Tables.of([])  # type: ignore[arg-type]

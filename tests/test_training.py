@@ -282,6 +282,33 @@ def year_model_and_buyers(tables: Tables, folder: Path) -> tuple[ModelBundle, pd
     return bundle, X[X["days_since_last_order"].notna()]
 
 
+def test_reasons_and_dates_say_what_they_lack_and_an_empty_frame_has_none(churn, tables):
+    bundle = churn.bundle
+    X = build_features(
+        tables.before(AS_OF),
+        AS_OF,
+        settings=CONFIG.features,
+        vocabulary=Vocabulary.from_dict(bundle.vocabulary),
+    )
+    catalogue = feature_catalogue(
+        tables, settings=CONFIG.features, vocabulary=Vocabulary.from_dict(bundle.vocabulary)
+    )
+    with pytest.raises(ValueError, match="no sentence for .* feature\\(s\\) of the model"):
+        bundle.explain(X, catalogue=catalogue.iloc[:5])
+    empty = bundle.explain(X.iloc[:0], catalogue=catalogue)
+    assert empty.empty and list(empty.columns) == ["reason_1", "reason_2", "reason_3"]
+    with pytest.raises(FeatureMismatch, match="btyd_frequency"):
+        bundle.next_order(X.drop(columns=["btyd_frequency"]))
+
+
+def test_a_task_is_trained_from_a_mapping_of_frames_and_text_dates_in_iso_8601(tables):
+    frames = {"orders": tables.orders, "interactions": tables.interactions}
+    with pytest.raises(IneligibleTask, match="no order before the as-of date"):
+        train_task(CONFIG, "churn", as_of="2000-01-01", tables=frames, backtest=False)
+    with pytest.raises(ValueError, match="not a date in ISO 8601"):
+        train_task(CONFIG, "churn", as_of="01/03/2025", tables=frames, backtest=False)
+
+
 def test_a_started_probability_grows_with_the_horizon_for_every_customer(tables, tmp_path):
     bundle, X = year_model_and_buyers(tables, tmp_path)
     model = bundle.estimators["score"]
@@ -307,7 +334,8 @@ def test_a_started_model_tells_its_start_among_the_reasons_and_explains_only_hig
     np.testing.assert_allclose(
         contributions.sum(axis=1), raw - model.start_reference_, rtol=1e-6, atol=1e-6
     )
-    catalogue = feature_catalogue(tables, settings=CONFIG.features)
+    vocabulary = Vocabulary.from_dict(bundle.vocabulary)
+    catalogue = feature_catalogue(tables, settings=CONFIG.features, vocabulary=vocabulary)
     reasons = bundle.explain(X, catalogue=catalogue)
     above = raw > np.median(raw)
     told = reasons["reason_1"].str.contains("days with a repeat purchase in")

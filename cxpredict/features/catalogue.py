@@ -17,10 +17,11 @@ import pandas as pd
 from cxpredict.config import FeaturesConfig
 from cxpredict.errors import FeatureMismatch
 from cxpredict.features.build import TablesLike, available_definitions
-from cxpredict.features.engine import Availability, session
+from cxpredict.features.engine import Availability, cutoff_micros, session
 from cxpredict.features.extensions import Extension, resolve_extensions
 from cxpredict.features.family import Context
-from cxpredict.features.vocabulary import Vocabulary
+from cxpredict.features.vocabulary import Vocabulary, learn_in_session
+from cxpredict.schemas import YEARS
 
 #: Bumped whenever a feature's computation changes while its name and description do not.
 DEFINITIONS_REVISION = "1"
@@ -39,6 +40,9 @@ CATALOGUE_COLUMNS: tuple[str, ...] = (
     "reason",
 )
 
+#: An instant after every row the engine reads (the end of the last supported year).
+AFTER_ALL_US = int(cutoff_micros([f"{YEARS[1]}-12-31T23:59:59.999999"])[0])
+
 
 def feature_catalogue(
     tables_or_available: TablesLike | Availability,
@@ -52,10 +56,14 @@ def feature_catalogue(
     Parameters
     ----------
     tables_or_available
-        The tables (only their columns are looked at) or an :class:`Availability`.
+        The tables (their columns, and their values when no vocabulary is given) or an
+        :class:`Availability`.
     vocabulary
-        The vocabulary the features are built with; without it the categorical features are
-        listed with their ``other`` column only.
+        The vocabulary the features are built with. Without it, the vocabulary is learnt
+        from every row of the tables, as a build at a cutoff after them all would learn it
+        (a build at an earlier cutoff may know fewer values: pass its vocabulary, or a
+        model's, to list exactly its columns); given an :class:`Availability` instead of
+        tables, the categorical features are left out.
 
     Returns
     -------
@@ -70,6 +78,14 @@ def feature_catalogue(
     else:
         with session(tables_or_available) as s:
             available = s.availability()
+            if vocabulary is None:
+                vocabulary = learn_in_session(
+                    s,
+                    available,
+                    AFTER_ALL_US,
+                    max_values=settings.vocabulary_max_values,
+                    min_customers=settings.vocabulary_min_customers,
+                )
     ctx = Context(settings, vocabulary or Vocabulary(), available)
     defs = available_definitions(ctx, resolve_extensions(settings, extensions))
     frame = pd.DataFrame(

@@ -34,6 +34,7 @@ no time zone setting is involved; SQL extensions see naive UTC ``TIMESTAMP`` col
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import re
@@ -55,6 +56,7 @@ import pyarrow.compute as pc
 from cxpredict.errors import DataError, ExtensionError
 from cxpredict.schemas import (
     COLUMNS,
+    INSTANT_COLUMNS,
     MAX_AMOUNT,
     RATING_RANGE,
     TABLE_NAMES,
@@ -303,6 +305,21 @@ def _parquet_sql(path: str | os.PathLike[str]) -> str:
     return f"read_parquet('{quoted}', union_by_name = true)"
 
 
+def _check_parquet(name: str, path: Path) -> None:
+    """Refuse a file that is not Parquet (its first bytes say), naming the way to read it."""
+    if not path.is_file():
+        return
+    with path.open("rb") as file:
+        magic = file.read(4)
+    if magic != b"PAR1":
+        raise DataError(
+            f"{name}: {str(path)!r} is not a Parquet file; the feature engine reads Parquet "
+            "files and folders or in-memory tables; read other files (CSV) with "
+            "cxpredict.io.load_tables, which converts and checks every column",
+            table=name,
+        )
+
+
 def _arrow_column(series: pd.Series) -> pa.Array | pa.ChunkedArray:
     if isinstance(series.dtype, pd.DatetimeTZDtype):
         # Naive UTC: the engine reads naive instants as UTC.
@@ -327,7 +344,6 @@ def _schema_of(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
 #: Column names the engine gives its own columns (compared without case, as SQL does): a
 #: table column of one of these names would be read in their place.
 RESERVED_COLUMNS = frozenset({"us", "responded_us", "signup_us", "updated_us", "c", "j", "cid"})
-_INSTANT_COLUMNS = ("timestamp", "responded_at", "signup_at", "updated_at")
 _NUMBER_COLUMNS = ("amount", "quantity", "rating")
 _FIX = "load the tables with cxpredict.io.load_tables, which converts and checks every column"
 
@@ -347,10 +363,18 @@ def _check_types(name: str, schema: Mapping[str, str]) -> None:
     """Canonical instants must be timestamps and canonical numbers numbers."""
     for column, kind in schema.items():
         upper = kind.upper()
-        if column in _INSTANT_COLUMNS and not upper.startswith(("TIMESTAMP", "DATE")):
+        if column in INSTANT_COLUMNS and not upper.startswith(("TIMESTAMP", "DATE")):
             raise DataError(
                 f"{name}: column {column!r} holds {kind}, not instants; convert it with "
                 f"pd.to_datetime(..., utc=True), or {_FIX}",
+                table=name,
+                column=column,
+            )
+        if column == "customer_id" and upper.startswith(("DOUBLE", "FLOAT", "HALF")):
+            raise DataError(
+                f"{name}: column 'customer_id' holds {kind}; read as text its ids would be like "
+                "'1.0', which is another customer than '1' in a table of whole-number or text "
+                "ids; convert it with .astype('Int64').astype(str), or read the column as text",
                 table=name,
                 column=column,
             )
@@ -473,6 +497,50 @@ def _check_values(
             table=name,
             column="rating",
         )
+    if "timestamp" in schema:
+        undated = (
+            arrow.column("timestamp").null_count
+            if arrow is not None
+            else con.execute(
+                f"SELECT count(*) FILTER (WHERE timestamp IS NULL) FROM {relation}"
+            ).fetchall()[0][0]
+        )
+        if undated:
+            raise DataError(
+                f"{name}: {undated:,} row(s) have no timestamp; an event without an instant "
+                f"cannot be placed before or after a cutoff; drop them, or {_FIX}",
+                table=name,
+                column="timestamp",
+            )
+    if name == "customers":
+        _check_one_row_per_customer(con, relation, schema)
+
+
+def _check_one_row_per_customer(
+    con: duckdb.DuckDBPyConnection, relation: str, schema: Mapping[str, str]
+) -> None:
+    """Refuse customers given different attributes at once (no ``updated_at`` to order them,
+    or the same one): which of the rows holds would be arbitrary."""
+    repeated = con.execute(
+        f"SELECT count(*) - count(DISTINCT customer_id) FROM {relation}"
+    ).fetchall()[0][0]
+    if not repeated:
+        return
+    when = ", updated_at" if "updated_at" in schema else ""
+    found = con.execute(
+        f"SELECT count(*), min(customer_id) FROM (SELECT CAST(customer_id AS VARCHAR) AS "
+        f"customer_id{when} FROM (SELECT DISTINCT * FROM {relation}) GROUP BY ALL "
+        "HAVING count(*) > 1)"
+    ).fetchall()[0]
+    if found[0]:
+        at = "the same updated_at" if when else "no updated_at"
+        raise DataError(
+            f"customers: {found[0]:,} customer(s) have rows with different attributes and {at} "
+            f"to tell which holds (e.g. {found[1]!r}); keep one row per customer, or give each "
+            "change its updated_at so that the table is a history",
+            table="customers",
+            column="customer_id",
+        )
 
 
 class Session:
@@ -524,6 +592,7 @@ class Session:
 
     def _register(self, name: str, value: TableSource) -> None:
         if isinstance(value, str | os.PathLike):
+            _check_parquet(name, Path(value))
             relation = _parquet_sql(value)
             schema = _schema_of(self.con, relation)
             self.kinds[name] = {c: duck_kind(t) for c, t in schema.items()}
@@ -538,6 +607,11 @@ class Session:
                     f"{type(value).__name__}",
                     table=name,
                 )
+            if not arrow.num_columns:
+                raise DataError(
+                    f"{name}: the table has no columns; it needs {list(COLUMNS[name][0])}",
+                    table=name,
+                )
             relation = f"src_{name}"
             self.con.register(relation, arrow)
             self._arrow[name] = arrow
@@ -546,9 +620,12 @@ class Session:
         required = COLUMNS[name][0]
         missing = [c for c in required if c not in schema]
         if missing:
+            close = difflib.get_close_matches(missing[0], list(schema), n=1, cutoff=0.6)
+            hint = f" (the closest is {close[0]!r})" if close else ""
             raise DataError(
-                f"{name}: column(s) {missing} not found; the table has {list(schema)}; map them "
-                f"to the canonical names under data.{name}.columns",
+                f"{name}: column(s) {missing} not found; the table has {list(schema)}{hint}; "
+                f"rename them to the canonical names, or in a project config map them under "
+                f"data.{name}.columns",
                 table=name,
                 column=missing[0],
             )
@@ -771,7 +848,8 @@ def cutoff_micros(cutoffs: Sequence[Any]) -> np.ndarray:
             f"cutoff {outside[0]} is outside the years {YEARS[0]}-{YEARS[1]} that features are "
             "computed for"
         )
-    return np.array([s.value // 1000 for s in stamps], dtype=np.int64)
+    # digits below a microsecond are dropped, so cutoffs that differ only there are one
+    return np.unique(np.array([s.value // 1000 for s in stamps], dtype=np.int64))
 
 
 @dataclass

@@ -450,12 +450,18 @@ def _in_memory(tables: Tables | Mapping[str, object]) -> Tables:
     else:
         frames = {name: tables.get(name) for name in TABLE_NAMES}
     for name, frame in frames.items():
-        if frame is not None and not isinstance(frame, pd.DataFrame):
+        if frame is None:
+            continue
+        if not isinstance(frame, pd.DataFrame):
             raise DataError(
                 f"{name}: Python features need in-memory pandas tables, got "
                 f"{type(frame).__name__}; load the table or write the feature in SQL",
                 table=name,
             )
+        ids = frame.get("customer_id")
+        if ids is not None and not pd.api.types.is_string_dtype(ids.dtype):
+            # the ids as the features hold them: whole numbers as their digits
+            frames[name] = frame.assign(customer_id=ids.astype("str"))
     return Tables(frames["orders"], frames["interactions"], frames["customers"])  # type: ignore[arg-type]
 
 
