@@ -131,13 +131,28 @@ def plan_fold(
     return Fold(train=train, valid=valid, test=test_cutoff, as_of=model_as_of)
 
 
+#: The origin of the calendar grid the backtest cutoffs lie on.
+GRID_ORIGIN = pd.Timestamp("1970-01-01", tz="UTC")
+
+
 def plan_backtest(
-    as_of: pd.Timestamp, *, horizon_days: int, training: TrainingConfig
+    as_of: pd.Timestamp, *, horizon_days: int, training: TrainingConfig, on_grid: bool = True
 ) -> list[Fold]:
-    """Backtest folds, latest first: test cutoffs ``as_of - h - k * step`` for k < n."""
+    """Backtest folds, latest first, their test cutoffs ``step_days`` apart.
+
+    ``on_grid``: the cutoffs lie on one grid, every ``step_days``-th day from 1970-01-01
+    (midnight UTC); the latest test cutoff is the last grid day whose test window
+    ``[t, t + h)`` ends by ``as_of``. Trainings at different as-of dates (a monthly schedule,
+    say) thus share the cutoffs their backtests have in common, on which promotion compares
+    them. Otherwise the latest test window ends at ``as_of`` itself.
+    """
+    step = training.step_days
+    latest = to_utc(as_of) - pd.Timedelta(days=horizon_days)
+    if on_grid:
+        latest = GRID_ORIGIN + pd.Timedelta(days=((latest - GRID_ORIGIN).days // step) * step)
     return [
         plan_fold(
-            to_utc(as_of) - pd.Timedelta(days=k * training.step_days),
+            latest + pd.Timedelta(days=horizon_days - k * step),
             horizon_days=horizon_days,
             n_cutoffs=training.n_cutoffs,
             step_days=training.step_days,
@@ -1289,10 +1304,21 @@ def run_backtest(
     known = tables.before(to_utc(as_of))
     horizon = label_horizon_days or task.horizon_days
     cache = cache or BtydCache(known.orders)
-    folds = plan_backtest(as_of, horizon_days=horizon, training=training)
     first_event = known.orders["timestamp"].min()
-    for fold in folds:
-        check_fold(task_name, task, fold, first_event=first_event, horizon_days=horizon)
+
+    def checked(on_grid: bool) -> list[Fold]:
+        folds = plan_backtest(as_of, horizon_days=horizon, training=training, on_grid=on_grid)
+        for fold in folds:
+            check_fold(task_name, task, fold, first_event=first_event, horizon_days=horizon)
+        return folds
+
+    try:
+        folds = checked(on_grid=True)
+    except IneligibleTask:
+        # the grid moves the folds up to step_days earlier: with just enough history, the
+        # folds end at the as-of date instead (and compare only with trainings of the same
+        # as-of date, or one a multiple of step_days away)
+        folds = checked(on_grid=False)
     rows: list[dict[str, Any]] = []
     details = []
     calibrations = []

@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,7 @@ from cxpredict.config import ProjectConfig, load_config
 from cxpredict.errors import CxpredictError
 from cxpredict.io import (
     LoadResult,
+    check_inputs_kept,
     check_output,
     check_rejects,
     load_tables,
@@ -46,9 +49,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+#: Columns of output when it goes to a file or a pipe (a scheduled job's log): wide enough
+#: that tables are not cut and paths not folded, whatever the width of no terminal.
+LOG_WIDTH = 200
 # Messages hold paths, column names and values from the data: no text is read as markup.
-console = Console(stderr=True, markup=False)
-out = Console(markup=False)
+console = Console(stderr=True, markup=False, width=None if sys.stderr.isatty() else LOG_WIDTH)
+out = Console(markup=False, width=None if sys.stdout.isatty() else LOG_WIDTH)
 
 
 def say(label: str, style: str, text: str) -> None:
@@ -82,13 +88,43 @@ def reported(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except CxpredictError as exc:
-            say("error", "bold red", f" ({type(exc).__name__}): {exc}")
-            raise typer.Exit(exc.exit_code) from None
+        with stopped_cleanly():
+            try:
+                return command(*args, **kwargs)
+            except CxpredictError as exc:
+                say("error", "bold red", f" ({type(exc).__name__}): {exc}")
+                raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def stopped_cleanly() -> Iterator[None]:
+    """Let SIGTERM (from a scheduler, systemd or ``timeout``) end a command as Ctrl-C does.
+
+    Python's default on SIGTERM ends the process at once: temporary files stay behind and an
+    MLflow run stays ``RUNNING``. Inside, the signal raises :class:`SystemExit` (143), so
+    every ``with`` block unwinds first: temporary outputs are removed, locks released and
+    the run ended as failed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        say(
+            "stopped",
+            "bold red",
+            f" by signal {signal.Signals(signum).name}; the files of "
+            "this run not yet written are left as they were",
+        )
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def run_moment() -> pd.Timestamp:
@@ -274,6 +310,8 @@ def validate(
     check_output(out_dir, folder=True)
     now = run_moment()
     config = load_config(config_path)
+    written = ["validation_report.json", *(f"rejects_{name}.csv" for name in config.data.tables())]
+    check_inputs_kept(config, [out_dir / name for name in written])
     cutoff = parse_as_of(as_of, now=now) if as_of else None
     read_validated(config, now=now, as_of=cutoff, validation_dir=out_dir)
     out.print(f"validated: {out_dir / 'validation_report.json'}", highlight=False)
@@ -302,6 +340,7 @@ def features(
     now = run_moment()
     cutoff = parse_as_of(as_of, now=now)
     config = load_config(config_path)
+    check_inputs_kept(config, [out_file, out_file.parent / "validation"])
     from cxpredict.features import build_features
 
     result = read_validated(

@@ -227,6 +227,10 @@ class FeaturesConfig(_Frozen):
         return value
 
 
+#: The settings of a task that define its labels: a model trained with other values answers
+#: another question (``top_k`` and ``description`` only shape the outputs).
+TASK_DEFINITION = ("kind", "horizon_days", "active_days", "attribute", "table")
+
 #: A memory size as DuckDB reads it: a number and a unit (``4GB``, ``1.5 GiB``), or a share of
 #: the machine's memory (``80%``).
 _MEMORY_SIZE = re.compile(r"\d+(\.\d+)?\s*(%|[KMGT]i?B?|B)", re.IGNORECASE)

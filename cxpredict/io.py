@@ -31,7 +31,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -1203,6 +1203,24 @@ def check_output(path: str | Path, *, folder: bool = False, option: str = "--out
             "folder you can write to"
         )
     return target
+
+
+def check_inputs_kept(
+    config: ProjectConfig, targets: Iterable[str | Path], *, option: str = "--out"
+) -> None:
+    """Raise :class:`OutputError` when an output would replace a configured input table.
+
+    ``targets`` are the files the command writes, or folders it writes inside.
+    """
+    inputs = {name: Path(table.path).resolve() for name, table in config.data.tables().items()}
+    for target in targets:
+        written = Path(target).resolve()
+        for name, source in inputs.items():
+            if source == written or (written.is_dir() and source.is_relative_to(written)):
+                raise OutputError(
+                    f"{option} would overwrite the {name} table ({str(source)!r}) with an "
+                    "output; choose another folder or file name"
+                )
 
 
 @contextmanager

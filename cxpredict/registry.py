@@ -19,10 +19,12 @@ through :func:`resolve_tracking_uri`).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import sqlite3
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -34,7 +36,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cxpredict.config import ProjectConfig, TaskConfig
+from cxpredict import __version__
+from cxpredict.config import TASK_DEFINITION, ProjectConfig, TaskConfig
 from cxpredict.errors import ConfigError, ModelNotFound, PromotionRefused, RegistryUnavailable
 from cxpredict.schemas import Tables, to_utc
 
@@ -138,6 +141,7 @@ def tracking(tracking_uri: str) -> Iterator[Any]:
     """
     import mlflow
     from mlflow import MlflowClient
+    from sqlalchemy.exc import SQLAlchemyError
 
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +150,15 @@ def tracking(tracking_uri: str) -> Iterator[Any]:
     mlflow.set_registry_uri(tracking_uri)
     try:
         yield MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    except (sqlite3.DatabaseError, SQLAlchemyError) as exc:
+        raise _unavailable(tracking_uri, exc) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC):
+            raise
+        raise RegistryUnavailable(
+            f"the MLflow store {tracking_uri} cannot be written ({exc.strerror}: "
+            f"{exc.filename}); give this account write access to it, or free space"
+        ) from None
     finally:
         mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
         mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])  # type: ignore[arg-type]
@@ -218,7 +231,9 @@ def evaluation_key(
     days = label_days or task.horizon_days
     end = to_utc(cutoff) + pd.Timedelta(days=max(days, task.horizon_days))
     seen = data_fingerprint(tables.before(end))["hash"]
-    definition = json.dumps(task.model_dump(mode="json"), sort_keys=True)
+    dumped = task.model_dump(mode="json")
+    # what defines the labels only: a description or top_k changes no figure
+    definition = json.dumps({k: dumped[k] for k in TASK_DEFINITION if k in dumped}, sort_keys=True)
     return hashlib.sha256(f"{seen}\x1f{definition}\x1f{days}".encode()).hexdigest()[:16]
 
 
@@ -281,6 +296,8 @@ class RunFacts:
     details: dict[str, Any] = field(default_factory=dict)
     #: The label window the run trained on (shorter than the horizon while history is short).
     label_days: int | None = None
+    #: Whether the kept model's probabilities are recalibrated (``None``: not known).
+    calibrated: bool | None = None
 
 
 def _attr(names: str, *sources: Any) -> Any:
@@ -343,17 +360,19 @@ def _calibration_frame(table: Any) -> pd.DataFrame | None:
 
 # ------------------------------------------------------------------------------ model card
 
+#: Stands for the sentence on calibration, which depends on the run (:func:`_limitations`).
+_CALIBRATION = "calibration"
 _LIMITATIONS: dict[str, tuple[str, ...]] = {
     "churn": (
-        "Scores only customers with an order in the active window before the cutoff; new "
-        "customers without one get no churn score.",
-        "Probabilities are calibrated on one validation cutoff; when the base rate moves "
-        "(season, campaigns), the ranking holds longer than the calibration.",
+        "Batch scoring scores only customers with an order in the active window before the "
+        "cutoff (others get no churn score); the HTTP endpoint scores every row it is sent, "
+        "so callers leave out the others themselves (days_since_last_order).",
+        _CALIBRATION,
     ),
     "repurchase": (
-        "Scores only customers with at least one past order.",
-        "Probabilities are calibrated on one validation cutoff; when the base rate moves "
-        "(season, campaigns), the ranking holds longer than the calibration.",
+        "Batch scoring scores only customers with at least one past order; the HTTP endpoint "
+        "scores every row it is sent.",
+        _CALIBRATION,
     ),
     "value": (
         "Predicts expected net spend and order count in the horizon; refunds beyond purchases "
@@ -372,8 +391,26 @@ _COMMON_LIMITATIONS: tuple[str, ...] = (
     "pricing, service) are not seen. Retrain and compare before relying on it.",
     "Backtest figures are means over few cutoffs; see backtest/metrics.csv in the run for the "
     "figure at each cutoff.",
-    "Scoring must use features built with the same catalogue version; other builds are refused.",
+    "Batch scoring refuses features built with another catalogue version; the HTTP endpoint "
+    "checks it when a request passes catalogue_version in its params.",
 )
+
+
+def _limitations(facts: RunFacts) -> list[str]:
+    """The model card's limitations, the calibration sentence as the run calibrated."""
+    if facts.calibrated:
+        calibration = (
+            "Probabilities are calibrated on one validation cutoff; when the base rate moves "
+            "(season, campaigns), the ranking holds longer than the calibration."
+        )
+    else:
+        calibration = (
+            "Probabilities are the model's own, not recalibrated (calibration did not improve "
+            "them on the validation cutoff); when the base rate moves (season, campaigns), the "
+            "ranking holds longer than the probabilities."
+        )
+    texts = _LIMITATIONS[facts.task.kind] + _COMMON_LIMITATIONS
+    return [calibration if text == _CALIBRATION else text for text in texts]
 
 
 def _task_sentence(task: TaskConfig) -> str:
@@ -458,7 +495,7 @@ def model_card(
     else:
         lines.append("No backtest metrics.")
     lines += ["", "**Known limitations**", ""]
-    lines += [f"- {text}" for text in _LIMITATIONS[facts.task.kind] + _COMMON_LIMITATIONS]
+    lines += [f"- {text}" for text in _limitations(facts)]
     return "\n".join(lines) + "\n"
 
 
@@ -680,7 +717,12 @@ def _log_and_register(
         with mlflow.start_run(
             experiment_id=experiment_id,
             run_name=f"{task_name} as of {facts.as_of:%Y-%m-%d}",
-            tags={"task": task_name, "kind": facts.task.kind, "project": config.project},
+            tags={
+                "task": task_name,
+                "kind": facts.task.kind,
+                "project": config.project,
+                "cxpredict_version": __version__,
+            },
         ) as run:
             _log_run_contents(config, facts, fingerprint, keys, metric)
             info = serving.log_pyfunc(bundle_dir, bundle, registered_model_name=name, loader=loader)
@@ -695,6 +737,7 @@ def _log_and_register(
             "data_hash": fingerprint["hash"],
             "promotion_metric": metric,
             "backtest_cutoffs": ",".join(f"{c:%Y-%m-%d}" for c in facts.backtest_cutoffs),
+            "cxpredict_version": __version__,
         }
         for key, value in version_tags.items():
             client.set_model_version_tag(name, version, key, value)
@@ -725,6 +768,7 @@ def _with_bundle(facts: RunFacts, bundle: Any) -> RunFacts:
         catalogue_version=facts.catalogue_version or str(bundle.catalogue_version),
         fingerprints=facts.fingerprints or dict(getattr(bundle, "feature_fingerprints", {})),
         importance=importance,
+        calibrated=getattr(bundle, "calibration_method", None) not in (None, "none"),
     )
 
 
@@ -850,9 +894,23 @@ def _unavailable(uri: str, exc: Exception) -> RegistryUnavailable:
     )
 
 
-def _require_store(uri: str, task: str, name: str) -> None:
-    """Fail before touching a SQLite store that does not exist (MLflow would create it)."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+def _require_store(uri: str, task: str, config: ProjectConfig) -> None:
+    """Fail before touching a SQLite store that does not exist (MLflow would create it).
+
+    The project's own store not there yet means nothing was trained; a store named
+    elsewhere (``mlflow.tracking_uri``, ``MLFLOW_TRACKING_URI``) whose folder is missing
+    means a share not mounted or a wrong address.
+    """
+    name = model_name(config, task)
+    database = Path(uri.removeprefix("sqlite:///"))
+    named = uri != f"sqlite:///{Path(config.root).resolve() / 'mlruns' / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and named and not database.parent.is_dir():
+        raise RegistryUnavailable(
+            f"the MLflow store {uri} cannot be read: its folder {str(database.parent)!r} does "
+            "not exist (a share not mounted, or a wrong mlflow.tracking_uri / "
+            "MLFLOW_TRACKING_URI)"
+        )
+    if uri.startswith("sqlite:///") and not database.is_file():
         raise ModelNotFound(
             f"no champion of task {task!r} (registered model {name!r}): there is no MLflow "
             f"store at {uri}; run `cxpredict train --config <config> --task {task}` first, or "
@@ -965,6 +1023,30 @@ def _outdated(client: Any, name: str, champion: str, challenger: str) -> str | N
     )
 
 
+def _task_changed(
+    client: Any, name: str, champion: str, config: ProjectConfig, task: str
+) -> str | None:
+    """How the config's definition of ``task`` differs from the one the champion was trained
+    for (its run's ``config/cxpredict.yaml``), or None: such a champion cannot score."""
+    from mlflow.exceptions import MlflowException
+
+    version = client.get_model_version(name, champion)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(version.run_id, "config/cxpredict.yaml", tmp)
+            trained = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("tasks")
+    except (MlflowException, OSError, yaml.YAMLError):
+        return None
+    before = (trained or {}).get(task) or {}
+    now = config.task(task).model_dump(mode="json")
+    changed = [
+        f"{key} {now[key]!r} (trained with {before[key]!r})"
+        for key in TASK_DEFINITION
+        if key in now and key in before and now[key] != before[key]
+    ]
+    return f"the task is now defined with {', '.join(changed)}" if changed else None
+
+
 def compare_versions(
     client: Any,
     name: str,
@@ -1017,10 +1099,17 @@ def compare_versions(
                 "it has, so no cutoff compares until both label the same window); promote "
                 "with --force --reason if the challenger's own backtest convinces you"
             )
+        elif set(keys_a) & set(keys_b):
+            advice = (
+                "they were evaluated on the same dates but saw different data or task "
+                "definitions there (a corrected feed, a changed horizon); promote with --force "
+                "--reason if the challenger's own backtest convinces you"
+            )
         else:
             advice = (
-                "retrain the challenger with the champion's --as-of (or one a multiple of "
-                "training.step_days later) on the same data, or promote with --force --reason"
+                "their backtests do not overlap in time (training.n_backtest_cutoffs cutoffs, "
+                "training.step_days apart); retrain the challenger closer to the champion's "
+                "--as-of, or promote with --force --reason"
             )
         raise PromotionRefused(
             f"{name}: champion v{champion} and challenger v{challenger} share no backtest "
@@ -1062,8 +1151,8 @@ def promote(
     Parameters
     ----------
     at
-        The moment of the promotion, recorded in the history (the command line passes its
-        clock reading); nothing is recorded when ``None``.
+        The moment of the promotion, recorded as the version's ``promoted_at`` tag (the
+        command line passes its clock reading); no such tag when ``None``.
 
     Raises
     ------
@@ -1079,7 +1168,7 @@ def promote(
             "without beating it; the reason is recorded on the version"
         )
     uri = _uri(config, tracking_uri)
-    _require_store(uri, task, model_name(config, task))
+    _require_store(uri, task, config)
     with tracking(uri) as client:
         name = _require_model(client, config, task, uri)
         challenger = _alias_version(client, name, CHALLENGER)
@@ -1126,7 +1215,9 @@ def promote(
                     + '. To replace it anyway: --force --reason "..."'
                 )
             if refusal is not None and not force:
-                outdated = _outdated(client, name, champion, challenger)
+                outdated = _outdated(client, name, champion, challenger) or _task_changed(
+                    client, name, champion, config, task
+                )
                 if outdated is None:
                     raise refusal
                 reason = f"champion v{champion} can no longer score: {outdated}"
@@ -1183,6 +1274,10 @@ def _move_champion(
         tags["promotion_evidence"] = comparison.describe(previous or "-", version)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    # what an earlier promotion or rollback of this version said no longer holds
+    stale = {"rolled_back", "promoted_at", "promotion_reason", "promotion_evidence"} - set(tags)
+    for key in stale & set(client.get_model_version(name, version).tags):
+        client.delete_model_version_tag(name, version, key)
 
 
 def rollback(
@@ -1203,7 +1298,7 @@ def rollback(
         When the task has no registered model or no earlier champion.
     """
     uri = _uri(config, tracking_uri)
-    _require_store(uri, task, model_name(config, task))
+    _require_store(uri, task, config)
     with tracking(uri) as client:
         name = _require_model(client, config, task, uri)
         current = _alias_version(client, name, CHAMPION)
@@ -1213,7 +1308,8 @@ def rollback(
         if current is None or not history:
             raise ModelNotFound(
                 f"{name}: no earlier champion to roll back to (champion: "
-                f"{'v' + current if current else 'none'}; history: none)"
+                f"{'v' + current if current else 'none'}; no champion before it in the "
+                "promotion history)"
             )
         previous = history[-1]
         client.set_registered_model_alias(name, CHAMPION, previous)
@@ -1328,7 +1424,7 @@ def champion_uri(config: ProjectConfig, task: str, *, tracking_uri: str | None =
         When the task has no champion: run ``cxpredict train`` first.
     """
     uri = _uri(config, tracking_uri)
-    _require_store(uri, task, model_name(config, task))
+    _require_store(uri, task, config)
     name = model_name(config, task)
     with tracking(uri) as client:
         if _alias_version(client, name, CHAMPION) is None:
@@ -1356,7 +1452,7 @@ def load_champion(config: ProjectConfig, task: str, *, tracking_uri: str | None 
     from mlflow.exceptions import MlflowException
 
     uri = _uri(config, tracking_uri)
-    _require_store(uri, task, model_name(config, task))
+    _require_store(uri, task, config)
     name = model_name(config, task)
     with tracking(uri) as client:
         try:

@@ -56,7 +56,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cxpredict.config import ProjectConfig, ScoringConfig
+from cxpredict.config import TASK_DEFINITION, ProjectConfig, ScoringConfig
 from cxpredict.errors import ConfigError, DriftFailed, OutputLocked, TaskMismatch
 from cxpredict.features import (
     Vocabulary,
@@ -64,7 +64,13 @@ from cxpredict.features import (
     feature_catalogue,
 )
 from cxpredict.features.season import SEASON_FEATURES
-from cxpredict.io import atomic_path, check_rejects, load_tables, write_validation
+from cxpredict.io import (
+    atomic_path,
+    check_inputs_kept,
+    check_rejects,
+    load_tables,
+    write_validation,
+)
 from cxpredict.labels import eligible
 from cxpredict.schemas import Tables, to_utc
 from cxpredict.spine import feed_gap
@@ -1240,11 +1246,6 @@ def resolve_tasks(config: ProjectConfig, tasks: Sequence[str] | None) -> list[st
     return [name for name in names if name in wanted]
 
 
-#: The settings of a task that define its labels: a model trained with other values answers
-#: another question (``top_k`` and ``description`` only shape the outputs).
-TASK_DEFINITION = ("kind", "horizon_days", "active_days", "attribute", "table")
-
-
 def check_task_definition(name: str, task: Any, model: LoadedModel) -> None:
     """Raise :class:`TaskMismatch` when ``model`` was trained for another definition of the
     task than the config's ``task`` (a changed horizon, activity window or attribute)."""
@@ -1467,6 +1468,9 @@ def run_scoring(
     load = load_model or registry.load_champion
     as_of = to_utc(as_of)
     out = Path(out_dir)
+    written = ["drift.csv", "customers.csv", "report.html", "manifest.json", "validation"]
+    written += [f"{name}{suffix}" for name in names for suffix in (".csv", ".parquet")]
+    check_inputs_kept(config, [out / name for name in written])
     watch = _Stopwatch(progress)
     with OutputLock(out, label=f"as_of={as_of_text(as_of)}"):
         with watch.stage("loading champions"):  # first: a missing model fails fast

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from cxpredict.backtest import (
     BTYD_FEATURES,
     BTYD_INPUTS,
+    GRID_ORIGIN,
     METRIC_COLUMNS,
     _share,
     add_btyd,
@@ -107,6 +108,30 @@ def test_every_training_window_ends_by_its_validation_cutoff_and_every_test_by_t
         assert label_window(fold.test, horizon)[1] <= AS_OF
     final = plan_fold(AS_OF, horizon_days=horizon, n_cutoffs=n, step_days=step, test=False)
     assert label_window(final.valid, horizon)[1] == AS_OF and final.test is None
+
+
+@given(
+    horizon=st.integers(1, 120),
+    step=st.integers(1, 60),
+    later=st.integers(1, 40),
+    minutes=st.integers(0, 24 * 60 - 1),
+)
+def test_backtests_a_few_days_apart_share_their_cutoffs_on_one_calendar_grid(
+    horizon, step, later, minutes
+):
+    training = TrainingConfig(n_cutoffs=3, step_days=step, n_backtest_cutoffs=3)
+    as_of = AS_OF + pd.Timedelta(minutes=minutes)
+    tests = {
+        when: {f.test for f in plan_backtest(when, horizon_days=horizon, training=training)}
+        for when in (as_of, as_of + pd.Timedelta(days=later))
+    }
+    for cutoff in set().union(*tests.values()):
+        # midnights, every step_days days from 1970-01-01
+        assert cutoff == cutoff.normalize() and (cutoff - GRID_ORIGIN).days % step == 0
+    if later < 2 * step:  # the two backtests overlap in time: they share a cutoff
+        assert tests[as_of] & tests[as_of + pd.Timedelta(days=later)]
+    off = plan_backtest(as_of, horizon_days=horizon, training=training, on_grid=False)
+    assert label_window(off[0].test, horizon)[1] == as_of
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,8 @@ def history_rows(offsets: st.SearchStrategy[int]) -> st.SearchStrategy[list[tupl
         st.sampled_from(("gold", "silver")),
         st.sampled_from((None, 20.0, 35.0)),
     )
-    return st.lists(row, max_size=4)
+    # one row per customer and instant: rows of one instant that differ are refused
+    return st.lists(row, max_size=4, unique_by=lambda r: (r[0], r[1]))
 
 
 def orders(rows: list[tuple]) -> pd.DataFrame:

@@ -7,6 +7,7 @@ asks of it, so the scripts' own logic is checked without training or scoring any
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,10 +67,16 @@ def run_pipeline(script: str, tmp_path: Path, **env: str) -> tuple[int, list[str
     return done.returncode, lines, done.stdout + done.stderr
 
 
+def run_folder(call: str) -> Path:
+    """The --out folder of a recorded score call."""
+    return Path(re.search(r"--out (\S+)", call).group(1))  # type: ignore[union-attr]
+
+
 def test_weekly_scoring_passes_its_settings_and_points_latest_at_the_new_week(
     tmp_path: Path,
 ) -> None:
-    settings = {"CONFIG": "p.yaml", "OUT_ROOT": str(tmp_path / "scores")}
+    scores = tmp_path / "scores"
+    settings = {"CONFIG": "p.yaml", "OUT_ROOT": str(scores)}
     code, calls, output = run_pipeline(
         "score_weekly.sh",
         tmp_path,
@@ -79,19 +86,52 @@ def test_weekly_scoring_passes_its_settings_and_points_latest_at_the_new_week(
         REASONS_FOR="all",
     )
     assert code == 0, output
-    out = tmp_path / "scores" / "2026-01-05"
-    assert calls == [
-        f"score --config p.yaml --as-of 2026-01-05 --out {out} --task churn --task value "
+    (call,) = calls
+    run = run_folder(call)
+    assert call == (
+        f"score --config p.yaml --as-of 2026-01-05 --out {run} --task churn --task value "
         "--reasons-for all"
-    ]
-    latest = tmp_path / "scores" / "latest"
+    )
+    # each run writes a folder of its own, published under the week's name once done
+    assert run.parent == scores / ".runs" and run.name.startswith("2026-01-05.")
+    assert os.readlink(scores / "2026-01-05") == f".runs/{run.name}"
+    latest = scores / "latest"
     assert os.readlink(latest) == "2026-01-05"
     assert (latest / "churn.csv").read_text() == "ranked\n"
     code, calls, output = run_pipeline("score_weekly.sh", tmp_path, **settings, AS_OF="2026-01-12")
     assert code == 0, output
-    assert calls == [f"score --config p.yaml --as-of 2026-01-12 --out {out.parent / '2026-01-12'}"]
+    assert run_folder(calls[0]).name.startswith("2026-01-12.")
     assert os.readlink(latest) == "2026-01-12"
-    assert not (tmp_path / "scores" / ".latest.tmp").exists()
+    assert not list(scores.glob(".*.tmp"))
+
+
+def test_a_rerun_week_is_published_whole_and_a_failed_rerun_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    scores = tmp_path / "scores"
+    settings = {"CONFIG": "p.yaml", "OUT_ROOT": str(scores), "AS_OF": "2026-01-05"}
+    code, first, output = run_pipeline("score_weekly.sh", tmp_path, **settings)
+    assert code == 0, output
+    code, failed, _ = run_pipeline("score_weekly.sh", tmp_path, **settings, FAIL_SCORE="9")
+    assert code == 9
+    assert os.readlink(scores / "2026-01-05") == f".runs/{run_folder(first[0]).name}"
+    code, again, output = run_pipeline("score_weekly.sh", tmp_path, **settings)
+    assert code == 0, output
+    assert os.readlink(scores / "2026-01-05") == f".runs/{run_folder(again[0]).name}"
+    assert run_folder(first[0]).exists()  # earlier runs stay until removed
+
+
+def test_a_week_written_in_place_before_is_kept_aside_when_rerun(tmp_path: Path) -> None:
+    scores = tmp_path / "scores"
+    (scores / "2026-01-05").mkdir(parents=True)
+    (scores / "2026-01-05" / "churn.csv").write_text("before\n")
+    code, calls, output = run_pipeline(
+        "score_weekly.sh", tmp_path, CONFIG="p.yaml", OUT_ROOT=str(scores), AS_OF="2026-01-05"
+    )
+    assert code == 0, output
+    assert (scores / "2026-01-05" / "churn.csv").read_text() == "ranked\n"
+    (kept,) = scores.glob(".runs/2026-01-05.in-place.*")
+    assert (kept / "churn.csv").read_text() == "before\n"
 
 
 def test_a_failed_scoring_week_keeps_latest_and_passes_the_exit_code_on(tmp_path: Path) -> None:
@@ -117,12 +157,13 @@ def test_a_backfilled_week_leaves_latest_on_the_newest_week(tmp_path: Path) -> N
 
 def test_a_latest_that_is_not_a_link_is_an_output_error(tmp_path: Path) -> None:
     (tmp_path / "scores" / "latest").mkdir(parents=True)
-    code, _, output = run_pipeline(
+    code, calls, output = run_pipeline(
         "score_weekly.sh", tmp_path, CONFIG="p.yaml", OUT_ROOT=str(tmp_path / "scores")
     )
     assert code == 13
     assert "is not a link" in output
-    assert not (tmp_path / "scores" / ".latest.tmp").exists()
+    assert calls == []  # refused before scoring
+    assert not list((tmp_path / "scores").glob(".*.tmp"))
 
 
 def test_monthly_retraining_with_a_broken_config_stops_with_the_config_code(

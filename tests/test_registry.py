@@ -14,7 +14,7 @@ import pytest
 from conftest import ADDED_FEATURE
 
 from cxpredict import registry
-from cxpredict.config import ProjectConfig, parse_config
+from cxpredict.config import ChurnTask, ProjectConfig, parse_config
 from cxpredict.errors import ConfigError, FeatureMismatch, ModelNotFound, RegistryUnavailable
 from cxpredict.models import LightGBMClassifier, booster_from_dict, booster_to_dict
 from cxpredict.registry import CHALLENGER, CHAMPION, PromotionRefused
@@ -397,6 +397,30 @@ def test_a_champion_that_can_no_longer_score_gives_way_to_a_challenger_that_is_n
     assert tags["promotion_forced"] == "false"
 
 
+def test_a_champion_trained_for_another_task_definition_gives_way_to_the_challenger(
+    tmp_path: Path, tables
+) -> None:
+    before = make_config(tmp_path)
+    log(before, "churn", tables, pr_auc=0.5)
+    raw = before.model_dump(mode="json", exclude={"root"})
+    raw["tasks"]["churn"] = {**raw["tasks"]["churn"], "horizon_days": 49}
+    now = parse_config(raw, root=tmp_path)
+    log(now, "churn", tables, pr_auc=0.45, seed=1)
+    result = registry.promote(now, "churn", at=AT)
+    assert result.promoted and (result.champion, result.previous_champion) == ("2", "1")
+    reason = client_for(now).get_model_version("shop-churn", "2").tags["promotion_reason"]
+    assert "horizon_days 49 (trained with 56)" in reason
+
+
+def test_a_description_changes_no_evaluation(tables) -> None:
+    task = ChurnTask(kind="churn", horizon_days=56, active_days=180)
+    described = task.model_copy(update={"description": "who leaves"})
+    keys = [registry.evaluation_key(tables, AS_OF, t) for t in (task, described)]
+    assert keys[0] == keys[1]
+    longer = task.model_copy(update={"horizon_days": 57})
+    assert registry.evaluation_key(tables, AS_OF, longer) != keys[0]
+
+
 def test_versions_evaluated_on_other_data_are_not_compared(config: ProjectConfig) -> None:
     with pytest.raises(PromotionRefused, match="share no backtest cutoff evaluated on the same"):
         registry.promote(config, "other")
@@ -448,6 +472,11 @@ def test_rollback_points_the_champion_back_to_the_previous_one(config: ProjectCo
     client = client_for(config)
     assert json.loads(client.get_registered_model("shop-churn").tags["champion_history"]) == ["1"]
     assert client.get_model_version("shop-churn", "2").tags["rolled_back"] == AT.isoformat()
+    # promoted again, the version no longer says it was rolled back
+    client.set_registered_model_alias("shop-churn", CHALLENGER, "2")
+    registry.promote(config, "churn", force=True, reason="fixed feed", at=AT)
+    tags = client.get_model_version("shop-churn", "2").tags
+    assert "rolled_back" not in tags and tags["promotion_reason"] == "fixed feed"
 
 
 # ------------------------------------------------------------------------------ loading

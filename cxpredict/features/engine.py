@@ -512,28 +512,29 @@ def _check_values(
                 table=name,
                 column="timestamp",
             )
-    if name == "customers":
-        _check_one_row_per_customer(con, relation, schema)
 
 
-def _check_one_row_per_customer(
-    con: duckdb.DuckDBPyConnection, relation: str, schema: Mapping[str, str]
-) -> None:
+def _check_one_row_per_customer(s: Session, before: int) -> None:
     """Refuse customers given different attributes at once (no ``updated_at`` to order them,
-    or the same one): which of the rows holds would be arbitrary."""
-    repeated = con.execute(
-        f"SELECT count(*) - count(DISTINCT customer_id) FROM {relation}"
+    or the same one) among the rows known before ``before``: which holds would be arbitrary.
+
+    Window: customer rows whose ``updated_at`` and ``signup_at`` are before ``before`` (a
+    row recorded later is not read by the build, whatever it holds).
+    """
+    known = (
+        f"greatest(COALESCE(updated_us, {ALWAYS_US}), COALESCE(signup_us, {ALWAYS_US})) < {before}"
+    )
+    repeated = s.con.execute(
+        f"SELECT count(*) - count(DISTINCT customer_id) FROM customers WHERE {known}"
     ).fetchall()[0][0]
     if not repeated:
         return
-    when = ", updated_at" if "updated_at" in schema else ""
-    found = con.execute(
-        f"SELECT count(*), min(customer_id) FROM (SELECT CAST(customer_id AS VARCHAR) AS "
-        f"customer_id{when} FROM (SELECT DISTINCT * FROM {relation}) GROUP BY ALL "
-        "HAVING count(*) > 1)"
+    found = s.con.execute(
+        "SELECT count(*), min(customer_id) FROM (SELECT customer_id, updated_us FROM "
+        f"(SELECT DISTINCT * FROM customers WHERE {known}) GROUP BY ALL HAVING count(*) > 1)"
     ).fetchall()[0]
     if found[0]:
-        at = "the same updated_at" if when else "no updated_at"
+        at = "the same updated_at" if "updated_at" in s.schemas["customers"] else "no updated_at"
         raise DataError(
             f"customers: {found[0]:,} customer(s) have rows with different attributes and {at} "
             f"to tell which holds (e.g. {found[1]!r}); keep one row per customer, or give each "
@@ -639,6 +640,8 @@ class Session:
         """Create the base views over the rows before ``before`` (microseconds), once."""
         if self.prepared is None:
             _base_views(self, before)
+            if "customers" in self.relations:
+                _check_one_row_per_customer(self, before)
             self.prepared = before
         elif self.prepared != before:
             raise ValueError("a session serves one latest cutoff; open another session")
