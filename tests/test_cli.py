@@ -295,6 +295,43 @@ def test_an_output_path_that_cannot_be_written_stops_before_any_work(tmp_path: P
     assert result.exit_code == 13, result.output
 
 
+def test_an_output_that_would_replace_an_input_table_is_refused_before_any_work(
+    tmp_path: Path,
+) -> None:
+    config = write_project(tmp_path, "customer_id,timestamp,amount\n1,2024-01-01,3")
+    args = ["--config", str(config), "--as-of", "2024-02-01"]
+    result = runner.invoke(app, ["features", *args, "--out", str(tmp_path / "orders.csv")])
+    assert result.exit_code == 13, result.output
+    assert "would overwrite the orders table" in result.output
+    (tmp_path / "customers.csv").write_text("customer_id\n1\n", encoding="utf-8")
+    text = config.read_text(encoding="utf-8").replace(
+        "data:\n", "data:\n  customers: {path: customers.csv}\n"
+    )
+    config.write_text(text + "tasks:\n  churn: {kind: churn, horizon_days: 28}\n")
+    result = runner.invoke(app, ["score", *args, "--out", str(tmp_path)])
+    assert result.exit_code == 13, result.output
+    assert "would overwrite the customers table" in result.output
+    assert (tmp_path / "customers.csv").read_text(encoding="utf-8") == "customer_id\n1\n"
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does_with_exit_code_143() -> None:
+    import os
+    import signal
+    import time
+
+    from cxpredict.cli import stopped_cleanly
+
+    left: list[str] = []
+    with pytest.raises(SystemExit) as stopped, stopped_cleanly():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            left.append("unwound")
+    assert stopped.value.code == 143 and left == ["unwound"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_features_before_any_customer_are_written_empty_with_a_warning(tmp_path: Path) -> None:
     config = write_project(tmp_path, "customer_id,timestamp,amount\n1,2024-01-01,3")
     out = tmp_path / "f.csv"

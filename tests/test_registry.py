@@ -553,3 +553,15 @@ def test_a_trained_bundle_round_trips_through_the_registry(tmp_path: Path) -> No
         champion.predict(wider.head(20), catalogue_version=catalogue_version(catalogue))
     card = client_for(config).get_model_version("shop-churn", "1").description
     assert "No backtest metrics." in card
+
+
+def test_a_store_that_cannot_be_read_is_unavailable_not_a_missing_champion(
+    empty: ProjectConfig, tmp_path: Path
+) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n", encoding="utf-8")
+    with pytest.raises(RegistryUnavailable, match="file is not a database"):
+        registry.load_champion(empty, "churn", tracking_uri=f"sqlite:///{text}")
+    elsewhere = f"sqlite:///{tmp_path / 'unmounted' / 'mlflow.db'}"
+    with pytest.raises(RegistryUnavailable, match="does not exist \\(a share not mounted"):
+        registry.load_champion(empty, "churn", tracking_uri=elsewhere)
