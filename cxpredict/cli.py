@@ -590,6 +590,9 @@ def score(
             tracking_uri=resolve_tracking_uri(config, os.environ),
             reasons_for=reasons_for,
             progress=lambda stage: progress.update(step, description=stage),
+            on_loaded=lambda result: print_reconciliation(
+                result, max_reject_fraction=config.validation.max_reject_fraction
+            ),
         )
     for name, rows in run.rows_out.items():
         out.print(f"{name:<16} v{run.versions[name]:<4} {rows:>10,} customers", highlight=False)

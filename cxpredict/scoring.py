@@ -65,6 +65,7 @@ from cxpredict.features import (
 )
 from cxpredict.features.season import SEASON_FEATURES
 from cxpredict.io import (
+    LoadResult,
     atomic_path,
     check_inputs_kept,
     check_rejects,
@@ -1419,6 +1420,7 @@ def run_scoring(
     log_run: bool = True,
     reasons_for: str | None = None,
     progress: Callable[[str], None] | None = None,
+    on_loaded: Callable[[LoadResult], None] | None = None,
 ) -> ScoringRun:
     """Score every eligible customer with each task's champion and write the outputs.
 
@@ -1449,6 +1451,9 @@ def run_scoring(
         ``"all"`` or ``"top"``; ``scoring.reasons_for`` when ``None``.
     progress
         Called with the name of each stage as it starts.
+    on_loaded
+        Called with the tables as read and validated (their row counts), before the
+        threshold of rejected rows is enforced.
 
     Raises
     ------
@@ -1480,6 +1485,8 @@ def run_scoring(
         with watch.stage("reading and validating tables"):
             loaded = load_tables(config, run_at=run_at, as_of=as_of)
             write_validation(loaded, out / "validation")
+            if on_loaded is not None:
+                on_loaded(loaded)
             check_rejects(loaded, max_reject_fraction=config.validation.max_reject_fraction)
         rows_in = {name: r.rows_accepted for name, r in loaded.reports.items()}
         stale = _stale_feed(loaded.tables, as_of, max_gap_days=config.training.max_feed_gap_days)
