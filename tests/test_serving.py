@@ -380,6 +380,12 @@ def split(columns: list[str], rows: list[list]) -> str:
     return json.dumps({"dataframe_split": {"columns": columns, "data": rows}})
 
 
+def with_params(**params: str) -> str:
+    """One valid row with the request parameters ``params``."""
+    rows = {"columns": FEATURES, "data": [[1.0, 2.0, 3.0]]}
+    return json.dumps({"dataframe_split": rows, "params": params})
+
+
 def assert_clean(body: str) -> None:
     assert "Traceback" not in body and "stack_trace" not in body, body
 
@@ -420,22 +426,12 @@ def test_the_server_scores_valid_rows(server) -> None:
             id="repeated column",
         ),
         pytest.param(
-            json.dumps(
-                {
-                    "dataframe_split": {"columns": FEATURES, "data": [[1.0, 2.0, 3.0]]},
-                    "params": {"catalogue_version": "features-1-other"},
-                }
-            ),
+            with_params(catalogue_version="features-1-other"),
             "features-1-other",
             id="other catalogue",
         ),
         pytest.param(
-            json.dumps(
-                {
-                    "dataframe_split": {"columns": FEATURES, "data": [[1.0, 2.0, 3.0]]},
-                    "params": {"catalog_version": "features-1-other"},
-                }
-            ),
+            with_params(catalog_version="features-1-other"),
             "unknown parameter(s) 'catalog_version'",
             id="misspelt parameter",
         ),
