@@ -338,9 +338,16 @@ def signature(bundle: ScoringBundle, example: pd.DataFrame) -> Any:
         [ColSpec("string", ID_COLUMN, required=False)]
         + [ColSpec("double", str(f)) for f in bundle.features]
     )
-    outputs = infer_signature(example, score(bundle, validate_input(example, bundle.features)))
+    inferred = infer_signature(example, score(bundle, validate_input(example, bundle.features)))
+    # the answer carries customer_id only when the request did
+    outputs = Schema(
+        [
+            ColSpec(spec.type, spec.name, required=spec.required and spec.name != ID_COLUMN)
+            for spec in inferred.outputs.inputs
+        ]
+    )
     params = ParamSchema([ParamSpec(CATALOGUE_PARAM, "string", "")])
-    return ModelSignature(inputs=inputs, outputs=outputs.outputs, params=params)
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 _ENTRY_POINT = """\

@@ -176,6 +176,14 @@ def test_the_input_example_is_made_up() -> None:
     assert list(example.columns) == ["customer_id", *FEATURES]
 
 
+def test_the_signature_says_customer_id_is_optional_in_and_out() -> None:
+    bundle = tiny_bundle()
+    signature = serving.signature(bundle, serving.input_example(bundle))
+    for schema in (signature.inputs, signature.outputs):
+        (spec,) = [c for c in schema.inputs if c.name == "customer_id"]
+        assert not spec.required
+
+
 def test_a_csv_body_is_read_as_text_so_every_cell_can_be_checked() -> None:
     body = b"customer_id,orders_lifetime,days_since_last_order,spend_lifetime\n007,1,,many\n"
     request = serving.read_request(body, "text/csv; charset=utf-8")
