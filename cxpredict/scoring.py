@@ -57,7 +57,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cxpredict.config import TASK_DEFINITION, ProjectConfig, ScoringConfig
-from cxpredict.errors import ConfigError, DriftFailed, OutputLocked, TaskMismatch
+from cxpredict.errors import (
+    ConfigError,
+    DriftFailed,
+    IneligibleTask,
+    OutputLocked,
+    TaskMismatch,
+)
 from cxpredict.features import (
     Vocabulary,
     build_features,
@@ -1488,6 +1494,11 @@ def run_scoring(
             if on_loaded is not None:
                 on_loaded(loaded)
             check_rejects(loaded, max_reject_fraction=config.validation.max_reject_fraction)
+        if not (loaded.tables.orders["amount"] >= 0).any():
+            raise IneligibleTask(
+                f"no order before the as-of date {as_of_text(as_of)}: no customer is known to "
+                "score; is --as-of before the data start? Score a later date"
+            )
         rows_in = {name: r.rows_accepted for name, r in loaded.reports.items()}
         stale = _stale_feed(loaded.tables, as_of, max_gap_days=config.training.max_feed_gap_days)
         tables: Tables | None = loaded.tables

@@ -24,7 +24,14 @@ from typer.testing import CliRunner
 from cxpredict import serving
 from cxpredict.cli import app
 from cxpredict.config import ProjectConfig, parse_config
-from cxpredict.errors import ConfigError, DriftFailed, ModelNotFound, OutputLocked, TaskMismatch
+from cxpredict.errors import (
+    ConfigError,
+    DriftFailed,
+    IneligibleTask,
+    ModelNotFound,
+    OutputLocked,
+    TaskMismatch,
+)
 from cxpredict.features import build_features
 from cxpredict.io import atomic_path, load_tables
 from cxpredict.sample import generate_sample, write_sample
@@ -963,3 +970,18 @@ def test_trained_champions_score_the_sample_reproducibly_and_the_run_is_logged(
     assert logged.data.params["model.churn"] == "shop-churn v1"
     assert logged.data.metrics["rows_out.churn"] == len(churn)
     assert "runtime.total_seconds" in logged.data.metrics
+
+
+def test_scoring_before_the_first_order_says_so_instead_of_a_drift(
+    shop: ProjectConfig, tmp_path: Path
+) -> None:
+    with pytest.raises(IneligibleTask, match="is --as-of before the data start"):
+        run_scoring(
+            shop,
+            as_of=pd.Timestamp("2023-06-01", tz="UTC"),
+            out_dir=tmp_path / "early",
+            run_at=RUN_AT,
+            load_model=standin_loader(),
+            log_run=False,
+        )
+    assert not (tmp_path / "early" / "drift.csv").exists()
