@@ -231,9 +231,11 @@ class FeaturesConfig(_Frozen):
 #: another question (``top_k`` and ``description`` only shape the outputs).
 TASK_DEFINITION = ("kind", "horizon_days", "active_days", "attribute", "table")
 
-#: A memory size as DuckDB reads it: a number and a unit (``4GB``, ``1.5 GiB``), or a share of
-#: the machine's memory (``80%``).
-_MEMORY_SIZE = re.compile(r"\d+(\.\d+)?\s*(%|[KMGT]i?B?|B)", re.IGNORECASE)
+#: A memory size as DuckDB reads it: a number and a unit (``4GB``, ``1.5 GiB``, ``4G``,
+#: ``500 megabytes``), a share of the machine's memory (``80%``), or ``-1`` for no limit.
+_MEMORY_SIZE = re.compile(
+    r"-1|\d+(\.\d+)?\s*(%|[KMGT]i?B|[KMGT]|B|bytes|(kilo|mega|giga|tera)bytes)", re.IGNORECASE
+)
 
 
 class _TaskBase(_Frozen):

@@ -403,6 +403,11 @@ def _limitations(facts: RunFacts) -> list[str]:
             "Probabilities are calibrated on one validation cutoff; when the base rate moves "
             "(season, campaigns), the ranking holds longer than the calibration."
         )
+    elif facts.calibrated is None:
+        calibration = (
+            "When the base rate moves (season, campaigns), the ranking holds longer than the "
+            "probabilities."
+        )
     else:
         calibration = (
             "Probabilities are the model's own, not recalibrated (calibration did not improve "
@@ -768,7 +773,11 @@ def _with_bundle(facts: RunFacts, bundle: Any) -> RunFacts:
         catalogue_version=facts.catalogue_version or str(bundle.catalogue_version),
         fingerprints=facts.fingerprints or dict(getattr(bundle, "feature_fingerprints", {})),
         importance=importance,
-        calibrated=getattr(bundle, "calibration_method", None) not in (None, "none"),
+        calibrated=(
+            None
+            if not hasattr(bundle, "calibration_method")
+            else bundle.calibration_method not in (None, "none")
+        ),
     )
 
 
@@ -1098,6 +1107,12 @@ def compare_versions(
                 "history is too short for the horizon, each training labels the longest window "
                 "it has, so no cutoff compares until both label the same window); promote "
                 "with --force --reason if the challenger's own backtest convinces you"
+            )
+        elif not client.get_model_version(name, champion).tags.get("cxpredict_version"):
+            advice = (
+                "the champion was logged by an earlier cxpredict, whose backtest dates (now on "
+                "a calendar grid) and evaluation keys differ; after checking the challenger's "
+                'own backtest, promote it once with --force --reason "upgrade"'
             )
         elif set(keys_a) & set(keys_b):
             advice = (

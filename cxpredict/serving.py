@@ -453,7 +453,10 @@ def read_request(data: bytes | str, content_type: str, model: Any = None) -> pd.
                 "column on every line (an empty field is a missing value)"
             )
         features = [c for c in frame.columns if c != ID_COLUMN]
-        return frame.replace(dict.fromkeys(features, {value: None for value in _CSV_NULLS}))
+        missing = dict.fromkeys(features, {value: None for value in _CSV_NULLS})
+        if ID_COLUMN in frame.columns:
+            missing[ID_COLUMN] = {"": None}  # an empty id is no id; "NA" may be one
+        return frame.replace(missing)
     if mime == PARQUET:
         try:
             frame = pd.read_parquet(BytesIO(data if isinstance(data, bytes) else data.encode()))
@@ -471,6 +474,8 @@ def read_request(data: bytes | str, content_type: str, model: Any = None) -> pd.
 
         _check_json_request(data)
         parsed = scoring_server._parse_json_data(data, model.metadata, None).data
+        if isinstance(parsed, list) and parsed and all(isinstance(r, dict) for r in parsed):
+            parsed = pd.DataFrame(parsed)  # records under "inputs" or "instances"
         if isinstance(parsed, list | np.ndarray):
             raise InvalidInput(
                 "the rows have no column names; send "

@@ -45,6 +45,8 @@ cxpredict score --config "$CONFIG" --as-of "$AS_OF" --out "$RUN" ${task_args[@]+
 exec 9>"$OUT_ROOT/.publish.lock"
 if command -v flock > /dev/null; then
     flock 9
+else
+    echo "warning: no flock on this machine: publishing without a lock" >&2
 fi
 week="$OUT_ROOT/$AS_OF"
 if [[ -d "$week" && ! -L "$week" ]]; then  # a week written in place by an earlier version

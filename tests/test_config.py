@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import pydantic
 import pytest
 
@@ -183,8 +184,10 @@ def test_the_bundled_sample_config_is_valid() -> None:
     assert {t.kind for t in config.tasks.values()} == {"churn", "repurchase", "preference", "value"}
 
 
-@pytest.mark.parametrize("size", ["lots", "4", "GB"])
-def test_a_duckdb_memory_limit_must_be_a_size(size: str) -> None:
+@pytest.mark.parametrize("size", ["lots", "4", "GB", "4Gi"])
+def test_a_duckdb_memory_limit_must_be_a_size_duckdb_reads(size: str) -> None:
     with pytest.raises(ValueError, match="is not a size; give a number and a unit"):
         FeaturesConfig(duckdb_memory_limit=size)
-    assert FeaturesConfig(duckdb_memory_limit="1.5 GiB").duckdb_memory_limit == "1.5 GiB"
+    for given in ("1.5 GiB", "4G", "500 megabytes", "80%", "-1"):
+        assert FeaturesConfig(duckdb_memory_limit=given).duckdb_memory_limit == given
+        duckdb.connect(config={"memory_limit": given}).close()

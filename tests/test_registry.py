@@ -425,6 +425,10 @@ def test_versions_evaluated_on_other_data_are_not_compared(config: ProjectConfig
     with pytest.raises(PromotionRefused, match="share no backtest cutoff evaluated on the same"):
         registry.promote(config, "other")
     assert aliases(config, "other")[CHAMPION] == "1"
+    # a champion logged by an earlier release: the refusal says how to move past it
+    client_for(config).delete_model_version_tag("shop-other", "1", "cxpredict_version")
+    with pytest.raises(PromotionRefused, match='logged by an earlier cxpredict.*"upgrade"'):
+        registry.promote(config, "other")
 
 
 def test_versions_trained_on_other_label_windows_are_refused_with_the_reason(

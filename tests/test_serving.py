@@ -215,6 +215,9 @@ def test_a_csv_line_shorter_than_its_header_is_refused_and_na_cells_are_missing(
     checked = validate_input(request, FEATURES)
     assert checked["customer_id"].tolist() == ["NA"]
     assert checked[FEATURES].isna().all(axis=None)
+    empty_id = serving.read_request(f"{header}\n,1,2,3\n", "text/csv")
+    with pytest.raises(InvalidInput, match="a customer_id is null"):
+        validate_input(empty_id, FEATURES)
 
 
 def test_a_parquet_body_holds_its_ids_as_a_column_or_as_its_index(tmp_path: Path) -> None:
@@ -415,6 +418,10 @@ def test_the_server_scores_valid_rows(server) -> None:
     instances = json.dumps({"instances": [dict(zip(FEATURES, [1.0, None, 3.0], strict=True))]})
     status, body = post(url, instances)
     assert status == 200 and len(json.loads(body)["predictions"]) == 1, body
+    record = {"customer_id": "c-3", **dict(zip(FEATURES, [1, 2, 3], strict=True))}
+    inputs = json.dumps({"inputs": [record]})
+    status, body = post(url, inputs)
+    assert status == 200 and json.loads(body)["predictions"][0]["customer_id"] == "c-3", body
 
 
 @pytest.mark.slow

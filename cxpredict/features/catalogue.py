@@ -63,7 +63,8 @@ def feature_catalogue(
         from every row of the tables, as a build at a cutoff after them all would learn it
         (a build at an earlier cutoff may know fewer values: pass its vocabulary, or a
         model's, to list exactly its columns); given an :class:`Availability` instead of
-        tables, the categorical features are left out.
+        tables, the customer attributes are left out and the order and interaction
+        categories are listed with their ``other`` column only.
 
     Returns
     -------

@@ -529,15 +529,17 @@ def _check_one_row_per_customer(s: Session, before: int) -> None:
     ).fetchall()[0][0]
     if not repeated:
         return
+    # rows are ordered by when they became known, as the build reads them
+    at = f"greatest(COALESCE(updated_us, {ALWAYS_US}), COALESCE(signup_us, {ALWAYS_US}))"
     found = s.con.execute(
-        "SELECT count(*), min(customer_id) FROM (SELECT customer_id, updated_us FROM "
+        f"SELECT count(*), min(customer_id) FROM (SELECT customer_id, {at} FROM "
         f"(SELECT DISTINCT * FROM customers WHERE {known}) GROUP BY ALL HAVING count(*) > 1)"
     ).fetchall()[0]
     if found[0]:
-        at = "the same updated_at" if "updated_at" in s.schemas["customers"] else "no updated_at"
         raise DataError(
-            f"customers: {found[0]:,} customer(s) have rows with different attributes and {at} "
-            f"to tell which holds (e.g. {found[1]!r}); keep one row per customer, or give each "
+            f"customers: {found[0]:,} customer(s) have rows with different attributes known at "
+            "the same instant (their updated_at, else their signup_at, else always), so which "
+            f"holds cannot be told (e.g. {found[1]!r}); keep one row per customer, or give each "
             "change its updated_at so that the table is a history",
             table="customers",
             column="customer_id",

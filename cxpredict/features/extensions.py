@@ -459,7 +459,7 @@ def _in_memory(tables: Tables | Mapping[str, object]) -> Tables:
                 table=name,
             )
         ids = frame.get("customer_id")
-        if ids is not None and not pd.api.types.is_string_dtype(ids.dtype):
+        if ids is not None and not pd.api.types.is_string_dtype(ids):
             # the ids as the features hold them: whole numbers as their digits
             frames[name] = frame.assign(customer_id=ids.astype("str"))
     return Tables(frames["orders"], frames["interactions"], frames["customers"])  # type: ignore[arg-type]
