@@ -73,6 +73,9 @@ MONEY_SCALE = 10_000
 RATING_SCALE = 1_000_000
 #: The instant of facts known since always (customer attributes without ``updated_at``).
 ALWAYS_US = -(2**52)  # about 1827: before any event, and safe to multiply by 2**10
+#: SQL over the ``customers`` view: when a row became known, the later of its ``updated_at``
+#: and ``signup_at`` (a row with neither is known since always).
+KNOWN_SINCE_US = f"greatest(COALESCE(updated_us, {ALWAYS_US}), COALESCE(signup_us, {ALWAYS_US}))"
 
 TableSource = pd.DataFrame | pa.Table | str | os.PathLike[str]
 Kind = Literal["sum", "count", "max", "min", "last"]
@@ -521,18 +524,15 @@ def _check_one_row_per_customer(s: Session, before: int) -> None:
     Window: customer rows whose ``updated_at`` and ``signup_at`` are before ``before`` (a
     row recorded later is not read by the build, whatever it holds).
     """
-    known = (
-        f"greatest(COALESCE(updated_us, {ALWAYS_US}), COALESCE(signup_us, {ALWAYS_US})) < {before}"
-    )
+    known = f"{KNOWN_SINCE_US} < {before}"
     repeated = s.con.execute(
         f"SELECT count(*) - count(DISTINCT customer_id) FROM customers WHERE {known}"
     ).fetchall()[0][0]
     if not repeated:
         return
     # rows are ordered by when they became known, as the build reads them
-    at = f"greatest(COALESCE(updated_us, {ALWAYS_US}), COALESCE(signup_us, {ALWAYS_US}))"
     found = s.con.execute(
-        f"SELECT count(*), min(customer_id) FROM (SELECT customer_id, {at} FROM "
+        f"SELECT count(*), min(customer_id) FROM (SELECT customer_id, {KNOWN_SINCE_US} FROM "
         f"(SELECT DISTINCT * FROM customers WHERE {known}) GROUP BY ALL HAVING count(*) > 1)"
     ).fetchall()[0]
     if found[0]:

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from cxpredict.features.engine import (
-    ALWAYS_US,
     DAY_US,
+    KNOWN_SINCE_US,
     Aggregate,
     Block,
     Request,
@@ -39,11 +39,7 @@ from cxpredict.features.vocabulary import OTHER, attribute_key, slugify
 
 NAME = "tenure"
 
-HISTORY = Source(
-    "customer_history",
-    f"SELECT *, greatest(COALESCE(updated_us, {ALWAYS_US}), COALESCE(signup_us, {ALWAYS_US})) "
-    "AS us FROM customers",
-)
+HISTORY = Source("customer_history", f"SELECT *, {KNOWN_SINCE_US} AS us FROM customers")
 
 
 def _attribute_why(ctx: Context, column: str) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cxpredict.features.engine import (
-    ALWAYS_US,
+    KNOWN_SINCE_US,
     Availability,
     Session,
     TableSource,
@@ -200,10 +200,7 @@ def learn_in_session(
         if present:
             found = top(table, [column for _, column in present], where)
             values += [(key, found[column]) for key, column in present]
-    known = (
-        f"COALESCE(updated_us, {ALWAYS_US}) < {before} "
-        f"AND COALESCE(signup_us, {ALWAYS_US}) < {before}"
-    )
+    known = f"{KNOWN_SINCE_US} < {before}"
     categorical = [column for column, kind in available.attributes if kind == "categorical"]
     if categorical:
         found = top("customers", categorical, known, customers=True)
