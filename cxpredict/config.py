@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -230,6 +231,24 @@ class FeaturesConfig(_Frozen):
 #: The settings of a task that define its labels: a model trained with other values answers
 #: another question (``top_k`` and ``description`` only shape the outputs).
 TASK_DEFINITION = ("kind", "horizon_days", "active_days", "attribute", "table")
+
+
+def task_definition(task: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of :data:`TASK_DEFINITION` that a task (dumped as a mapping) has."""
+    return {key: task[key] for key in TASK_DEFINITION if key in task}
+
+
+def task_changes(trained: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The settings of :data:`TASK_DEFINITION` whose value changed since a model was trained,
+    each as ``"horizon_days 49 (trained with 56)"``; a setting either side lacks is not
+    compared."""
+    before, now = task_definition(trained), task_definition(current)
+    return [
+        f"{key} {now[key]!r} (trained with {before[key]!r})"
+        for key in now
+        if key in before and now[key] != before[key]
+    ]
+
 
 #: A memory size as DuckDB reads it: a number and a unit (``4GB``, ``1.5 GiB``, ``4G``,
 #: ``500 megabytes``), a share of the machine's memory (``80%``), or ``-1`` for no limit.

@@ -37,7 +37,7 @@ import pandas as pd
 import yaml
 
 from cxpredict import __version__
-from cxpredict.config import TASK_DEFINITION, ProjectConfig, TaskConfig
+from cxpredict.config import ProjectConfig, TaskConfig, task_changes, task_definition
 from cxpredict.errors import ConfigError, ModelNotFound, PromotionRefused, RegistryUnavailable
 from cxpredict.schemas import Tables, to_utc
 
@@ -231,9 +231,8 @@ def evaluation_key(
     days = label_days or task.horizon_days
     end = to_utc(cutoff) + pd.Timedelta(days=max(days, task.horizon_days))
     seen = data_fingerprint(tables.before(end))["hash"]
-    dumped = task.model_dump(mode="json")
     # what defines the labels only: a description or top_k changes no figure
-    definition = json.dumps({k: dumped[k] for k in TASK_DEFINITION if k in dumped}, sort_keys=True)
+    definition = json.dumps(task_definition(task.model_dump(mode="json")), sort_keys=True)
     return hashlib.sha256(f"{seen}\x1f{definition}\x1f{days}".encode()).hexdigest()[:16]
 
 
@@ -1047,12 +1046,7 @@ def _task_changed(
     except (MlflowException, OSError, yaml.YAMLError):
         return None
     before = (trained or {}).get(task) or {}
-    now = config.task(task).model_dump(mode="json")
-    changed = [
-        f"{key} {now[key]!r} (trained with {before[key]!r})"
-        for key in TASK_DEFINITION
-        if key in now and key in before and now[key] != before[key]
-    ]
+    changed = task_changes(before, config.task(task).model_dump(mode="json"))
     return f"the task is now defined with {', '.join(changed)}" if changed else None
 
 

@@ -56,7 +56,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cxpredict.config import TASK_DEFINITION, ProjectConfig, ScoringConfig
+from cxpredict.config import ProjectConfig, ScoringConfig, task_changes
 from cxpredict.errors import (
     ConfigError,
     DriftFailed,
@@ -1257,12 +1257,7 @@ def check_task_definition(name: str, task: Any, model: LoadedModel) -> None:
     """Raise :class:`TaskMismatch` when ``model`` was trained for another definition of the
     task than the config's ``task`` (a changed horizon, activity window or attribute)."""
     trained = getattr(model.bundle, "task", None) or {}
-    current = task.model_dump(mode="json")
-    changed = [
-        f"{key} {current[key]!r} (trained with {trained[key]!r})"
-        for key in TASK_DEFINITION
-        if key in current and key in trained and current[key] != trained[key]
-    ]
+    changed = task_changes(trained, task.model_dump(mode="json"))
     if changed:
         which = f"champion v{model.version}"
         raise TaskMismatch(
