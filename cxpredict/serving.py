@@ -540,18 +540,18 @@ def _check_json_request(data: bytes | str) -> None:
                 )
 
 
-def _dataframe_split(frame: pd.DataFrame) -> dict[str, Any]:
-    """``frame`` in MLflow's ``dataframe_split`` form, missing values as ``None``."""
-    values = frame.astype(object).where(frame.notna(), None)
-    return {"columns": [str(c) for c in frame.columns], "data": values.to_numpy().tolist()}
-
-
 def _jsonable(predictions: Any) -> Any:
     """Predictions whose missing numbers are ``None``, which JSON writes as ``null`` (a
     ``NaN`` is not JSON, and other services' parsers refuse it)."""
     if isinstance(predictions, pd.DataFrame):
         return predictions.astype(object).where(predictions.notna(), None)
     return predictions
+
+
+def _dataframe_split(frame: pd.DataFrame) -> dict[str, Any]:
+    """``frame`` in MLflow's ``dataframe_split`` form, missing values as ``None``."""
+    values = _jsonable(frame).to_numpy().tolist()
+    return {"columns": [str(c) for c in frame.columns], "data": values}
 
 
 def guard_scoring_server(features: Sequence[str]) -> None:

@@ -445,10 +445,7 @@ def _refuse_infinite(feature: str, values: np.ndarray) -> None:
 
 
 def _in_memory(tables: Tables | Mapping[str, object]) -> Tables:
-    if isinstance(tables, Tables):
-        frames = {name: tables.get(name) for name in TABLE_NAMES}
-    else:
-        frames = {name: tables.get(name) for name in TABLE_NAMES}
+    frames = {name: tables.get(name) for name in TABLE_NAMES}  # both have get
     for name, frame in frames.items():
         if frame is None:
             continue
