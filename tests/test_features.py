@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import json
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from cxpredict.features import (
     feature_catalogue,
     feature_fingerprints,
     learn_vocabulary,
+    rfm,
 )
 from cxpredict.features import build as build_module
 from cxpredict.features.engine import session
@@ -633,6 +635,73 @@ def test_counts_over_windows_share_the_first_packs() -> None:
     packing = engine._Packing.of([*plain, *windowed])
     assert packing.packs[0][:8] == tuple(f"us < {k}" for k in range(8))
     assert all(packing.place(a)[0] == 0 for a in windowed)  # type: ignore[index]
+
+
+def _order_grouping_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Orders grouped by order id whatever the data, as for orders of several lines."""
+    monkeypatch.setattr(rfm, "one_line_orders", lambda ctx: ("false",))
+
+
+def _one_line_orders(orders: pd.DataFrame) -> bool:
+    with session({"orders": orders}) as s:
+        s.prepare(int(engine.cutoff_micros([CUTOFF])[0]))
+        ctx = types.SimpleNamespace(available=s.availability())
+        tests = rfm.one_line_orders(ctx)
+        return all(s.con.execute(f"SELECT ({sql})").fetchall()[0][0] for sql in tests)
+
+
+def test_orders_are_their_lines_only_when_no_purchase_line_shares_or_lacks_an_order_id(
+    tiny: Tables,
+) -> None:
+    orders = tiny.orders[tiny.orders["order_id"] != "o2"]
+    assert _one_line_orders(orders)
+    # a refund line may share its order's id: it is no purchase line
+    assert _one_line_orders(orders.replace({"order_id": {"r1": "o1"}}))
+    assert _one_line_orders(orders.drop(columns="order_id"))
+    assert not _one_line_orders(tiny.orders)  # o2 has two lines
+    assert not _one_line_orders(orders.replace({"order_id": {"o0": "o4"}}))  # two customers
+    missing = orders.astype({"order_id": "object"})
+    missing.loc[missing.index[0], "order_id"] = None
+    assert not _one_line_orders(missing)
+    # lines at or after the latest cutoff are not read
+    later = orders.iloc[[0]].assign(timestamp=CUTOFF)
+    assert _one_line_orders(pd.concat([orders, later], ignore_index=True))
+
+
+def test_orders_of_several_lines_are_told_apart_without_the_exact_test(
+    shop: Tables, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every order of two lines: the estimate of the distinct ids is enough to tell
+    doubled = pd.concat([shop.orders, shop.orders.assign(amount=1.0)], ignore_index=True)
+    sql: list[str] = []
+    run = engine.run
+    monkeypatch.setattr(build_module, "run", lambda *a: run(*a, on_sql=sql.append))
+    build_features(dataclasses.replace(shop, orders=doubled), pd.Timestamp("2024-12-20", tz="UTC"))
+    assert any("approx_count_distinct(order_id)" in q for q in sql)
+    assert not any("NOT EXISTS" in q for q in sql)
+    assert any(q.startswith('CREATE TEMP VIEW "order_level"') for q in sql)
+
+
+@pytest.mark.parametrize("n_cutoffs", [1, 3])
+def test_orders_read_off_their_lines_give_the_features_of_orders_grouped_by_id(
+    shop: Tables, n_cutoffs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the shop has one line per order, refunds among them
+    assert shop.orders["order_id"].is_unique
+    assert (shop.orders["amount"] < 0).any()
+    cutoffs = [
+        pd.Timestamp("2024-12-20", tz="UTC") - pd.Timedelta(days=45 * k) for k in range(n_cutoffs)
+    ]
+    sql: list[str] = []
+    run = engine.run
+    monkeypatch.setattr(build_module, "run", lambda *a: run(*a, on_sql=sql.append))
+    read_off_lines = build_training_features(shop, sorted(cutoffs))
+    assert not any('"order_level"' in q or '"order_steps"' in q for q in sql)
+    _order_grouping_forced(monkeypatch)
+    sql.clear()
+    grouped = build_training_features(shop, sorted(cutoffs))
+    assert any("CREATE TEMP" in q and '"order_level"' in q for q in sql)
+    pd.testing.assert_frame_equal(read_off_lines, grouped, check_exact=True)
 
 
 def test_a_one_cutoff_build_computes_a_source_read_once_in_its_query(tiny: Tables) -> None:

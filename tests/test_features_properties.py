@@ -4,11 +4,12 @@ the cutoff is built alone or among later cutoffs."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cxpredict.config import FeaturesConfig
-from cxpredict.features import Vocabulary, build_features, build_training_features
+from cxpredict.features import Vocabulary, build_features, build_training_features, rfm
 from cxpredict.schemas import Tables
 
 CUTOFF = pd.Timestamp("2024-03-01 06:30", tz="UTC")
@@ -192,3 +193,20 @@ def test_interactions_and_answers_at_or_after_the_cutoff_change_no_feature(
     one = Tables(base_orders, interactions(one_rows + future))
     other = Tables(base_orders, interactions(other_rows + other_future))
     assert_same_features(one, other)
+
+
+@SETTINGS
+@given(past=order_rows(before), future=order_rows(at_or_after))
+def test_orders_of_one_line_read_off_their_lines_give_the_features_of_orders_grouped_by_id(
+    past: list[tuple], future: list[tuple]
+) -> None:
+    # Every line its own order (refunds, lines at one instant and refund-only customers
+    # included): the build reads the orders off the lines; grouping them by order id must give
+    # the same features, alone and among later cutoffs.
+    rows = [(c, f"u{k}", *rest) for k, (c, _, *rest) in enumerate(past + future)]
+    tables = Tables(orders(rows), None, None)
+    alone, among = features(tables), features_among_later_cutoffs(tables)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rfm, "one_line_orders", lambda ctx: ("false",))
+        pd.testing.assert_frame_equal(alone, features(tables), check_exact=True)
+        pd.testing.assert_frame_equal(among, features_among_later_cutoffs(tables), check_exact=True)

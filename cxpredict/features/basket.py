@@ -26,7 +26,7 @@ import numpy as np
 
 from cxpredict.features.engine import MONEY_SCALE, Aggregate, Block, Request
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio
-from cxpredict.features.rfm import MONEY_UNITS, order_level, order_lines
+from cxpredict.features.rfm import MONEY_UNITS, order_count, order_level, order_lines
 
 NAME = "basket"
 
@@ -106,7 +106,7 @@ def _requests(ctx: Context) -> list[Request]:
     if items:
         out += [
             order_level(ctx),
-            Aggregate("order_level", "orders", "count", "true"),
+            order_count(ctx),
             Aggregate(
                 "order_lines",
                 "first_items",

@@ -105,6 +105,22 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Shortcut:
+    """Another way to an aggregate's values, for data of a common shape.
+
+    ``holds`` are SQL booleans over the base views (the rows before the latest cutoff), asked
+    in order until one is false, so that a cheap test can spare a costly one. Where all are
+    true, the aggregate is ``expr`` over the rows of ``source`` instead, which gives the same
+    value at every cutoff with less work (an order's count and value read off its lines when
+    every order has one purchase line, without grouping the lines by order).
+    """
+
+    holds: tuple[str, ...]
+    source: str
+    expr: str
+
+
+@dataclass(frozen=True)
 class Aggregate:
     """A per-customer aggregate of a source's rows before each cutoff.
 
@@ -119,6 +135,7 @@ class Aggregate:
     rows, when they all lie before the cutoff, give this aggregate the same value, and which
     other aggregates read anyway (an order's value so far is the largest of the running totals
     of its lines, one row per line instant; at one cutoff, the order's total, one row per order).
+    ``shortcut`` (a :class:`Shortcut`) is read instead of both where its condition holds.
     """
 
     source: str
@@ -131,6 +148,7 @@ class Aggregate:
     #: :func:`last_code` makes them): how many bits; read off ``max(order)``.
     code_bits: int = 0
     one_cutoff: str | None = None
+    shortcut: Shortcut | None = None
 
 
 #: Customers become known at their first order: every build asks for this aggregate.
@@ -1393,11 +1411,48 @@ def _materialized(
     over one cutoff only when more than one query reads it."""
     if not source.materialize or several:
         return source.materialize
+    return _readers(source, sources, aggregates, per_cutoff) > 1
+
+
+def _readers(
+    source: Source,
+    sources: Sequence[Source],
+    aggregates: Sequence[Aggregate],
+    per_cutoff: Sequence[PerCutoff],
+) -> int:
+    """How many queries read ``source``: one for all its aggregates, one per query of its
+    per-cutoff values, one per other source naming it."""
     mention = re.compile(rf"\b{re.escape(source.name)}\b")
     readers = int(any(a.source == source.name for a in aggregates))
     readers += len({_query_of(p) for p in per_cutoff if p.source == source.name})
     readers += sum(1 for o in sources if o.name != source.name and mention.search(o.sql))
-    return readers > 1
+    return readers
+
+
+def _shortcuts_taken(
+    s: Session, aggregates: Sequence[Aggregate], on_sql: Callable[[str], None] | None = None
+) -> list[Aggregate]:
+    """``aggregates``, each with its :class:`Shortcut` taken where its conditions hold (each
+    set of conditions is asked once)."""
+    holds: dict[tuple[str, ...], bool] = {}
+
+    def true(sql: str) -> bool:
+        query = f"SELECT ({sql})"
+        if on_sql is not None:
+            on_sql(query)
+        return bool(s.con.execute(query).fetchall()[0][0])
+
+    out = []
+    for agg in aggregates:
+        cut = agg.shortcut
+        if cut is not None:
+            if cut.holds not in holds:
+                holds[cut.holds] = all(true(sql) for sql in cut.holds)
+            if holds[cut.holds]:
+                agg = replace(agg, source=cut.source, expr=cut.expr, one_cutoff=None)
+            agg = replace(agg, shortcut=None)
+        out.append(agg)
+    return out
 
 
 def merge_aggregates(aggregates: Sequence[Aggregate]) -> list[Aggregate]:
@@ -1449,8 +1504,7 @@ def run(
             r
             if several or r.one_cutoff is None
             else replace(r, source=r.one_cutoff, one_cutoff=None)
-            for r in requests
-            if isinstance(r, Aggregate)
+            for r in _shortcuts_taken(s, [r for r in requests if isinstance(r, Aggregate)], on_sql)
         ]
     )
     per_cutoff = list(
@@ -1467,6 +1521,8 @@ def run(
                 raise ValueError(f"two different definitions of the source {source.name!r}")
             continue
         seen[source.name] = source.sql
+        if not _readers(source, sources, aggregates, per_cutoff):
+            continue
         kind = (
             "TABLE" if _materialized(source, sources, aggregates, per_cutoff, several) else "VIEW"
         )
@@ -1592,6 +1648,9 @@ def run(
 PACK_FIELDS = 9
 #: A source's counts are packed when they have at least this many distinct conditions.
 PACK_FROM = 8
+#: Counts over windows are packed when at least this many conditions have windows: a pack
+#: is summed again per window, and a 128-bit sum costs DuckDB about what four counts do.
+PACK_WINDOWED_FROM = 4
 
 
 @dataclass(frozen=True)
@@ -1614,6 +1673,8 @@ class _Packing:
         # Conditions counted over windows first, so that they share as few packs as possible:
         # each pack holding one is summed again per window.
         windowed = {a.expr for a in counts if a.windows}
+        if len(windowed) < PACK_WINDOWED_FROM:
+            conditions = [c for c in conditions if c not in windowed]
         conditions.sort(key=lambda c: c not in windowed)
         if len(conditions) < PACK_FROM:
             return cls(())

@@ -23,7 +23,7 @@ import numpy as np
 
 from cxpredict.features.engine import Aggregate, Block, Request, last_code
 from cxpredict.features.family import Context, Family, FeatureDef, feature, ratio, trend
-from cxpredict.features.rfm import order_level, order_lines
+from cxpredict.features.rfm import order_count, order_level, order_lines
 
 NAME = "rhythm"
 
@@ -74,7 +74,7 @@ def _requests(ctx: Context) -> list[Request]:
     return [
         order_level(ctx),
         order_lines(ctx),
-        Aggregate("order_level", "orders", "count", "true", (30, 120)),
+        order_count(ctx, (30, 120)),
         Aggregate("order_lines", "last_purchase_us", "max", "CASE WHEN amount >= 0 THEN us END"),
         Aggregate("order_lines", "gap_count", "count", "purchase_gap IS NOT NULL"),
         Aggregate("order_lines", "gap_sum", "sum", "COALESCE(purchase_gap, 0)"),
