@@ -30,7 +30,12 @@ Usage::
     python benchmarks/bench_features.py                      # 500k customers, ~9M events
     python benchmarks/bench_features.py --repeat 3           # three rounds, medians and ranges
     python benchmarks/bench_features.py --customers 50000    # quicker
+    python benchmarks/bench_features.py --two-line-orders    # orders grouped by id
     python benchmarks/bench_features.py --parquet --memory-limit 1GB --events 50000000
+
+The sample has one line per order, so the full build reads its orders off the lines (after
+checking that no order id repeats) where the references group the lines by order; with
+``--two-line-orders`` every order has two lines and the full build groups them too.
 
 The ``--parquet`` mode writes the sample in chunks to Parquet folders, then builds one cutoff
 from the files with DuckDB's memory limit, spilling to a temporary directory.
@@ -204,12 +209,27 @@ def _run(name: str, source: str, options: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _write_sample(folder: Path, customers: int, seed: int) -> tuple[int, int]:
+def _two_line_orders(orders: pd.DataFrame) -> pd.DataFrame:
+    """Orders of two lines: every two consecutive lines of a customer (in time order) share
+    one order id, so that the lines of an order are placed at different instants and the
+    build must group the lines by order (the sample has one line per order)."""
+    ordered = orders.sort_values(["customer_id", "timestamp"], kind="stable")
+    pair = ordered.groupby("customer_id").cumcount() // 2
+    ordered = ordered.assign(order_id=ordered["customer_id"] + "-" + pair.astype(str))
+    return ordered.sort_index()
+
+
+def _write_sample(
+    folder: Path, customers: int, seed: int, *, two_line_orders: bool = False
+) -> tuple[int, int]:
     from cxpredict.sample import generate_sample
 
     tables = generate_sample(customers, seed=seed, start="2024-01-01", days=730)
     for name in ("orders", "interactions", "customers"):
-        tables.get(name).to_parquet(folder / f"{name}.parquet", index=False)
+        frame = tables.get(name)
+        if name == "orders" and two_line_orders:
+            frame = _two_line_orders(frame)
+        frame.to_parquet(folder / f"{name}.parquet", index=False)
     return len(tables.orders), len(tables.interactions)
 
 
@@ -301,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds of the scenarios (medians and ranges)"
     )
+    parser.add_argument(
+        "--two-line-orders",
+        action="store_true",
+        help="orders of two lines at different instants (the sample: one line an order)",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -315,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             options["temp_directory"] = str(folder / "spill")
             scenarios = ["full_1_cutoff"]
         else:
-            orders, interactions = _write_sample(folder, args.customers, args.seed)
+            orders, interactions = _write_sample(
+                folder, args.customers, args.seed, two_line_orders=args.two_line_orders
+            )
             customers = args.customers
             scenarios = args.scenarios.split(",")
         print(

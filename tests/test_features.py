@@ -1008,15 +1008,20 @@ def test_attribute_columns_of_one_name_once_slugged_are_named_as_such(tiny: Tabl
 # -- the benchmark's references ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reference", ["_rfm_duckdb", "_rfm_pandas"])
-def test_the_benchmark_references_compute_the_rfm_features_they_are_timed_against(
-    shop: Tables, reference: str
-) -> None:
+def _bench() -> types.ModuleType:
     path = Path(__file__).parents[1] / "benchmarks" / "bench_features.py"
     spec = importlib.util.spec_from_file_location("bench_features", path)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.mark.parametrize("reference", ["_rfm_duckdb", "_rfm_pandas"])
+def test_the_benchmark_references_compute_the_rfm_features_they_are_timed_against(
+    shop: Tables, reference: str
+) -> None:
+    bench = _bench()
     cutoff = pd.Timestamp("2024-11-15", tz="UTC")
     # Two orders in five get a second line 1 to 19 days after the first, so that an order's
     # first line, its last line and its lines differ; none straddles the cutoff (the one
@@ -1048,3 +1053,16 @@ def test_the_benchmark_references_compute_the_rfm_features_they_are_timed_agains
         timed.astype(float), built, check_names=False, check_index_type=False, rtol=1e-9
     )
     assert len(timed) == int((features["orders_lifetime"] > 0).sum())
+
+
+def test_the_benchmark_can_give_its_orders_two_lines_placed_at_different_instants(
+    shop: Tables,
+) -> None:
+    paired = _bench()._two_line_orders(shop.orders)
+    lines = paired.groupby("order_id")["timestamp"].agg(["size", "nunique"])
+    assert lines["size"].max() == 2
+    assert (lines["size"] == 2).mean() > 0.5
+    assert (lines.loc[lines["size"] == 2, "nunique"] == 2).all()
+    assert paired.groupby("order_id")["customer_id"].nunique().max() == 1
+    others = [c for c in shop.orders.columns if c != "order_id"]
+    pd.testing.assert_frame_equal(paired[others], shop.orders[others])
