@@ -135,7 +135,7 @@ class Aggregate:
     rows, when they all lie before the cutoff, give this aggregate the same value, and which
     other aggregates read anyway (an order's value so far is the largest of the running totals
     of its lines, one row per line instant; at one cutoff, the order's total, one row per order).
-    ``shortcut`` (a :class:`Shortcut`) is read instead of both where its condition holds.
+    ``shortcut`` (a :class:`Shortcut`) is read instead of both where its conditions hold.
     """
 
     source: str
