@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cxpredict.config import FeaturesConfig
-from cxpredict.features import Vocabulary, build_features, build_training_features, rfm
+from cxpredict.features import Vocabulary, build_features, build_training_features, engine, rfm
+from cxpredict.features import build as build_module
 from cxpredict.schemas import Tables
 
 CUTOFF = pd.Timestamp("2024-03-01 06:30", tz="UTC")
@@ -200,13 +201,19 @@ def test_interactions_and_answers_at_or_after_the_cutoff_change_no_feature(
 def test_orders_of_one_line_read_off_their_lines_give_the_features_of_orders_grouped_by_id(
     past: list[tuple], future: list[tuple]
 ) -> None:
-    # Every line its own order (refunds, lines at one instant and refund-only customers
-    # included): the build reads the orders off the lines; grouping them by order id must give
-    # the same features, alone and among later cutoffs.
+    # Every line its own order (refunds, lines at one instant and customers with refunds only,
+    # who are known from their signup, included): the build reads the orders off the lines;
+    # grouping them by order id must give the same features, alone and among later cutoffs.
     rows = [(c, f"u{k}", *rest) for k, (c, _, *rest) in enumerate(past + future)]
-    tables = Tables(orders(rows), None, None)
-    alone, among = features(tables), features_among_later_cutoffs(tables)
+    signed_up = customers([(c, -300 * DAY_US, "gold", 30.0) for c in CUSTOMERS])
+    tables = Tables(orders(rows), None, signed_up)
+    sql: list[str] = []
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build_module, "run", lambda *a: engine.run(*a, on_sql=sql.append))
+        alone, among = features(tables), features_among_later_cutoffs(tables)
+        assert not any('"order_level"' in q for q in sql)
         patch.setattr(rfm, "one_line_orders", lambda ctx: ("false",))
+        sql.clear()
         pd.testing.assert_frame_equal(alone, features(tables), check_exact=True)
         pd.testing.assert_frame_equal(among, features_among_later_cutoffs(tables), check_exact=True)
+        assert any('"order_level"' in q for q in sql)
