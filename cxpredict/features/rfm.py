@@ -113,8 +113,7 @@ def one_line_orders(ctx: Context) -> tuple[str, ...]:
         return ()
     return (
         "SELECT approx_count_distinct(order_id) >= 0.75 * count(*) FROM orders WHERE amount >= 0",
-        "NOT EXISTS (SELECT 1 FROM orders WHERE amount >= 0 GROUP BY order_id "
-        "HAVING count(*) > 1)",
+        "NOT EXISTS (SELECT 1 FROM orders WHERE amount >= 0 GROUP BY order_id HAVING count(*) > 1)",
     )
 
 
