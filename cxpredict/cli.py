@@ -501,6 +501,7 @@ def train(
 
     out_dir = out_dir or config.root / "training" / f"{cutoff:%Y-%m-%d}"
     check_output(out_dir, folder=True)
+    check_inputs_kept(config, [out_dir / "validation", *(out_dir / name for name in names)])
     loaded = read_validated(config, now=now, as_of=cutoff, validation_dir=out_dir / "validation")
     for name in names:
         with progress_bar() as progress:

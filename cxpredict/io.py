@@ -1210,13 +1210,19 @@ def check_inputs_kept(
 ) -> None:
     """Raise :class:`OutputError` when an output would replace a configured input table.
 
-    ``targets`` are the files the command writes, or folders it writes inside.
+    ``targets`` are the files the command writes, or folders it writes inside. A target is
+    refused when it is an input file, a folder holding one, or anything inside an input
+    folder (a table read from a folder of Parquet files reads every file in it).
     """
     inputs = {name: Path(table.path).resolve() for name, table in config.data.tables().items()}
     for target in targets:
         written = Path(target).resolve()
         for name, source in inputs.items():
-            if source == written or (written.is_dir() and source.is_relative_to(written)):
+            if (
+                source == written
+                or (written.is_dir() and source.is_relative_to(written))
+                or (source.is_dir() and written.is_relative_to(source))
+            ):
                 raise OutputError(
                     f"{option} would overwrite the {name} table ({str(source)!r}) with an "
                     "output; choose another folder or file name"

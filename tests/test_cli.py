@@ -314,6 +314,35 @@ def test_an_output_that_would_replace_an_input_table_is_refused_before_any_work(
     assert (tmp_path / "customers.csv").read_text(encoding="utf-8") == "customer_id\n1\n"
 
 
+def test_an_output_inside_an_input_folder_of_parquet_files_is_refused(tmp_path: Path) -> None:
+    config = write_project(tmp_path, "customer_id,timestamp,amount\n1,2024-01-01,3")
+    folder = tmp_path / "orders"
+    folder.mkdir()
+    part = folder / "part-0.parquet"
+    pd.DataFrame(
+        {
+            "customer_id": ["1"],
+            "timestamp": pd.to_datetime(["2024-01-01"], utc=True),
+            "amount": [3.0],
+        }
+    ).to_parquet(part)
+    text = config.read_text(encoding="utf-8").replace("orders.csv", "orders")
+    config.write_text(text, encoding="utf-8")
+    before = part.read_bytes()
+    args = ["features", "--config", str(config), "--as-of", "2024-02-01"]
+    result = runner.invoke(app, [*args, "--out", str(part)])
+    assert result.exit_code == 13, result.output
+    assert "would overwrite the orders table" in result.output
+    assert part.read_bytes() == before
+    result = runner.invoke(app, [*args, "--out", str(folder / "features.parquet")])
+    assert result.exit_code == 13, result.output
+    config.write_text(text + "tasks:\n  churn: {kind: churn, horizon_days: 28}\n")
+    result = runner.invoke(app, ["train", *args[1:], "--out", str(folder)])
+    assert result.exit_code == 13, result.output
+    assert "would overwrite the orders table" in result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["part-0.parquet"]
+
+
 def test_sigterm_ends_a_command_as_ctrl_c_does_with_exit_code_143() -> None:
     import os
     import signal
