@@ -181,12 +181,15 @@ class PythonFeatureConfig(_Frozen):
     """A feature family written in pandas: ``module:function`` taking ``(tables, cutoff)``.
 
     ``columns`` declares the columns it returns: they are listed in the feature catalogue
-    and checked at build time.
+    and checked at build time. ``folder`` is where the module is looked for when Python's
+    path does not have it: a config file sets it to its own folder, so that a module beside
+    the config file can be named.
     """
 
     function: str = Field(pattern=r"^[\w.]+:\w+$")
     description: str = ""
     columns: tuple[str, ...] = ()
+    folder: Path | None = None
 
 
 class FeaturesConfig(_Frozen):
@@ -484,6 +487,11 @@ def parse_config(raw: dict[str, Any], *, root: Path, source: str = "config") -> 
     if features.duckdb_temp_directory is not None:
         spill = (root / features.duckdb_temp_directory).resolve()
         features = features.model_copy(update={"duckdb_temp_directory": spill})
+    python = tuple(
+        p.model_copy(update={"folder": (root / (p.folder or ".")).resolve()})
+        for p in features.python
+    )
+    features = features.model_copy(update={"python": python})
     return config.model_copy(
         update={"data": config.data.model_copy(update=resolved), "features": features}
     )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+import uuid
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import CUTOFF
 
-from cxpredict.config import FeaturesConfig, PythonFeatureConfig, SqlFeatureConfig
-from cxpredict.errors import ExtensionError
+from cxpredict.config import FeaturesConfig, PythonFeatureConfig, SqlFeatureConfig, load_config
+from cxpredict.errors import ConfigError, ExtensionError
 from cxpredict.features import (
     PythonFeature,
     SqlFeature,
@@ -149,6 +153,35 @@ def test_python_features_come_from_the_settings_as_module_and_function(
     weekend = got["weekend_order_lines"]
     assert weekend.loc[("c1", pd.Timestamp("2024-02-11", tz="UTC"))] == 2.0
     assert weekend.loc[("c1", CUTOFF)] == 2.0
+
+
+def test_a_python_feature_module_beside_the_config_file_is_found(
+    tiny: Tables, tiny_vocabulary: Vocabulary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    module = f"beside_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(
+        "def lines(tables, cutoff):\n"
+        "    counts = tables.orders.groupby('customer_id').size()\n"
+        "    return counts.astype('float64').to_frame('order_line_count')\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "cxpredict.yaml").write_text(
+        "project: t\ndata:\n  orders: {path: orders.csv}\nfeatures:\n  python:\n"
+        f"    - {{function: '{module}:lines', columns: [order_line_count]}}\n",
+        encoding="utf-8",
+    )
+    settings = load_config(tmp_path / "cxpredict.yaml").features
+    got = build_features(tiny, CUTOFF, settings=settings, vocabulary=tiny_vocabulary)
+    assert got.loc["c1", "order_line_count"] == 5.0  # the line at the cutoff is not seen
+    missing = settings.python[0].model_copy(update={"function": f"{module}_gone:lines"})
+    with pytest.raises(ConfigError, match=f"or in '{tmp_path.resolve()}'"):
+        build_features(
+            tiny,
+            CUTOFF,
+            settings=settings.model_copy(update={"python": (missing,)}),
+            vocabulary=tiny_vocabulary,
+        )
 
 
 def test_a_python_feature_must_return_its_declared_columns(

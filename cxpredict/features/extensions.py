@@ -27,8 +27,10 @@ import functools
 import importlib
 import json
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
@@ -233,18 +235,37 @@ class PythonFeature:
 Extension = SqlFeature | PythonFeature
 
 
-def _import(path: str) -> Callable[[Tables, pd.Timestamp], pd.DataFrame]:
+def _import(
+    path: str, folder: Path | None = None
+) -> Callable[[Tables, pd.Timestamp], pd.DataFrame]:
+    """The function ``module:function``; a module that Python's path lacks is looked for in
+    ``folder`` too, which is then added to the end of the path (so that an installed module
+    of the same name still comes first, and the module's own imports work later)."""
     module, _, name = path.partition(":")
     try:
-        function = getattr(importlib.import_module(module), name)
+        try:
+            imported = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            top = module.split(".")[0]
+            if folder is None or exc.name != top or not _holds_module(folder, top):
+                raise
+            if str(folder) not in sys.path:
+                sys.path.append(str(folder))
+            imported = importlib.import_module(module)
+        function = getattr(imported, name)
     except (ImportError, AttributeError) as exc:
+        beside = f" or in {str(folder)!r}" if folder is not None else ""
         raise ConfigError(
-            f"features.python: cannot import {path!r} ({exc}); give 'module:function' of an "
-            "importable module"
+            f"features.python: cannot import {path!r} ({exc}); give 'module:function' of a "
+            f"module on Python's path{beside}"
         ) from None
     if not callable(function):
         raise ConfigError(f"features.python: {path!r} is not a function")
     return function
+
+
+def _holds_module(folder: Path, name: str) -> bool:
+    return (folder / f"{name}.py").is_file() or (folder / name / "__init__.py").is_file()
 
 
 def resolve_extensions(
@@ -259,7 +280,8 @@ def resolve_extensions(
     except ValueError as exc:
         raise ConfigError(f"features.sql: {exc}") from None
     out += [
-        PythonFeature(_import(p.function), p.description, tuple(p.columns)) for p in settings.python
+        PythonFeature(_import(p.function, p.folder), p.description, tuple(p.columns))
+        for p in settings.python
     ]
     for extension in extensions:
         if not isinstance(extension, SqlFeature | PythonFeature):
