@@ -3,11 +3,13 @@ vocabulary, catalogue, Parquet sources and agreement with the BTYD reference."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import dataclasses
 import importlib.util
 import json
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -545,6 +547,44 @@ def test_an_output_larger_than_the_available_memory_is_refused_before_it_is_writ
     with pytest.raises(OutOfMemory, match=rf"{rows:,} rows x {columns} columns.*fewer cutoffs"):
         build_training_features(shop, cutoffs)
     assert allocated == []
+
+
+def test_fetches_wait_for_a_slow_keeper_and_its_error_is_raised(
+    shop: Tables, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cutoffs = ["2024-10-01", "2024-11-01", "2024-12-01"]
+    want = build_training_features(shop, cutoffs)
+    waiting: list[int] = []
+    keep = engine.Results.keep
+
+    def slow(self: engine.Results, *args: object, **kwargs: object) -> None:
+        time.sleep(0.05)
+        keep(self, *args, **kwargs)
+
+    class Counted(concurrent.futures.ThreadPoolExecutor):
+        futures: list[concurrent.futures.Future[None]] = []
+
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if getattr(fn, "__func__", None) is slow:
+                waiting.append(sum(not f.done() for f in Counted.futures))
+                future = super().submit(fn, *args, **kwargs)
+                Counted.futures.append(future)
+                return future
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(engine.Results, "keep", slow)
+    monkeypatch.setattr(engine, "ThreadPoolExecutor", Counted)
+    monkeypatch.setattr(engine, "KEEP_AHEAD", 2)
+    pd.testing.assert_frame_equal(build_training_features(shop, cutoffs), want)
+    assert len(waiting) > 10
+    assert max(waiting) <= 1  # waiting when the next was submitted: never more than one
+
+    def broken(self: engine.Results, *args: object, **kwargs: object) -> None:
+        raise MemoryError("no room to keep a fetch")
+
+    monkeypatch.setattr(engine.Results, "keep", broken)
+    with pytest.raises(MemoryError, match="no room"):
+        build_training_features(shop, cutoffs)
 
 
 def test_the_memory_of_fetched_values_counts_the_cells_they_share_once() -> None:

@@ -1621,11 +1621,16 @@ def run(
             results = Results(customer_ids=ids, entry=entry, cutoffs=cutoffs)
     # The fetched values are kept by a helper thread (NumPy sorts and copies them, mostly
     # without the interpreter lock) while DuckDB runs the next query; one helper keeps them
-    # in the order they were fetched.
+    # in the order they were fetched. At most KEEP_AHEAD fetches wait for it: a helper that
+    # falls behind holds back the next query instead of letting fetches pile up in memory,
+    # and its error is raised at once.
     with ThreadPoolExecutor(1, thread_name_prefix="cxpredict-keep") as keeper:
         kept: list[Future[None]] = []
 
         def later(keep: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+            waiting = [future for future in kept if not future.done()]
+            for future in waiting[: max(0, len(waiting) - KEEP_AHEAD + 1)]:
+                future.result()
             kept.append(keeper.submit(keep, *args, **kwargs))
 
         for source in order:
@@ -1644,6 +1649,8 @@ def run(
     return results
 
 
+#: Fetched results of a build over several cutoffs that may wait for the helper keeping them.
+KEEP_AHEAD = 2
 #: Count conditions summed together as bit fields of one 128-bit integer (14 bits each at 9).
 PACK_FIELDS = 9
 #: A source's counts are packed when they have at least this many distinct conditions.
