@@ -1331,7 +1331,7 @@ def _reasons(
     return pd.concat(parts) if parts else None
 
 
-def score_task(
+def rank_task(
     name: str,
     task: Any,
     model: LoadedModel,
@@ -1516,7 +1516,7 @@ def run_scoring(
                 tables = None  # the events are not needed any more: free them before scoring
             for name in group:
                 with watch.stage("scoring and explaining"):
-                    results[name] = score_task(
+                    results[name] = rank_task(
                         name,
                         config.task(name),
                         models[name],
