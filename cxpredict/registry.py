@@ -1034,8 +1034,8 @@ def _outdated(client: Any, name: str, champion: str, challenger: str) -> str | N
 def _task_changed(
     client: Any, name: str, champion: str, config: ProjectConfig, task: str
 ) -> str | None:
-    """How the config's definition of ``task`` differs from the one the champion was trained
-    for (its run's ``config/cxpredict.yaml``), or None: such a champion cannot score."""
+    """How the config's definition of ``task`` differs from the one version ``champion`` was
+    trained for (its run's ``config/cxpredict.yaml``), or None: such a version cannot score."""
     from mlflow.exceptions import MlflowException
 
     version = client.get_model_version(name, champion)
@@ -1229,6 +1229,13 @@ def promote(
                 )
                 if outdated is None:
                     raise refusal
+                also = _task_changed(client, name, challenger, config, task)
+                if also is not None:
+                    raise PromotionRefused(
+                        f"{name}: champion v{champion} can no longer score ({outdated}), and "
+                        f"challenger v{challenger} was trained for an earlier definition of "
+                        f"the task too ({also}); retrain with `cxpredict train --task {task}`"
+                    )
                 reason = f"champion v{champion} can no longer score: {outdated}"
         _move_champion(
             client,

@@ -412,6 +412,20 @@ def test_a_champion_trained_for_another_task_definition_gives_way_to_the_challen
     assert "horizon_days 49 (trained with 56)" in reason
 
 
+def test_a_challenger_trained_for_the_old_task_definition_does_not_replace_such_a_champion(
+    tmp_path: Path, tables
+) -> None:
+    before = make_config(tmp_path)
+    log(before, "churn", tables, pr_auc=0.5)
+    log(before, "churn", tables, pr_auc=0.45, seed=1)
+    raw = before.model_dump(mode="json", exclude={"root"})
+    raw["tasks"]["churn"] = {**raw["tasks"]["churn"], "horizon_days": 49}
+    now = parse_config(raw, root=tmp_path)
+    with pytest.raises(PromotionRefused, match="challenger v2 was trained for an earlier"):
+        registry.promote(now, "churn", at=AT)
+    assert str(client_for(now).get_model_version_by_alias("shop-churn", "champion").version) == "1"
+
+
 def test_a_description_changes_no_evaluation(tables) -> None:
     task = ChurnTask(kind="churn", horizon_days=56, active_days=180)
     described = task.model_copy(update={"description": "who leaves"})
