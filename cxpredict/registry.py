@@ -1153,9 +1153,10 @@ def promote(
     most recent backtest cutoffs both versions were evaluated on with identical data (see
     :func:`compare_versions`). A challenger that is not better (or not comparable) still
     replaces a champion that cannot score the features it was trained on: one that uses a
-    feature no longer built or redefined (``model/features.json`` of both runs); the reason
-    is recorded as a tag of the version. With ``force``, the champion moves regardless and
-    ``reason`` (required) is recorded.
+    feature no longer built or redefined (``model/features.json`` of both runs), or trained
+    for an earlier definition of the task; the reason is recorded as a tag of the version. A
+    challenger trained for an earlier definition of the task is refused, whatever its figures.
+    With ``force``, the champion moves regardless and ``reason`` (required) is recorded.
 
     Parameters
     ----------
@@ -1169,7 +1170,8 @@ def promote(
         When the task has no registered model or no challenger.
     PromotionRefused
         When the challenger is not better (the message gives both figures) or the versions
-        cannot be compared; when ``force`` is given without a reason.
+        cannot be compared; when the challenger was trained for an earlier definition of the
+        task; when ``force`` is given without a reason.
     """
     if force and not (reason and reason.strip()):
         raise PromotionRefused(
@@ -1197,6 +1199,13 @@ def promote(
                 forced=False,
                 reason=None,
                 message=f"{name}: v{challenger} is already the champion; nothing to promote",
+            )
+        stale = None if force else _task_changed(client, name, challenger, config, task)
+        if stale is not None:
+            raise PromotionRefused(
+                f"{name}: challenger v{challenger} was trained for an earlier definition of the "
+                f"task ({stale}) and could not score it; retrain with `cxpredict train --task "
+                f"{task}`"
             )
         kind = client.get_model_version(name, challenger).tags.get("kind") or config.task(task).kind
         metric, higher = promotion_metric(config, kind)
@@ -1229,13 +1238,6 @@ def promote(
                 )
                 if outdated is None:
                     raise refusal
-                also = _task_changed(client, name, challenger, config, task)
-                if also is not None:
-                    raise PromotionRefused(
-                        f"{name}: champion v{champion} can no longer score ({outdated}), and "
-                        f"challenger v{challenger} was trained for an earlier definition of "
-                        f"the task too ({also}); retrain with `cxpredict train --task {task}`"
-                    )
                 reason = f"champion v{champion} can no longer score: {outdated}"
         _move_champion(
             client,

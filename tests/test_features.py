@@ -579,12 +579,19 @@ def test_fetches_wait_for_a_slow_keeper_and_its_error_is_raised(
     assert len(waiting) > 10
     assert max(waiting) <= 1  # waiting when the next was submitted: never more than one
 
+    calls: list[int] = []
+
     def broken(self: engine.Results, *args: object, **kwargs: object) -> None:
-        raise MemoryError("no room to keep a fetch")
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise MemoryError("no room to keep a fetch")
+        time.sleep(0.05)
+        raise RuntimeError("a later error")
 
     monkeypatch.setattr(engine.Results, "keep", broken)
-    with pytest.raises(MemoryError, match="no room"):
+    with pytest.raises(MemoryError, match="no room"):  # the first error, not a later one
         build_training_features(shop, cutoffs)
+    assert len(calls) <= 2  # the build stops at the next fetch
 
 
 def test_the_memory_of_fetched_values_counts_the_cells_they_share_once() -> None:

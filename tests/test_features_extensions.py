@@ -174,6 +174,16 @@ def test_a_python_feature_module_beside_the_config_file_is_found(
     settings = load_config(tmp_path / "cxpredict.yaml").features
     got = build_features(tiny, CUTOFF, settings=settings, vocabulary=tiny_vocabulary)
     assert got.loc["c1", "order_line_count"] == 5.0  # the line at the cutoff is not seen
+    broken = tmp_path / f"{module}_broken.py"
+    broken.write_text("import not_installed_anywhere_xyz\n", encoding="utf-8")
+    needs = settings.python[0].model_copy(update={"function": f"{module}_broken:lines"})
+    with pytest.raises(ConfigError, match="imports 'not_installed_anywhere_xyz', which is not"):
+        build_features(
+            tiny,
+            CUTOFF,
+            settings=settings.model_copy(update={"python": (needs,)}),
+            vocabulary=tiny_vocabulary,
+        )
     missing = settings.python[0].model_copy(update={"function": f"{module}_gone:lines"})
     with pytest.raises(ConfigError, match=f"or in '{tmp_path.resolve()}'"):
         build_features(

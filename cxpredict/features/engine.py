@@ -1628,9 +1628,9 @@ def run(
         kept: list[Future[None]] = []
 
         def later(keep: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-            waiting = [future for future in kept if not future.done()]
-            for future in waiting[: max(0, len(waiting) - KEEP_AHEAD + 1)]:
-                future.result()
+            # the oldest first, done or not, so that the first error is the one raised
+            while len(kept) >= max(1, KEEP_AHEAD):
+                kept.pop(0).result()
             kept.append(keeper.submit(keep, *args, **kwargs))
 
         for source in order:

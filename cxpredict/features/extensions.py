@@ -240,7 +240,9 @@ def _import(
 ) -> Callable[[Tables, pd.Timestamp], pd.DataFrame]:
     """The function ``module:function``; a module that Python's path lacks is looked for in
     ``folder`` too, which is then added to the end of the path (so that an installed module
-    of the same name still comes first, and the module's own imports work later)."""
+    of the same name still comes first, and the module's own imports work later). Modules
+    are shared by the whole process: two projects naming different modules of one name in
+    one notebook get the first one imported."""
     module, _, name = path.partition(":")
     try:
         try:
@@ -254,6 +256,12 @@ def _import(
             imported = importlib.import_module(module)
         function = getattr(imported, name)
     except (ImportError, AttributeError) as exc:
+        missing = getattr(exc, "name", None)
+        if isinstance(exc, ModuleNotFoundError) and missing and not _names_module(module, missing):
+            raise ConfigError(
+                f"features.python: {path!r} imports {missing!r}, which is not installed; "
+                "install it where cxpredict runs"
+            ) from None
         beside = f" or in {str(folder)!r}" if folder is not None else ""
         raise ConfigError(
             f"features.python: cannot import {path!r} ({exc}); give 'module:function' of a "
@@ -265,7 +273,12 @@ def _import(
 
 
 def _holds_module(folder: Path, name: str) -> bool:
-    return (folder / f"{name}.py").is_file() or (folder / name / "__init__.py").is_file()
+    return (folder / f"{name}.py").is_file() or (folder / name).is_dir()
+
+
+def _names_module(module: str, missing: str) -> bool:
+    """Whether ``missing`` (a module Python could not find) is ``module`` or a package of it."""
+    return module == missing or module.startswith(f"{missing}.")
 
 
 def resolve_extensions(
