@@ -1032,16 +1032,16 @@ def _outdated(client: Any, name: str, champion: str, challenger: str) -> str | N
 
 
 def _task_changed(
-    client: Any, name: str, champion: str, config: ProjectConfig, task: str
+    client: Any, name: str, version: str, config: ProjectConfig, task: str
 ) -> str | None:
-    """How the config's definition of ``task`` differs from the one version ``champion`` was
-    trained for (its run's ``config/cxpredict.yaml``), or None: such a version cannot score."""
+    """How the config's definition of ``task`` differs from the one ``version`` was trained
+    for (its run's ``config/cxpredict.yaml``), or None: such a version cannot score."""
     from mlflow.exceptions import MlflowException
 
-    version = client.get_model_version(name, champion)
+    run_id = client.get_model_version(name, version).run_id
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            path = client.download_artifacts(version.run_id, "config/cxpredict.yaml", tmp)
+            path = client.download_artifacts(run_id, "config/cxpredict.yaml", tmp)
             trained = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("tasks")
     except (MlflowException, OSError, yaml.YAMLError):
         return None

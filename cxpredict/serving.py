@@ -604,7 +604,6 @@ def guard_scoring_server(features: Sequence[str]) -> None:
             raise exc from None
 
     invocations.checks_cxpredict_input = True  # type: ignore[attr-defined]
-
     scoring_server.invocations = invocations
 
 

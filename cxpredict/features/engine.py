@@ -1400,18 +1400,12 @@ def _query_of(item: PerCutoff) -> tuple[str, str, str, str]:
     return (item.source, item.columns, item.where, item.hidden)
 
 
-def _materialized(
-    source: Source,
-    sources: Sequence[Source],
-    aggregates: Sequence[Aggregate],
-    per_cutoff: Sequence[PerCutoff],
-    several: bool,
-) -> bool:
-    """Whether ``source`` is computed into a table: over several cutoffs when it asks to be,
-    over one cutoff only when more than one query reads it."""
+def _materialized(source: Source, readers: int, several: bool) -> bool:
+    """Whether ``source``, read by ``readers`` queries, is computed into a table: over several
+    cutoffs when it asks to be, over one cutoff only when more than one query reads it."""
     if not source.materialize or several:
         return source.materialize
-    return _readers(source, sources, aggregates, per_cutoff) > 1
+    return readers > 1
 
 
 def _readers(
@@ -1521,11 +1515,10 @@ def run(
                 raise ValueError(f"two different definitions of the source {source.name!r}")
             continue
         seen[source.name] = source.sql
-        if not _readers(source, sources, aggregates, per_cutoff):
+        readers = _readers(source, sources, aggregates, per_cutoff)
+        if not readers:
             continue
-        kind = (
-            "TABLE" if _materialized(source, sources, aggregates, per_cutoff, several) else "VIEW"
-        )
+        kind = "TABLE" if _materialized(source, readers, several) else "VIEW"
         execute(f"CREATE TEMP {kind} {ident(source.name)} AS {source.sql}")
 
     windows = tuple(sorted({w for a in aggregates for w in a.windows}))
@@ -1623,7 +1616,7 @@ def run(
     # without the interpreter lock) while DuckDB runs the next query; one helper keeps them
     # in the order they were fetched. At most KEEP_AHEAD fetches wait for it: a helper that
     # falls behind holds back the next query instead of letting fetches pile up in memory,
-    # and its error is raised at once.
+    # and its first error is raised at the next fetch.
     with ThreadPoolExecutor(1, thread_name_prefix="cxpredict-keep") as keeper:
         kept: list[Future[None]] = []
 
