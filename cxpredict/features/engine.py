@@ -155,7 +155,7 @@ class Aggregate:
 ENTRY = "entry_us"
 #: DuckDB block memory kept for reuse between the queries of a session rather than returned
 #: to the OS and faulted in again by the next query (freed when the session closes; at most
-#: what DuckDB itself uses, which ``memory_limit`` bounds). See ``docs/features.md``.
+#: what DuckDB itself uses, which ``memory_limit`` bounds). See ``docs/performance.md``.
 BLOCK_ALLOCATOR_MEMORY = "2GiB"
 
 
