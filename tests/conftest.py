@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 
 from cxpredict.config import FeaturesConfig, SqlFeatureConfig
-from cxpredict.features import Vocabulary
+from cxpredict.features import Vocabulary, engine, rfm
+from cxpredict.features import build as build_module
 from cxpredict.schemas import Tables
 
 CUTOFF = pd.Timestamp("2024-03-01", tz="UTC")
@@ -31,6 +32,19 @@ ADDED_FEATURE = SqlFeatureConfig(
     where="amount > 100",
     description="orders over 100",
 )
+
+
+def recorded_sql(patch: pytest.MonkeyPatch) -> list[str]:
+    """The list the SQL of every later build (while ``patch`` holds) is appended to."""
+    sql: list[str] = []
+    run = engine.run
+    patch.setattr(build_module, "run", lambda *a: run(*a, on_sql=sql.append))
+    return sql
+
+
+def order_grouping_forced(patch: pytest.MonkeyPatch) -> None:
+    """Orders grouped by order id whatever the data, as for orders of several lines."""
+    patch.setattr(rfm, "one_line_orders", lambda ctx: ("false",))
 
 
 def instants(*values: str | None) -> pd.Series:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CUTOFF
+from conftest import CUTOFF, order_grouping_forced, recorded_sql
 
 from cxpredict.baselines import btyd_summary
 from cxpredict.config import FeaturesConfig
@@ -684,19 +684,6 @@ def test_counts_over_windows_share_the_first_packs() -> None:
     assert all(packing.place(a)[0] == 0 for a in windowed)  # type: ignore[index]
 
 
-def _order_grouping_forced(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Orders grouped by order id whatever the data, as for orders of several lines."""
-    monkeypatch.setattr(rfm, "one_line_orders", lambda ctx: ("false",))
-
-
-def _recorded_sql(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The list the SQL of every later build is appended to."""
-    sql: list[str] = []
-    run = engine.run
-    monkeypatch.setattr(build_module, "run", lambda *a: run(*a, on_sql=sql.append))
-    return sql
-
-
 def _one_line_orders(orders: pd.DataFrame, cutoff: pd.Timestamp) -> bool:
     with session({"orders": orders}) as s:
         s.prepare(int(engine.cutoff_micros([cutoff])[0]))
@@ -744,7 +731,7 @@ def test_orders_of_several_lines_are_told_apart_without_the_exact_test(
 ) -> None:
     # every order of two lines: the estimate of the distinct ids is enough to tell
     doubled = pd.concat([shop.orders, shop.orders.assign(amount=1.0)], ignore_index=True)
-    sql = _recorded_sql(monkeypatch)
+    sql = recorded_sql(monkeypatch)
     build_features(dataclasses.replace(shop, orders=doubled), pd.Timestamp("2024-12-20", tz="UTC"))
     assert any("approx_count_distinct(order_id)" in q for q in sql)
     assert not any("NOT EXISTS" in q for q in sql)
@@ -761,10 +748,10 @@ def test_orders_read_off_their_lines_give_the_features_of_orders_grouped_by_id(
     cutoffs = [
         pd.Timestamp("2024-12-20", tz="UTC") - pd.Timedelta(days=45 * k) for k in range(n_cutoffs)
     ]
-    sql = _recorded_sql(monkeypatch)
+    sql = recorded_sql(monkeypatch)
     read_off_lines = build_training_features(shop, sorted(cutoffs))
     assert not any('"order_level"' in q or '"order_steps"' in q for q in sql)
-    _order_grouping_forced(monkeypatch)
+    order_grouping_forced(monkeypatch)
     sql.clear()
     grouped = build_training_features(shop, sorted(cutoffs))
     assert any("CREATE TEMP" in q and '"order_level"' in q for q in sql)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest import order_grouping_forced, recorded_sql
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cxpredict.config import FeaturesConfig
-from cxpredict.features import Vocabulary, build_features, build_training_features, engine, rfm
-from cxpredict.features import build as build_module
+from cxpredict.features import Vocabulary, build_features, build_training_features
 from cxpredict.schemas import Tables
 
 CUTOFF = pd.Timestamp("2024-03-01 06:30", tz="UTC")
@@ -207,12 +207,11 @@ def test_orders_of_one_line_read_off_their_lines_give_the_features_of_orders_gro
     rows = [(c, f"u{k}", *rest) for k, (c, _, *rest) in enumerate(past + future)]
     signed_up = customers([(c, -300 * DAY_US, "gold", 30.0) for c in CUSTOMERS])
     tables = Tables(orders(rows), None, signed_up)
-    sql: list[str] = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(build_module, "run", lambda *a: engine.run(*a, on_sql=sql.append))
+        sql = recorded_sql(patch)
         alone, among = features(tables), features_among_later_cutoffs(tables)
         assert not any('"order_level"' in q for q in sql)
-        patch.setattr(rfm, "one_line_orders", lambda ctx: ("false",))
+        order_grouping_forced(patch)
         sql.clear()
         pd.testing.assert_frame_equal(alone, features(tables), check_exact=True)
         pd.testing.assert_frame_equal(among, features_among_later_cutoffs(tables), check_exact=True)
