@@ -1474,8 +1474,14 @@ def run_scoring(
     load = load_model or registry.load_champion
     as_of = to_utc(as_of)
     out = Path(out_dir)
-    written = ["drift.csv", "customers.csv", "customers.parquet", "report.html", "manifest.json"]
-    written += ["validation"]
+    written = [
+        "drift.csv",
+        "customers.csv",
+        "customers.parquet",
+        "report.html",
+        "manifest.json",
+        "validation",
+    ]
     written += [f"{name}{suffix}" for name in names for suffix in (".csv", ".parquet")]
     check_inputs_kept(config, [out / name for name in written])
     watch = _Stopwatch(progress)
